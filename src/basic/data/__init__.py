@@ -1,0 +1,1 @@
+"""LLaVA-format data: conversation templates, the lazy dataset, label masking, image preprocessing, collator."""

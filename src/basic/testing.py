@@ -1,0 +1,129 @@
+"""Tiny random backbones for tests and benchmarks: every LLM family and both encoders, built offline.
+
+`save_tiny_llm(family, dir)` and `save_tiny_vision(kind, dir)` write ordinary Hugging Face checkpoint
+directories (weights, config, tokenizer or image processor), so the engine is exercised exactly as a
+user would call it, with paths instead of hub ids. The tokenizer is a small byte-level BPE trained on a
+fixed corpus; each family gets its own special tokens and chat template, as the real checkpoints do.
+The LLM tokenizers deliberately lack `<image>`: adding it is the engine's job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    GemmaConfig,
+    GemmaForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PreTrainedTokenizerFast,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from basic.data.templates import TEMPLATES
+
+_CORPUS = (
+    "a red circle sits left of a blue square . the green triangle is small . what colour is the shape ? "
+    "answer the question using a single word or phrase . how many objects are there ? two three four five "
+    "yellow purple orange big large tiny top bottom right middle above below the scene shows text reads "
+    "describe the image in detail . answer with the option's letter from the given choices directly . "
+    "yes no unanswerable A B C D 0 1 2 3 4 5 6 7 8 9 红色 的 圆 形 蓝 绿 这 是 什么 颜色 ? 。"
+)
+
+# family -> (config class, model class, chat template, special tokens: bos, eos, unk, pad)
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, "v1", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
+    "mistral": (MistralConfig, MistralForCausalLM, "mistral", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
+    "gemma": (GemmaConfig, GemmaForCausalLM, "gemma", dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>")),
+    "phi3": (Phi3Config, Phi3ForCausalLM, "phi3", dict(bos="<s>", eos="<|endoftext|>", unk="<unk>", pad="<|endoftext|>")),
+}
+SPECIAL_TOKENS = [
+    "<unk>", "<s>", "</s>", "<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>",
+    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>", "[INST]", "[/INST]",
+]
+
+
+def tiny_tokenizer(family: str = "llama", vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with `family`'s special tokens and chat template (deterministic)."""
+    _, _, template, tokens = FAMILIES[family]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=tokens["bos"], eos_token=tokens["eos"], unk_token=tokens["unk"],
+        pad_token=tokens["pad"], model_max_length=512,
+    )
+    fast.chat_template = TEMPLATES[template].jinja
+    return fast
+
+
+def tiny_llm_config(family: str, tokenizer: PreTrainedTokenizerFast, layers: int = 4, hidden: int = 32):
+    config_cls, _, _, _ = FAMILIES[family]
+    kwargs = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden + 5,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if family == "gemma":
+        kwargs.update(head_dim=hidden // 4, tie_word_embeddings=True)
+    if family in ("mistral", "phi3"):
+        kwargs.update(sliding_window=24)  # small enough that the window bites in tests
+    return config_cls(**kwargs)
+
+
+def save_tiny_llm(family: str, out_dir: str | Path, layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
+    """Write a random `family` causal LM with its tokenizer to `out_dir`; returns the directory."""
+    out = Path(out_dir)
+    tokenizer = tiny_tokenizer(family)
+    torch.manual_seed(seed)
+    model = FAMILIES[family][1](tiny_llm_config(family, tokenizer, layers, hidden))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def save_tiny_vision(kind: str, out_dir: str | Path, image_size: int = 16, patch_size: int = 4,
+                     hidden: int = 32, seed: int = 0) -> Path:
+    """Write a random vision encoder and its image processor to `out_dir`.
+
+    `clip` is saved as a full CLIPModel (as openai/clip-vit-* are); `siglip` as a bare SiglipVisionModel,
+    so both layouts a user may bring are covered.
+    """
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    vision = dict(hidden_size=hidden, intermediate_size=2 * hidden + 5, num_hidden_layers=3,
+                  num_attention_heads=4, image_size=image_size, patch_size=patch_size)
+    if kind == "clip":
+        text = dict(vocab_size=99, hidden_size=hidden, intermediate_size=37, num_hidden_layers=1,
+                    num_attention_heads=4, max_position_embeddings=16,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)).save_pretrained(out)
+        CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        ).save_pretrained(out)
+    elif kind == "siglip":
+        SiglipVisionModel(SiglipVisionConfig(**vision)).save_pretrained(out)
+        SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
+    else:
+        raise ValueError(f"unknown vision kind {kind!r}; known: clip, siglip")
+    return out
+
+
+__all__ = ["FAMILIES", "save_tiny_llm", "save_tiny_vision", "tiny_llm_config", "tiny_tokenizer"]
