@@ -1,13 +1,15 @@
-"""The shipped manifests parse, pin what can be pinned, and name every file LLaVA-1.5's data needs."""
+"""The shipped manifests (data and backbones) parse, pin what can be pinned, and name every file LLaVA-1.5 needs."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from pathlib import PurePosixPath
 
 import pytest
 import yaml
 
+from basic import checkpoints as ck
 from basic import download as dl
 
 # What LLaVA-1.5's scripts read (research/llava_recipe.md section 5, reference_numbers.yaml `data`).
@@ -83,3 +85,72 @@ def test_bad_manifests_are_refused_with_the_file_and_key(tmp_path):
         dl.load_manifest(bad)
     with pytest.raises(dl.DownloadError, match="neither a file nor a shipped manifest"):
         dl.load_manifest("no-such-manifest")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backbones (`basic checkpoints`)
+
+STUDY_BACKBONES = {"clip-l-336", "siglip", "vicuna-7b", "vicuna-13b", "gemma-2b", "phi3-3.8b", "mistral-7b"}
+
+
+def test_the_seven_backbones_are_pinned_to_commits():
+    backbones = ck.load_backbones()
+    assert set(backbones) == STUDY_BACKBONES  # docs/interfaces.md names
+    assert backbones["vicuna-7b"].repo == "lmsys/vicuna-7b-v1.5"
+    assert backbones["clip-l-336"].repo == "openai/clip-vit-large-patch14-336"
+    assert {b.name for b in backbones.values() if b.gated} == {"gemma-2b", "mistral-7b"}
+
+
+def test_only_one_weight_format_and_no_foreign_files_are_selected():
+    mistral = ["config.json", "consolidated.safetensors", "model-00001-of-00003.safetensors",
+               "model.safetensors.index.json", "pytorch_model-00001-of-00003.bin", "tokenizer.model",
+               "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"]
+    assert ck.select_files(mistral) == sorted(["config.json", "model-00001-of-00003.safetensors",
+                                               "model.safetensors.index.json", "tokenizer.model", "tokenizer.json",
+                                               "tokenizer_config.json", "generation_config.json", "README.md"])
+    vicuna = ["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "tokenizer.model"]
+    assert "pytorch_model-00001-of-00002.bin" in ck.select_files(vicuna)
+    gemma = ["config.json", "model.safetensors", "gemma-2b-it.gguf", "flax_model.msgpack", "tf_model.h5"]
+    assert ck.select_files(gemma) == ["config.json", "model.safetensors"]
+
+
+class FakeHub:
+    """Stands in for huggingface_hub (no network here): records calls, writes the selected files."""
+
+    def __init__(self, files):
+        self.files, self.calls = files, []
+        hub = self
+
+        class HfApi:
+            def list_repo_files(self, repo, revision):
+                hub.calls.append(("list", repo, revision))
+                return hub.files
+
+        self.HfApi = HfApi
+
+    def snapshot_download(self, repo, revision, local_dir, cache_dir, allow_patterns):
+        self.calls.append(("snapshot", repo, revision, tuple(allow_patterns)))
+        for f in allow_patterns:
+            (Path(local_dir) / f).parent.mkdir(parents=True, exist_ok=True)
+            (Path(local_dir) / f).write_text("{}")
+
+
+def test_fetch_pins_the_revision_records_it_and_skips_the_second_time(tmp_path):
+    b = ck.load_backbones()["siglip"]
+    hub = FakeHub(["config.json", "model.safetensors", "preprocessor_config.json", "tf_model.h5"])
+    ck.fetch(b, tmp_path, hub=hub)
+    assert hub.calls == [("list", b.repo, b.revision),
+                         ("snapshot", b.repo, b.revision, ("config.json", "model.safetensors", "preprocessor_config.json"))]
+    assert ck.check({"siglip": b}, tmp_path) == []
+    hub.calls.clear()
+    ck.fetch(b, tmp_path, hub=hub)
+    assert hub.calls == []
+    moved = ck.Backbone(b.name, b.repo, "0" * 40, False)
+    assert "the manifest pins 0000" in ck.check({"siglip": moved}, tmp_path)[0]
+
+
+def test_bad_revision_in_a_manifest_is_refused(tmp_path):
+    bad = tmp_path / "b.yaml"
+    bad.write_text("backbones:\n  x: {repo: a/b, revision: main}\n")
+    with pytest.raises(ck.CheckpointError, match="x: revision 'main' is not a 40-hex commit id"):
+        ck.load_backbones(bad)
