@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("basic.eval.evaluate:main", "run lmms-eval on one checkpoint and write its metrics JSON"),
     "download": ("basic.download:main", "download and verify files listed in a manifest"),
     "checkpoints": ("basic.checkpoints:main", "fetch the full study's backbones from the hub at pinned revisions"),
+    "launch": ("basic.launch:main", "print, run or submit (SLURM) a stage's distributed launch command"),
     "prepare": ("basic.prepare:main", "pipeline stage: build (mini) or check (full) the study's data"),
     "report": ("basic.report:main", "pipeline stage: execute the result notebooks and write the tables"),
 }
