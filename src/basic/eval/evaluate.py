@@ -1,0 +1,271 @@
+"""`basic evaluate`: run lmms-eval on one checkpoint over the configured benchmarks, write its metrics JSON.
+
+    basic evaluate --checkpoint models/<run>/finetune --out results/metrics/<run>.json \\
+        [--profile mini|full] [--benchmarks vqav2,gqa,...] [--data data/mini] [--batch_size 8] \\
+        [--num_processes N] [--log_dir DIR]
+
+Steps: (1) judged benchmarks whose LLM judge cannot be reached are recorded `unscored` with the reason and
+not run; (2) the package's task YAMLs are copied to `<log_dir>/tasks` with the mini data paths pointing at
+`--data`; (3) lmms-eval runs once, as its own command line (`python -m lmms_eval`, or under
+`accelerate launch` for N processes) with `--model basic_llava` and per-sample logs in
+`<log_dir>/lmms_eval`; (4) every requested result is checked, because lmms-eval exits 0 when evaluation
+fails, and a missing one fails this command naming the task; (5) `--out` gets
+`{benchmark: {score, n, split, scored_by, status, task, [reason | submission]}}` with status `scored`,
+`pending` (server-scored: submission file written) or `unscored` (judge unreachable: reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from basic.eval.benchmarks import PAPER_BENCHMARKS, Benchmark, select
+
+DEFAULT_DATA = "data/mini"  # where the shipped mini task YAMLs expect the data, relative to the project root
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation did not produce what was asked; the message names the task and where to look."""
+
+
+# ---- task YAMLs ----------------------------------------------------------------------------------------
+
+class _Function(str):
+    """A `!function` reference, kept as a tag when a task YAML is rewritten."""
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Loader.add_constructor("!function", lambda loader, node: _Function(loader.construct_scalar(node)))
+_Dumper.add_representer(_Function, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
+
+
+def render_tasks(data_root: Path, out_dir: Path) -> Path:
+    """Copy the package's task YAMLs to `out_dir`, pointing their `data/mini/...` files at `data_root`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for source in resources.files("basic.eval.tasks").iterdir():
+        if not source.name.endswith(".yaml"):
+            continue
+        config = yaml.load(source.read_text(encoding="utf-8"), Loader=_Loader)
+        files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
+        for split, path in files.items():
+            if not str(path).startswith(DEFAULT_DATA + "/"):
+                raise EvaluationError(f"{source.name}: data file {path!r} is not under {DEFAULT_DATA}/")
+            files[split] = str((data_root / str(path)[len(DEFAULT_DATA) + 1:]).resolve())
+        (out_dir / source.name).write_text(yaml.dump(config, Dumper=_Dumper, allow_unicode=True, sort_keys=False),
+                                           encoding="utf-8")
+    return out_dir
+
+
+def task_data_files(tasks_dir: Path, task: str) -> list[Path]:
+    """The local data files the rendered YAML of `task` reads (none for hub datasets)."""
+    for path in tasks_dir.glob("*.yaml"):
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        if config.get("task") == task:
+            return [Path(p) for p in ((config.get("dataset_kwargs") or {}).get("data_files") or {}).values()]
+    return []
+
+
+# ---- running lmms-eval --------------------------------------------------------------------------------
+
+def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Path, output: Path) -> list[str]:
+    model_args = f"pretrained={Path(args.checkpoint).resolve()}"
+    if args.device:
+        model_args += f",device={args.device}"
+    if args.num_processes > 1:
+        # Explicit flags, so a stale `accelerate config` file cannot change the process layout.
+        import torch
+
+        kind = "--multi_gpu"
+        command = [sys.executable, "-m", "accelerate.commands.launch", kind, "--num_processes",
+                   str(args.num_processes), "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "-m", "lmms_eval"]
+    else:
+        command = [sys.executable, "-m", "lmms_eval"]
+    command += ["--model", "basic_llava", "--model_args", model_args, "--tasks", ",".join(tasks),
+                "--include_path", str(tasks_dir), "--batch_size", str(args.batch_size),
+                "--output_path", str(output), "--log_samples", "--verbosity", "INFO"]
+    if args.limit is not None:
+        command += ["--limit", str(args.limit)]
+    if args.gen_kwargs:
+        command += ["--gen_kwargs", args.gen_kwargs]
+    return command
+
+
+def run_lmms_eval(command: list[str], log_file: Path) -> str:
+    """Run `command`, echoing and saving its output; returns the output's tail for error messages."""
+    tail: deque[str] = deque(maxlen=30)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+        for line in process.stdout:  # type: ignore[union-attr]
+            sys.stdout.write(line)
+            log.write(line)
+            tail.append(line)
+    text = "".join(tail)
+    if process.returncode != 0:
+        raise EvaluationError(f"lmms-eval exited with {process.returncode} (full log: {log_file}):\n{text}")
+    return text
+
+
+# ---- collecting metrics --------------------------------------------------------------------------------
+
+def _newest(paths: list[Path]) -> Path | None:
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+def _unjudged_reason(output: Path, task: str) -> str:
+    """Why a judged task has no score, from its per-sample log."""
+    samples = _newest(list(output.rglob(f"*_samples_{task}.jsonl")))
+    if samples is None:
+        return "judge could not score, and no per-sample log was written"
+    records = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
+    errors = [r["judge_score"]["error"] for r in records if (r.get("judge_score") or {}).get("error")]
+    first = errors[0] if errors else "unknown"
+    return f"{len(errors)}/{len(records)} samples unjudged ({first}); per-sample log: {samples}"
+
+
+def collect(benchmarks: list[Benchmark], output: Path, judges: dict[str, str], tail: str) -> dict[str, dict]:
+    """Metrics JSON entries of the benchmarks lmms-eval ran; fails naming every task without a result."""
+    results_file = _newest(list(output.rglob("*_results.json")))
+    if results_file is None:
+        raise EvaluationError(
+            f"lmms-eval wrote no results for {', '.join(b.task for b in benchmarks)} (it exits 0 after "
+            f"'Error during evaluation'); log: {output.parent / 'lmms_eval.log'}\n{tail}")
+    report = json.loads(results_file.read_text(encoding="utf-8"))
+    results, counts = report.get("results", {}), report.get("n-samples", {})
+    entries, missing = {}, []
+    for b in benchmarks:
+        task_result = results.get(b.task)
+        entry = {"score": None, "n": (counts.get(b.task) or {}).get("effective"), "split": b.split,
+                 "scored_by": f"judge:{judges[b.name]}" if b.scored_by == "judge" else b.scored_by,
+                 "status": "scored", "task": b.task}
+        if task_result is None:
+            missing.append(f"{b.task} (no result)")
+            continue
+        if b.scored_by == "server":
+            submission = _newest(list(output.rglob(b.submission)))  # type: ignore[arg-type]
+            if submission is None:
+                missing.append(f"{b.task} (no submission file {b.submission})")
+                continue
+            entry.update(status="pending", submission=str(submission))
+        else:
+            key = f"{b.metric},none"
+            value = _number(task_result.get(key))
+            if value is not None:
+                entry["score"] = round(value * b.scale, 4)
+            elif b.scored_by == "judge" and key in task_result:
+                entry.update(status="unscored", reason=_unjudged_reason(output, b.task))
+            else:
+                missing.append(f"{b.task} (metric {key} is {task_result.get(key)!r})")
+                continue
+        entries[b.name] = entry
+    if missing:
+        raise EvaluationError(f"lmms-eval gave no result for: {'; '.join(missing)} (results: {results_file})")
+    return entries
+
+
+# ---- command line -------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="basic evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="HF LLaVA checkpoint directory (the engine's stage 2)")
+    parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write (results/metrics/<run>.json)")
+    parser.add_argument("--profile", default="mini", choices=["mini", "full"], help="benchmark map to use")
+    parser.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS),
+                        help="comma-separated benchmark names (default: the paper's eight)")
+    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="mini data root (mini profile)")
+    parser.add_argument("--log_dir", type=Path, help="lmms-eval outputs and per-sample logs (default: <out>_logs)")
+    parser.add_argument("--batch_size", type=int, default=8, help="per process; does not change the answers")
+    parser.add_argument("--num_processes", type=int, default=1, help=">1: data-parallel under accelerate launch")
+    parser.add_argument("--device", help="model device for one process (default: cuda if available, else cpu)")
+    parser.add_argument("--limit", type=int, help="first N documents per task (smoke tests only: not a real score)")
+    parser.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs override, e.g. max_new_tokens=32")
+    return parser.parse_args(argv)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, dict]:
+    """Run the evaluation described by `args` and write its metrics JSON; returns the entries."""
+    from basic.eval.judge import LLMJudge, RuleJudge
+
+    benchmarks = select(args.profile, [n.strip() for n in args.benchmarks.split(",") if n.strip()])
+    log_dir = args.log_dir or args.out.with_name(f"{args.out.stem}_logs")
+    output = log_dir / "lmms_eval"
+    for stale in (output, log_dir / "tasks"):  # results are found by globbing, so start clean
+        shutil.rmtree(stale, ignore_errors=True)
+    tasks_dir = render_tasks(args.data, log_dir / "tasks")
+
+    entries: dict[str, dict] = {}
+    judges: dict[str, str] = {}
+    to_run: list[Benchmark] = []
+    for b in benchmarks:
+        for path in task_data_files(tasks_dir, b.task):
+            if not path.is_file():
+                raise EvaluationError(f"{b.name}: data file {path} is missing (mini data: `basic mini data --out "
+                                      f"{args.data}`)")
+        if b.judge == "llm":
+            judge = LLMJudge()
+            judges[b.name] = judge.name
+            reason = judge.check()
+            if reason:
+                entries[b.name] = {"score": None, "n": None, "split": b.split, "scored_by": f"judge:{judge.name}",
+                                   "status": "unscored", "task": b.task, "reason": reason}
+                print(f"basic evaluate: {b.name} left unscored: {reason}", file=sys.stderr)
+                continue
+        elif b.judge == "rule":
+            judges[b.name] = RuleJudge.name
+        to_run.append(b)
+
+    if to_run:
+        output.mkdir(parents=True, exist_ok=True)
+        command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, output)
+        started = time.perf_counter()
+        tail = run_lmms_eval(command, log_dir / "lmms_eval.log")
+        print(f"basic evaluate: lmms-eval took {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        entries.update(collect(to_run, output, judges, tail))
+
+    ordered = {b.name: entries[b.name] for b in benchmarks}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(args.out)
+    return ordered
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        entries = evaluate(args)
+    except (EvaluationError, ValueError) as error:
+        print(f"basic evaluate: error: {error}", file=sys.stderr)
+        return 1
+    for name, e in entries.items():
+        shown = e["score"] if e["status"] == "scored" else e.get("submission") or e.get("reason")
+        print(f"{name:<10} {e['status']:<9} {shown}")
+    print(f"basic evaluate: wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

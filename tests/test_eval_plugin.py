@@ -1,0 +1,160 @@
+"""The `basic_llava` lmms-eval model: registration, prompting, batch-size invariance, log-likelihood, traps."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+from lmms_eval.api.instance import Instance, unwrap_generation_output
+from PIL import Image
+
+from basic.eval.plugin import BasicLlava, cut_at_stops, pad_to_square
+from basic.eval.testing import save_tiny_llava
+
+TASK, SPLIT = "t", "test"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="module")
+def docs():
+    rng = random.Random(0)
+    return [{"image": Image.new("RGB", (rng.randint(8, 40), rng.randint(8, 40)), tuple(rng.randrange(256) for _ in "rgb")),
+             "question": "what colour is the shape ?" + " describe it ." * rng.randint(0, 3)} for _ in range(9)]
+
+
+def _model(checkpoint, docs, batch_size) -> BasicLlava:
+    model = BasicLlava(pretrained=str(checkpoint), batch_size=batch_size)
+    model.task_dict = {TASK: {SPLIT: docs}}
+    return model
+
+
+def _generate_requests(docs, gen_kwargs):
+    return [Instance("generate_until", (d["question"], dict(gen_kwargs), lambda doc: [doc["image"]], i, TASK, SPLIT),
+                     idx=0, metadata={"task": TASK, "doc_id": i, "repeats": 1}) for i, d in enumerate(docs)]
+
+
+def _loglikelihood_requests(docs, continuations):
+    return [Instance("loglikelihood", (d["question"], c, lambda doc: [doc["image"]], i, TASK, SPLIT),
+                     idx=0, metadata={"task": TASK, "doc_id": i, "repeats": 1})
+            for i, d in enumerate(docs) for c in continuations]
+
+
+def test_entry_point_resolves_to_the_plugin():
+    points = importlib.metadata.entry_points(group="lmms_eval.models")
+    assert "basic_llava" in [ep.name for ep in points]
+    from lmms_eval.models import get_model, get_model_manifest
+
+    assert get_model("basic_llava") is BasicLlava
+    assert get_model_manifest("basic_llava").simple_class_path == "basic.eval.plugin.BasicLlava"
+
+
+def test_plugin_resolves_when_imported_before_lmms_eval_models():
+    # Importing the plugin first must not break the registry build it triggers (a circular import).
+    code = "import basic.eval.plugin\nfrom lmms_eval.models import get_model\nprint(get_model('basic_llava').__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("BasicLlava"), out.stderr[-2000:]
+
+
+def test_batch_size_does_not_change_answers(checkpoint, docs):
+    gen = {"max_new_tokens": 10, "until": ["\n\n"]}
+    answers = {bs: _model(checkpoint, docs, bs).generate_until(_generate_requests(docs, gen)) for bs in (1, 4)}
+    assert answers[1] == answers[4]
+    assert len(set(answers[1])) > 1 and all(answers[1])  # real, varied generations, not one constant
+
+
+def test_loglikelihood_is_batch_invariant_and_exact(checkpoint, docs):
+    requests = _loglikelihood_requests(docs[:4], [" red", " blue square"])
+    results = {bs: _model(checkpoint, docs, bs).loglikelihoods(requests) for bs in (1, 4)}
+    for (a, greedy_a), (b, greedy_b) in zip(results[1], results[4]):
+        assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b
+
+    # Independent computation for one request: one unpadded forward pass over prompt + continuation.
+    model = _model(checkpoint, docs, 1)
+    doc = docs[0]
+    image = pad_to_square(doc["image"].convert("RGB"), model.pad_colour)
+    prompt = model.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": doc["question"]}]}],
+        add_generation_prompt=True, tokenize=False)
+    inputs = model.processor(text=[prompt], images=[image], add_special_tokens=False, return_tensors="pt")
+    cont = model.tokenizer(" red", add_special_tokens=False)["input_ids"]
+    ids = torch.cat([inputs["input_ids"], torch.tensor([cont])], dim=1)
+    with torch.no_grad():
+        logits = model.model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0].log_softmax(-1)
+    n = inputs["input_ids"].shape[1]
+    expected = sum(logits[n - 1 + k, t].item() for k, t in enumerate(cont))
+    greedy = all(logits[n - 1 + k].argmax().item() == t for k, t in enumerate(cont))
+    assert results[1][0] == (pytest.approx(expected, abs=1e-4), greedy)
+
+
+def test_until_and_max_new_tokens_are_honoured(checkpoint, docs):
+    model = _model(checkpoint, docs, 3)
+    long = model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 12}))
+    short = model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 3}))
+    for a, b in zip(long, short):
+        assert a.startswith(b) and len(b) < len(a)
+    stop = next(ch for ch in long[0][1:] if ch.isascii() and ch.isalpha())  # a stop string inside the answer
+    stopped = model.generate_until(_generate_requests(docs[:1], {"max_new_tokens": 12, "until": [stop]}))
+    assert stopped[0] == cut_at_stops(long[0], [stop]).strip() and stop not in stopped[0]
+
+
+def test_other_family_prompts_with_its_own_template(tmp_path, docs):
+    checkpoint = save_tiny_llava(tmp_path / "gemma", family="gemma", image_aspect_ratio="square")
+    model = _model(checkpoint, docs, 2)
+    assert model.image_aspect_ratio == "square"
+    assert model._prompt("hi", 1).endswith("<start_of_turn>model\n")
+    end_of_turn = model.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn in model.eos_ids  # generation stops at the end of the model's turn
+    assert len(model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 4}))) == 3
+
+
+def test_pad_to_square_centres_on_the_mean_colour():
+    image = Image.new("RGB", (4, 2), (255, 0, 0))
+    square = pad_to_square(image, (1, 2, 3))
+    assert square.size == (4, 4)
+    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((0, 1)) == (255, 0, 0)
+    assert pad_to_square(Image.new("RGB", (3, 3)), (0, 0, 0)).size == (3, 3)
+
+
+# ---- lmms-eval 0.7.3 traps this project relies on being handled ----------------------------------------
+
+def test_filelock_pin_keeps_lmms_eval_importable():
+    major = int(importlib.metadata.version("filelock").split(".")[0])
+    assert major < 4, "lmms-eval 0.7.3 imports filelock._api, which filelock 4 removed"
+    importlib.import_module("filelock._api")
+    importlib.import_module("lmms_eval.evaluator")
+
+
+def test_plugin_needs_no_decord_unlike_lmms_evals_llava_wrappers(checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "decord", None)  # as if not installed (lmms-eval does not declare it)
+    with pytest.raises(ImportError):
+        importlib.import_module("lmms_eval.models.simple.llava_hf")
+    from lmms_eval.models import get_model
+
+    assert get_model("basic_llava").create_from_arg_string(f"pretrained={checkpoint}", {"batch_size": "2"})
+
+
+def test_plugin_is_a_simple_model_so_loglikelihood_tasks_run():
+    # lmms-eval's chat-style models refuse log-likelihood requests; multiple-choice tasks need a simple one.
+    assert BasicLlava.is_simple
+    with pytest.raises(ValueError, match="integer"):
+        BasicLlava(pretrained="unused", batch_size="auto")
+
+
+def test_loglikelihood_speaks_lmms_evals_conventions(checkpoint, docs):
+    # lmms-eval 0.7.3 str()s a plain (value, is_greedy) tuple, which breaks multiple-choice scoring ...
+    assert isinstance(unwrap_generation_output((-1.5, True))[0], str)
+    # ... so the plugin wraps each pair, and returns the negative log-likelihood (it picks the argmin).
+    model = _model(checkpoint, docs, 1)
+    requests = _loglikelihood_requests(docs[:1], [" red"])
+    [wrapped] = model.loglikelihood(requests)
+    [(logprob, greedy)] = model.loglikelihoods(requests)
+    assert unwrap_generation_output(wrapped)[0] == (-logprob, greedy) and logprob < 0
