@@ -9,8 +9,9 @@ tokens per sample in 2048-token sequences, random weights and random tokens:
   projector (trained), a Vicuna-7B-shaped Llama with all 32 layers (frozen; gradients flow through it).
 - `stage2`: full fine-tuning (projector + LLM) at Vicuna-7B width with fewer layers. AdamW under ZeRO-2
   keeps 16 bytes per trained parameter (bf16 weight and gradient, fp32 master weight and two moments),
-  so all 32 layers (6.7B parameters, ~107 GB) cannot train on one 80 GB GPU without offload; the script
-  takes as many layers as fit in ~60% of the GPU's memory (the rest for activations) and says how many.
+  (24 at the peak of the optimizer step), so all 32 layers (6.6B parameters, ~107 GB) cannot train on one
+  80 GB GPU without offload; the script takes as many layers as fit with their optimizer state in 75% of
+  the GPU's memory (the rest for activations) and says how many (11 on an 80 GB H100).
   Per-layer time and memory scale linearly, so per-GPU cost of the real 7B stage 2 under ZeRO-3 on 8 GPUs
   can be read off the per-layer figures.
 
@@ -257,16 +258,28 @@ def _card_slug(card: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
 
 
-def auto_stage2_layers(shape: Shape, fraction: float = 0.6) -> int:
-    """How many 7B-width layers fit full fine-tuning under ZeRO-2 in `fraction` of this GPU's memory."""
-    import torch
+# ZeRO-2 keeps per trained parameter a bf16 weight and gradient (2 + 2 bytes), an fp32 master weight and
+# two fp32 Adam moments (4 + 8); during the step it also holds an fp32 copy of the gradient partition and
+# AdamW's fp32 temporaries (~8): 24 bytes at the peak.
+BYTES_PER_TRAINED_PARAM = 24
 
-    free, total = torch.cuda.mem_get_info()
+
+def auto_stage2_layers(shape: Shape, gpu_bytes: int, fraction: float = 0.75) -> int:
+    """How many 7B-width layers fit full fine-tuning under ZeRO-2 with their optimizer state in `fraction`
+    of the GPU's memory (the rest for activations, logits and the allocator's slack)."""
     per_layer = 4 * shape.hidden ** 2 + 3 * shape.hidden * shape.intermediate
     fixed_trained = 2 * shape.hidden * shape.vocab + shape.vision_hidden * shape.hidden + shape.hidden ** 2
     vision = shape.vision_layers * (4 * shape.vision_hidden ** 2 + 2 * shape.vision_hidden * shape.vision_intermediate)
-    budget = fraction * total - 16 * fixed_trained - 2 * vision
-    return max(1, min(shape.layers, int(budget // (16 * per_layer))))
+    budget = fraction * gpu_bytes - BYTES_PER_TRAINED_PARAM * fixed_trained - 2 * vision
+    return max(1, min(shape.layers, int(budget // (BYTES_PER_TRAINED_PARAM * per_layer))))
+
+
+def _probe_gpu() -> tuple[str, int] | None:
+    """(name, total bytes) of GPU 0, asked in a child process so that this one never holds a CUDA context."""
+    code = ("import json, torch; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; "
+            "print(json.dumps(p and [p.name, p.total_memory]))")
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(answer.strip().splitlines()[-1]) if answer.strip() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,17 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.time()
-    import torch
-
-    on_gpu = torch.cuda.is_available() and not args.smoke
+    gpu = None if args.smoke else _probe_gpu()
+    on_gpu = gpu is not None
     if not on_gpu and not args.smoke:
         print("gpu_check: no CUDA device; use --smoke to test the script on CPU", file=sys.stderr)
         return 2
-    card = torch.cuda.get_device_name() if on_gpu else "cpu-smoke"
+    card = gpu[0] if on_gpu else "cpu-smoke"
     folder = args.out_dir or (ROOT / "build" if args.smoke else RESULTS)
     out = args.out or folder / f"gpu_check_{_card_slug(card)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage2_layers = args.stage2_layers or (auto_stage2_layers(base) if on_gpu else base.layers)
+    stage2_layers = args.stage2_layers or (auto_stage2_layers(base, gpu[1]) if on_gpu else base.layers)
     plan = []
     for stage in args.configs:
         layers, batch = (base.layers, args.stage1_batch) if stage == "stage1" else (stage2_layers, args.stage2_batch)
@@ -352,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             if a["peak_memory"] and b["peak_memory"]:
                 comparison[stage]["peak_memory_ratio"] = b["peak_memory"]["allocated_gib"] / a["peak_memory"]["allocated_gib"]
     import deepspeed
+    import torch
     import transformers
 
     report = {
