@@ -344,3 +344,9 @@ def test_command_line(server, tmp_path, capsys):
     assert rc == 1 and "b: HTTP 404" in capsys.readouterr().err
     assert dl.main(["--manifest", str(manifest), "--dest", str(tmp_path / "d"), "--check"]) == 1
     assert "b: not downloaded and verified" in capsys.readouterr().out
+
+
+def test_missing_file_mirror_fails_naming_the_file(tmp_path):
+    m = write_manifest(tmp_path, [{"path": "a/x.zip", "url": f"file://{tmp_path}/nowhere/x.zip", "sha256": None}])
+    with pytest.raises(dl.DownloadError, match=r"a/x.zip: no such file .*nowhere/x.zip"):
+        dl.download(m, opts(tmp_path / "d"))

@@ -330,7 +330,7 @@ def _open_stream(url: str, offset: int, timeout: float) -> tuple[int, int | None
     if url.startswith("file://"):
         src = Path(unquote(urlparse(url).path))
         if not src.is_file():
-            raise DownloadError(f"no such file {src}")
+            raise FileNotFoundError(f"no such file {src} (from {url})")
         f = open(src, "rb")
         total = src.stat().st_size
         offset = min(offset, total)
