@@ -79,12 +79,17 @@ def test_deepspeed_config_flag_is_not_doubled_and_can_be_switched_off():
     assert L.train_command(cpu, "pretrain", ["--bf16", "False"]) == ["python", "-m", "basic.train", "--bf16", "False"]
 
 
-def test_evaluation_is_data_parallel_on_one_node_through_accelerate():
-    cmd = L.eval_command(L.LaunchSpec(nodes=4, gpus_per_node=8), ["--model", "basic_llava", "--tasks", "gqa"])
+def test_evaluation_is_data_parallel_on_one_node():
+    spec = L.LaunchSpec(nodes=4, gpus_per_node=8)
+    args = ["--checkpoint", "models/basic-7b/finetune", "--out", "results/metrics/basic-7b.json", "--profile", "full"]
+    assert L.eval_command(spec, args) == ["basic", "evaluate", *args, "--num_processes", "8"]
+    assert L.eval_command(spec, [*args, "--num_processes", "2"]).count("--num_processes") == 1
+    cmd = L.lmms_eval_command(spec, ["--model", "basic_llava", "--tasks", "gqa"])
     assert cmd == ["accelerate", "launch", "--num_machines", "1", "--num_processes", "8", "--main_process_port",
                    "29500", "--multi_gpu", "-m", "lmms_eval", "--model", "basic_llava", "--tasks", "gqa"]
     cpu = L.LaunchSpec(launcher="python", gpus_per_node=1)
-    assert L.eval_command(cpu, ["--x"], module="basic.eval.evaluate") == ["python", "-m", "basic.eval.evaluate", "--x"]
+    assert L.lmms_eval_command(cpu, ["--x"]) == ["python", "-m", "lmms_eval", "--x"]
+    assert L.eval_command(cpu, ["--x"]) == ["basic", "evaluate", "--x", "--num_processes", "1"]
 
 
 def test_global_batch_is_kept_on_any_number_of_gpus():
@@ -174,7 +179,7 @@ def test_runs_are_submitted_at_once_with_each_run_s_stages_chained(tmp_path, fak
     def run(name):
         return [L.Job("pretrain", tuple(L.train_command(spec, "pretrain", ["--output_dir", f"models/{name}/pretrain"])), spec),
                 L.Job("finetune", tuple(L.train_command(spec, "finetune", ["--output_dir", f"models/{name}/finetune"])), spec),
-                L.Job("evaluate", tuple(L.eval_command(spec, ["--tasks", "gqa"])), spec)]
+                L.Job("evaluate", tuple(L.eval_command(spec, ["--checkpoint", f"models/{name}/finetune"])), spec)]
 
     ids = L.submit_runs({"llava-7b": run("llava-7b"), "basic-7b": run("basic-7b")}, slurm_spec(tmp_path),
                         sbatch=str(sbatch), workdir=tmp_path)

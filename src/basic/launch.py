@@ -6,7 +6,8 @@ shell (DVC's `cmd`, an sbatch script), leaving `$NODE_RANK` and `$MASTER_ADDR` f
 Training follows LLaVA-1.5: DeepSpeed ZeRO-2 for stage 1 (`pipeline/zero2.json`), ZeRO-3 for stage 2
 (`pipeline/zero3.json`), passed as the training script's `--deepspeed` flag so that every launcher
 (`deepspeed`, `torchrun`, `accelerate launch`) runs the same Trainer code path. Evaluation runs data
-parallel on one node through `accelerate launch -m lmms_eval` (or `-m basic.eval.evaluate`).
+parallel on one node: `basic evaluate --num_processes N` (which starts `accelerate launch -m lmms_eval`
+itself and writes the metrics JSON), or plain lmms-eval through `lmms_eval_command`.
 
 On more than one node, every node runs the same command with its own `NODE_RANK` (0..nodes-1) and the
 same `MASTER_ADDR` (node 0's host). `sbatch_script` wraps a command in `pipeline/slurm/stage.sbatch`
@@ -125,13 +126,22 @@ def train_command(spec: LaunchSpec, stage: str, train_args: Sequence[str], modul
     return launcher_argv(spec, module) + args
 
 
-def eval_command(spec: LaunchSpec, eval_args: Sequence[str], module: str = EVAL_MODULE) -> list[str]:
-    """argv that evaluates on one node, data parallel over its GPUs (lmms-eval runs through accelerate)."""
+def eval_command(spec: LaunchSpec, eval_args: Sequence[str]) -> list[str]:
+    """argv of `basic evaluate` data parallel over one node's GPUs: it runs lmms-eval under
+    `accelerate launch --num_processes N` itself (one process on CPU) and writes the metrics JSON."""
+    args = list(eval_args)
+    if not any(a == "--num_processes" or a.startswith("--num_processes=") for a in args):
+        args += ["--num_processes", str(spec.gpus_per_node)]
+    return ["basic", "evaluate", *args]
+
+
+def lmms_eval_command(spec: LaunchSpec, lmms_eval_args: Sequence[str]) -> list[str]:
+    """argv of plain lmms-eval (`accelerate launch -m lmms_eval`), data parallel over one node's GPUs."""
     if spec.launcher == "python":
-        return ["python", "-m", module, *eval_args]
+        return ["python", "-m", EVAL_MODULE, *lmms_eval_args]
     one_node = LaunchSpec(launcher="accelerate", gpus_per_node=spec.gpus_per_node, nodes=1,
                           master_port=spec.master_port, deepspeed={})
-    return launcher_argv(one_node, module) + list(eval_args)
+    return launcher_argv(one_node, EVAL_MODULE) + list(lmms_eval_args)
 
 
 def batch_args(global_batch: int, per_device: int, world_size: int) -> list[str]:
@@ -264,16 +274,17 @@ def submit_runs(runs: Mapping[str, Sequence[Job]], slurm: SlurmSpec, sbatch: str
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="basic launch", description=__doc__.split("\n\n")[0],
                                 epilog="Everything after `--` goes to the launched module.")
-    p.add_argument("what", choices=("train", "evaluate"))
+    p.add_argument("what", choices=("train", "evaluate", "lmms-eval"),
+                   help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval")
     p.add_argument("--stage", choices=STAGES, help="training stage (train only)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="deepspeed",
-                   help="train: process launcher (evaluate always uses accelerate, or python)")
+                   help="train: process launcher (lmms-eval: accelerate, or python for one process)")
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--deepspeed-config", help="this stage's DeepSpeed config (default: LLaVA's zero2/zero3 "
                    "under pipeline/); 'none' for none")
-    p.add_argument("--module", help=f"module to launch (default {TRAIN_MODULE} / {EVAL_MODULE})")
+    p.add_argument("--module", default=TRAIN_MODULE, help=f"training module (default {TRAIN_MODULE})")
     p.add_argument("--print", action="store_true", help="print the command (or sbatch script) and exit")
     g = p.add_argument_group("SLURM (submit instead of running here)")
     g.add_argument("--slurm", action="store_true")
@@ -306,11 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.deepspeed_config:
                 deepspeed[args.stage] = None if args.deepspeed_config == "none" else args.deepspeed_config
             spec = LaunchSpec(args.launcher, args.gpus_per_node, args.nodes, args.master_port, deepspeed)
-            command = train_command(spec, args.stage, rest, args.module or TRAIN_MODULE)
-        else:
+            command = train_command(spec, args.stage, rest, args.module)
+        else:  # evaluation runs on one node
             spec = LaunchSpec("python" if args.launcher == "python" else "accelerate", args.gpus_per_node,
                               1, args.master_port, {})
-            command = eval_command(spec, rest, args.module or EVAL_MODULE)
+            command = (eval_command if args.what == "evaluate" else lmms_eval_command)(spec, rest)
         if not args.slurm:
             if args.print:
                 print(to_shell(command))
@@ -322,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         slurm = SlurmSpec(args.partition, args.account, args.qos, args.time, args.cpus_per_task, args.mem,
                           log_dir=args.log_dir, directives=tuple(args.sbatch_directive), setup=tuple(args.setup),
                           template=args.template)
-        name = args.job_name or (f"basic-{args.stage}" if args.what == "train" else "basic-evaluate")
+        name = args.job_name or (f"basic-{args.stage}" if args.what == "train" else f"basic-{args.what}")
         script = sbatch_script(command, spec, slurm, name)
         if args.print:
             print(script)
