@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-ZERO2 = ROOT / "pipeline" / "zero2.json"
+ZERO2 = ROOT / "pipeline" / "zero2.json"  # LLaVA-1.5's stage-1 DeepSpeed config, as the engine ships it
 # Dense bf16 peak of the cards this may run on (vendor datasheets, without sparsity).
 PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
                     "H200": 989.4, "A100": 312.0, "L40S": 362.1}
@@ -156,16 +156,6 @@ def step_flops(shape: Shape, stage: str, batch: int, basic_layers: int | None) -
     return {"llava": float(llava), "basic_extra": float(extra)}
 
 
-def zero2_config() -> dict:
-    """LLaVA-1.5's ZeRO-2 config (pipeline/zero2.json when the engine has written it)."""
-    if ZERO2.exists():
-        return json.loads(ZERO2.read_text())
-    return {"fp16": {"enabled": "auto"}, "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto",
-            "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
-            "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
-                                  "sub_group_size": 1e9, "reduce_bucket_size": "auto"}}
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -213,7 +203,7 @@ def run_one(name: str, stage: str, basic: bool, shape: Shape, batch: int, warmup
     args = TrainingArguments(
         output_dir=str(out_dir / name), per_device_train_batch_size=batch, max_steps=warmup + steps,
         learning_rate=2e-5 if stage == "stage2" else 1e-3, lr_scheduler_type="constant", weight_decay=0.0,
-        bf16=cuda, tf32=cuda, gradient_checkpointing=True, deepspeed=zero2_config(), logging_steps=1,
+        bf16=cuda, tf32=cuda, gradient_checkpointing=True, deepspeed=str(ZERO2), logging_steps=1,
         report_to="none", save_strategy="no", dataloader_num_workers=0, use_cpu=not cuda, seed=0,
         optim="adamw_torch", disable_tqdm=True, model_max_length=shape.seq_len,
     )
