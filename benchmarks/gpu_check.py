@@ -35,6 +35,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -163,7 +164,7 @@ def _free_port() -> int:
 
 
 def run_one(name: str, stage: str, basic: bool, shape: Shape, batch: int, warmup: int, steps: int,
-            smoke: bool, out_dir: Path) -> dict:
+            smoke: bool) -> dict:
     """Train `warmup + steps` steps of one configuration in this process and measure the timed steps."""
     for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
                        "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
@@ -201,7 +202,7 @@ def run_one(name: str, stage: str, basic: bool, shape: Shape, batch: int, warmup
                 peak["reserved_gib"] = torch.cuda.max_memory_reserved() / 2 ** 30
 
     args = TrainingArguments(
-        output_dir=str(out_dir / name), per_device_train_batch_size=batch, max_steps=warmup + steps,
+        output_dir=tempfile.mkdtemp(prefix=f"gpu_check-{name}-"), per_device_train_batch_size=batch, max_steps=warmup + steps,
         learning_rate=2e-5 if stage == "stage2" else 1e-3, lr_scheduler_type="constant", weight_decay=0.0,
         bf16=cuda, tf32=cuda, gradient_checkpointing=True, deepspeed=str(ZERO2), logging_steps=1,
         report_to="none", save_strategy="no", dataloader_num_workers=0, use_cpu=not cuda, seed=0,
@@ -293,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.one:
         name, stage, basic, layers, batch = json.loads(args.one)
-        result = run_one(name, stage, basic, replace(base, layers=layers), batch, args.warmup, args.steps,
-                         args.smoke, args.out.parent)
+        result = run_one(name, stage, basic, replace(base, layers=layers), batch, args.warmup, args.steps, args.smoke)
         args.out.write_text(json.dumps(result, indent=1))
         return 0
 
