@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("basic.launch:main", "print, run or submit (SLURM) a stage's distributed launch command"),
     "prepare": ("basic.prepare:main", "pipeline stage: build (mini) or check (full) the study's data"),
     "report": ("basic.report:main", "pipeline stage: execute the result notebooks and write the tables"),
+    "stage": ("basic.stage:main", "pipeline stage: run one stage of params.yaml's study (--dry: print the commands)"),
 }
 
 

@@ -1,0 +1,459 @@
+"""The paper's tables and the training curves, rebuilt from results/ beside the published numbers.
+
+Pure functions the notebooks call (notebooks/*.ipynb only load, call and show):
+
+- `load(params, metrics_dir)` -> `Results`: the study (basic.config), every run's metrics JSON
+  (`{benchmark: {score, n, split, scored_by, status}}`, written by `basic evaluate`) and the reference
+  numbers (`reference_numbers.yaml`, this package's copy of the paper's tables).
+- `family_table(results, family)`: one table of the paper (main, loss_ablation, cross_model,
+  layer_weights, supervision_strength) as a tidy frame, one row per (table row, benchmark): our score
+  (mean over the seeds of that setting), its spread (sd) and seed count, the paper's score, and both
+  deltas against the table's baseline row. A table's runs are matched to the paper's rows by what they
+  are (method, LLM, encoder, which losses, schedules), never by name; a run that matches no row of the
+  paper gets its own row; a run without metrics is reported `missing`, never dropped.
+- `markdown(table)`, `write_table(table, dir, name)`: Markdown and CSV; `plot_family(table)`: a seaborn figure.
+- `curves_from_state`, `write_curves`, `load_curves`, `curves_summary`, `plot_curves`: training curves
+  (LM, DAS and SDS terms) from the trainer's log history.
+
+`main(argv)` is `basic report`: it executes every notebook with papermill (kernel named) into
+results/notebooks/, renders each to HTML with nbconvert, and so writes results/tables/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from basic import config
+
+REFERENCE_FILE = "reference_numbers.yaml"
+FAMILIES = config.TABLES
+TITLES = {
+    "main": "Table 1: main results",
+    "loss_ablation": "Table 2: loss ablation (Vicuna-7B)",
+    "cross_model": "Table 3: other LLMs and encoders (MMBench-EN)",
+    "layer_weights": "Table 4a: layer-weight schedule",
+    "supervision_strength": "Table 4b: supervision strength (patch weights)",
+}
+# The row each table's deltas are taken against (what the paper compares with): attributes it overrides.
+BASELINES: dict[str, dict[str, Any]] = {
+    "main": {"method": config.BASELINE},
+    "loss_ablation": {"das": False, "sds": False},
+    "cross_model": {"method": config.BASELINE},
+    "layer_weights": {"layer_weights": "increasing"},
+    "supervision_strength": {"patch_weights": "attention"},
+}
+CURVE_TERMS = ("loss", "lm_loss", "das", "sds")
+NOTEBOOKS = Path("notebooks")
+NOTEBOOKS_OUT = Path("results/notebooks")
+TABLES_DIR = Path("results/tables")
+KERNEL = "python3"
+
+
+class ReportError(RuntimeError):
+    """A results file or reference that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Results:
+    study: config.Study
+    metrics: dict[str, dict[str, dict]]
+    """run -> benchmark -> {score, n, split, scored_by, status, ...}, for the runs that have a metrics file."""
+    references: dict
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def references() -> dict:
+    return yaml.safe_load((resources.files("basic") / REFERENCE_FILE).read_text(encoding="utf-8"))
+
+
+def load_metrics(metrics_dir: str | Path) -> dict[str, dict[str, dict]]:
+    """Every `<run>.json` in `metrics_dir`; a file that is not a metrics mapping is an error naming it."""
+    out = {}
+    for path in sorted(Path(metrics_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) and "status" in v for v in data.values()):
+            raise ReportError(f"{path}: expected {{benchmark: {{score, n, split, scored_by, status}}}}")
+        out[path.stem] = data
+    return out
+
+
+def load(params: str | Path = config.PARAMS_FILE, metrics_dir: str | Path = config.METRICS_DIR) -> Results:
+    return Results(config.load(params), load_metrics(metrics_dir), references())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def attributes(run: config.Run) -> dict[str, Any]:
+    """What a run is, in the terms the paper's tables use to tell rows apart."""
+    args = run.basic_args
+    return {"method": run.method, "llm": run.llm, "encoder": run.encoder,
+            "das": args.basic_das_weight > 0, "sds": args.basic_sds_weight > 0,
+            "layer_weights": args.basic_layer_weights if args.enabled else None,
+            "patch_weights": args.basic_patch_weights if args.enabled else None}
+
+
+def reference_rows(refs: dict, family: str) -> tuple[list[str], list[dict]]:
+    """The paper's table `family`: its benchmark columns and rows as {attributes..., "paper": {bench: score}}."""
+    table = refs[family]
+    columns = list(table["columns"])
+    rows = []
+    for row in table["rows"]:
+        if family == "cross_model":
+            for method, key in ((config.BASELINE, "llava"), (config.METHOD, "basic")):
+                rows.append({"encoder": row["encoder"], "llm": row["llm"], "method": method,
+                             "paper": {columns[0]: row[key]}})
+            continue
+        attrs = {k: v for k, v in row.items() if k != "scores"}
+        if family == "layer_weights":
+            attrs = {"layer_weights": attrs.pop("schedule")}
+        rows.append({**attrs, "paper": dict(zip(columns, row["scores"]))})
+    return columns, rows
+
+
+def _matches(attrs: dict, row: dict) -> bool:
+    return all(attrs.get(k) == v for k, v in row.items() if k != "paper")
+
+
+def _label(attrs: dict, keys: list[str]) -> str:
+    parts = []
+    for k in keys:
+        v = attrs.get(k)
+        parts.append(("+" if v else "-") + k.upper() if isinstance(v, bool) else str(v))
+    return " ".join(parts)
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return mean, sd
+
+
+def seed_scores(results: Results, family: str) -> pd.DataFrame:
+    """One line per (run, benchmark) of the table: the row it belongs to, its seed, score and status."""
+    columns, ref_rows = reference_rows(results.references, family)
+    keys = [k for k in ref_rows[0] if k != "paper"]
+    lines = []
+    for name in results.study.tables.get(family, []):
+        run = results.study.runs[name]
+        attrs = attributes(run)
+        matched = [i for i, row in enumerate(ref_rows) if _matches(attrs, row)]
+        row_index = matched[0] if matched else None
+        for bench in columns:
+            entry = results.metrics.get(name, {}).get(bench)
+            status = "missing" if entry is None else entry["status"]
+            score = entry.get("score") if entry is not None and status == "scored" else None
+            lines.append({"row": _label(attrs, keys), "paper_row": row_index, "run": name, "seed": run.seed,
+                          "settings": json.dumps(run.settings, sort_keys=True), "benchmark": bench,
+                          "score": score, "status": status, **{k: attrs[k] for k in keys}})
+    frame = pd.DataFrame(lines, columns=["row", "paper_row", "run", "seed", "settings", "benchmark", "score", "status", *keys])
+    # Runs that match one paper row but differ elsewhere (e.g. a learning rate) are separate rows.
+    ambiguous = {row for row, settings in frame.groupby("row").settings if settings.nunique() > 1}
+    for (row, _), group in frame.groupby(["row", "settings"], sort=False):
+        if row in ambiguous:
+            frame.loc[group.index, "row"] = f"{row} [{group.run.iloc[0]}]"
+    return frame
+
+
+def family_table(results: Results, family: str) -> pd.DataFrame:
+    """The table `family` (see module docstring): one row per (row, benchmark), paper rows first, in order."""
+    if family not in FAMILIES:
+        raise ReportError(f"unknown table {family!r} (tables: {', '.join(FAMILIES)})")
+    columns, ref_rows = reference_rows(results.references, family)
+    keys = [k for k in ref_rows[0] if k != "paper"]
+    seeds = seed_scores(results, family)
+    rows: list[dict] = []
+    for row, group in seeds.groupby("row", sort=False):
+        first = group.iloc[0]
+        paper = ref_rows[int(first.paper_row)]["paper"] if pd.notna(first.paper_row) else {}
+        for bench in columns:
+            cell = group[group.benchmark == bench]
+            scored = [float(s) for s in cell.score if pd.notna(s)]
+            mean, sd = _mean_sd(scored)
+            statuses = sorted(set(cell.status) - {"scored"})
+            rows.append({"row": row, **{k: first[k] for k in keys}, "benchmark": bench, "ours": mean, "ours_sd": sd,
+                         "seeds": len(scored), "runs": ";".join(dict.fromkeys(cell.run)),
+                         "status": "scored" if scored else "/".join(statuses),
+                         "paper": paper.get(bench), "_order": first.paper_row if pd.notna(first.paper_row) else 1e9})
+    # Paper rows nobody ran are shown too, so the table always has the paper's shape.
+    present = {int(p) for p in seeds.paper_row.dropna()}
+    for i, ref in enumerate(ref_rows):
+        if i not in present:
+            attrs = {k: ref[k] for k in keys}
+            rows += [{"row": _label(attrs, keys), **attrs, "benchmark": b, "ours": None, "ours_sd": None, "seeds": 0,
+                      "runs": "", "status": "not run", "paper": ref["paper"].get(b), "_order": i} for b in columns]
+    table = pd.DataFrame(rows)
+    table = table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    return _with_deltas(table, family, keys)
+
+
+def _with_deltas(table: pd.DataFrame, family: str, keys: list[str]) -> pd.DataFrame:
+    """ours_delta / paper_delta: this row minus the table's baseline row (same other attributes)."""
+    override = BASELINES[family]
+    ours_delta, paper_delta, delta_se = [], [], []
+    for _, line in table.iterrows():
+        target = {**{k: line[k] for k in keys}, **{k: v for k, v in override.items() if k in keys}}
+        base = table[(table.benchmark == line.benchmark)
+                     & pd.concat([table[k] == v for k, v in target.items()], axis=1).all(axis=1)]
+        base = base[base.status != "not run"].head(1) if (base.status != "not run").any() else base.head(1)
+        if base.empty or base.index[0] == line.name:
+            ours_delta.append(None), paper_delta.append(None), delta_se.append(None)
+            continue
+        b = base.iloc[0]
+        ours_delta.append(line.ours - b.ours if pd.notna(line.ours) and pd.notna(b.ours) else None)
+        paper_delta.append(line.paper - b.paper if pd.notna(line.paper) and pd.notna(b.paper) else None)
+        se = (math.sqrt(line.ours_sd ** 2 / line.seeds + b.ours_sd ** 2 / b.seeds)
+              if pd.notna(line.ours_sd) and pd.notna(b.ours_sd) else None)
+        delta_se.append(se)
+    return table.assign(ours_delta=ours_delta, delta_se=delta_se, paper_delta=paper_delta)
+
+
+def _number(value: Any, signed: bool = False) -> str:
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def markdown(table: pd.DataFrame, family: str | None = None) -> str:
+    """A wide Markdown table: per row and benchmark `ours ± sd (Δ) · paper (Δ)`."""
+    benches = list(dict.fromkeys(table.benchmark))
+    rows = list(dict.fromkeys(table.row))
+    head = ["row", "seeds", *benches]
+    lines = ([f"**{TITLES[family]}** (ours: mean ± sd over seeds, Δ vs {_baseline_text(family)}; paper in brackets)", ""]
+             if family else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        part = table[table.row == row]
+        cells = []
+        for bench in benches:
+            line = part[part.benchmark == bench].iloc[0]
+            ours = line.status if pd.isna(line.ours) else _number(line.ours) + (
+                f" ± {line.ours_sd:.1f}" if pd.notna(line.ours_sd) else "") + (
+                f" ({_number(line.ours_delta, True)})" if pd.notna(line.ours_delta) else "")
+            paper = "" if pd.isna(line.paper) else f" [{_number(line.paper)}" + (
+                f" ({_number(line.paper_delta, True)})" if pd.notna(line.paper_delta) else "") + "]"
+            cells.append(ours + paper)
+        lines.append(f"| {row} | {int(part.seeds.max())} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _baseline_text(family: str) -> str:
+    return ", ".join(f"{k}={'off' if v is False else v}" for k, v in BASELINES[family].items())
+
+
+def write_table(table: pd.DataFrame, out_dir: str | Path, name: str, family: str | None = None) -> tuple[Path, Path]:
+    """`<name>.csv` (tidy, every number) and `<name>.md` (the wide view) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / f"{name}.csv", out / f"{name}.md"
+    table.to_csv(csv, index=False, float_format="%.4f")
+    md.write_text(markdown(table, family), encoding="utf-8")
+    return csv, md
+
+
+def frame_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    """A plain Markdown table of any frame (numbers rounded to `digits`)."""
+    def cell(v: Any) -> str:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_frame(frame: pd.DataFrame, out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """`<name>.csv` and `<name>.md` of any frame (the curves summary)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / f"{name}.csv", out / f"{name}.md"
+    frame.to_csv(csv, index=False, float_format="%.6g")
+    md.write_text(frame_markdown(frame), encoding="utf-8")
+    return csv, md
+
+
+def missing_runs(results: Results, family: str | None = None) -> list[str]:
+    """Runs of the study (or of one table) without a metrics file."""
+    names = results.study.tables.get(family, []) if family else list(results.study.runs)
+    return [n for n in dict.fromkeys(names) if n not in results.metrics]
+
+
+def plot_family(table: pd.DataFrame, seeds: pd.DataFrame | None = None, title: str | None = None):
+    """Our scores (bars: mean over seeds, whiskers: sd, from `seed_scores`) beside the paper's, one colour per row."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    benches = list(dict.fromkeys(table.benchmark))
+    rows = list(dict.fromkeys(table.row))
+    palette = dict(zip(rows, sns.color_palette(n_colors=len(rows))))
+    fig, axes = plt.subplots(1, 2, figsize=(max(5.0, 1.3 * len(benches)) * 2, 4.2), squeeze=True)
+    ours = (seeds.dropna(subset=["score"]) if seeds is not None else
+            table.dropna(subset=["ours"]).rename(columns={"ours": "score"}))
+    if ours.empty:
+        axes[0].text(0.5, 0.5, "no scores yet", ha="center", va="center", transform=axes[0].transAxes)
+    else:
+        sns.barplot(ours, x="benchmark", y="score", hue="row", order=benches, hue_order=[r for r in rows if r in set(ours.row)],
+                    palette=palette, errorbar="sd", ax=axes[0], legend=False)
+    axes[0].set(title="this study", ylabel="score", xlabel="")
+    paper = table.dropna(subset=["paper"]).drop_duplicates(["row", "benchmark"])
+    if not paper.empty:
+        sns.barplot(paper, x="benchmark", y="paper", hue="row", order=benches, palette=palette, ax=axes[1], legend=False)
+    axes[1].set(title="paper", ylabel="score", xlabel="")
+    fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=palette[r]) for r in rows], labels=rows,
+               loc="lower center", ncol=min(len(rows), 4), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(rows) - 1) // 4), 1, 1))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training curves
+
+
+def curves_from_state(state_file: str | Path) -> list[dict]:
+    """The training log lines (those with a `loss`) of a trainer_state.json: step, epoch and the loss terms."""
+    path = Path(state_file)
+    if not path.is_file():
+        raise ReportError(f"{path}: no trainer state (the training stage writes it)")
+    history = json.loads(path.read_text(encoding="utf-8")).get("log_history")
+    if not isinstance(history, list):
+        raise ReportError(f"{path}: no log_history list")
+    keep = ("step", "epoch", *CURVE_TERMS, "learning_rate", "grad_norm")
+    return [{k: line[k] for k in keep if k in line} for line in history if "loss" in line]
+
+
+def write_curves(state_file: str | Path, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(curves_from_state(state_file), indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def load_curves(curves_dir: str | Path = config.CURVES_DIR, runs: list[str] | None = None) -> pd.DataFrame:
+    """Long frame (run, stage, step, term, value) of results/curves/<run>/<stage>.json."""
+    lines = []
+    for path in sorted(Path(curves_dir).glob("*/*.json")):
+        run, stage = path.parent.name, path.stem
+        if runs is not None and run not in runs:
+            continue
+        for point in json.loads(path.read_text(encoding="utf-8")):
+            for term in CURVE_TERMS:
+                if term in point:
+                    lines.append({"run": run, "stage": stage, "step": point["step"], "term": term, "value": point[term]})
+    return pd.DataFrame(lines, columns=["run", "stage", "step", "term", "value"])
+
+
+def curves_summary(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per run, stage and term: logged points, first and last value."""
+    if curves.empty:
+        return pd.DataFrame(columns=["run", "stage", "term", "points", "first", "last"])
+    ordered = curves.sort_values("step", kind="stable")
+    return (ordered.groupby(["run", "stage", "term"], sort=True)["value"]
+            .agg(points="count", first="first", last="last").reset_index())
+
+
+def plot_curves(curves: pd.DataFrame):
+    """One panel per (stage, term): LM loss, DAS and SDS over steps, one line per run."""
+    import seaborn as sns
+
+    terms = [t for t in ("lm_loss", "das", "sds") if t in set(curves.term)]
+    data = curves[curves.term.isin(terms)]
+    stages = [s for s in ("pretrain", "finetune") if s in set(data.stage)]
+    grid = sns.relplot(data, x="step", y="value", hue="run", row="stage", row_order=stages, col="term", col_order=terms,
+                       kind="line", facet_kws={"sharey": False, "sharex": False}, height=2.6, aspect=1.3)
+    return grid.figure
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `basic report`
+
+
+def show(table: pd.DataFrame, family: str | None = None) -> None:
+    """Display the Markdown view in a notebook (print it elsewhere)."""
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(markdown(table, family)))
+    except ImportError:
+        print(markdown(table, family))
+
+
+def run_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict[str, Any], kernel: str = KERNEL) -> list[Path]:
+    """Execute each notebook with papermill into `out_dir` and render it to HTML beside it."""
+    import nbformat
+    import papermill as pm
+    from nbconvert import HTMLExporter
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, notebook in enumerate(notebooks, 1):
+        target = out_dir / notebook.name
+        print(f"basic report: [{i}/{len(notebooks)}] {notebook} -> {target}", flush=True)
+        try:
+            pm.execute_notebook(str(notebook), str(target), parameters=parameters, kernel_name=kernel,
+                                language="python", progress_bar=True, cwd=str(Path.cwd()))
+        except pm.PapermillExecutionError as e:
+            raise ReportError(f"{notebook} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
+                              f"the executed notebook with the error is {target}") from None
+        html, _ = HTMLExporter().from_notebook_node(nbformat.read(str(target), as_version=4))
+        target.with_suffix(".html").write_text(html, encoding="utf-8")
+        written += [target, target.with_suffix(".html")]
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="basic report", description="Execute the result notebooks (papermill) and "
+                                "render them to HTML; they write the tables to results/tables/.")
+    p.add_argument("--params", type=Path, default=config.PARAMS_FILE)
+    p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of the notebook templates")
+    p.add_argument("--out", type=Path, default=NOTEBOOKS_OUT, help="executed notebooks and their HTML")
+    p.add_argument("--metrics", type=Path, default=config.METRICS_DIR)
+    p.add_argument("--curves", type=Path, default=config.CURVES_DIR)
+    p.add_argument("--tables", type=Path, default=TABLES_DIR)
+    p.add_argument("--kernel", default=KERNEL, help="Jupyter kernel (default %(default)s, installed with ipykernel)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks (names without .ipynb)")
+    args = p.parse_args(argv)
+    notebooks = sorted(args.notebooks.glob("*.ipynb"))
+    if args.only:
+        unknown = sorted(set(args.only) - {n.stem for n in notebooks})
+        if unknown:
+            print(f"basic report: no notebook {', '.join(unknown)} in {args.notebooks}", file=sys.stderr)
+            return 2
+        notebooks = [n for n in notebooks if n.stem in args.only]
+    if not notebooks:
+        print(f"basic report: no notebooks in {args.notebooks}", file=sys.stderr)
+        return 2
+    try:
+        results = load(args.params, args.metrics)  # fail early, in this process, on a bad params.yaml or metrics file
+        missing = missing_runs(results)
+        if missing:
+            print(f"basic report: {len(missing)} of {len(results.study.runs)} runs have no metrics yet "
+                  f"(shown as missing): {', '.join(missing)}", file=sys.stderr)
+        run_notebooks(notebooks, args.out, {"params_file": str(args.params), "metrics_dir": str(args.metrics),
+                                            "curves_dir": str(args.curves), "tables_dir": str(args.tables)},
+                      args.kernel)
+    except (config.ConfigError, ReportError) as e:
+        print(f"basic report: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""`basic stage`: run one stage of the study exactly as params.yaml describes it (the commands of dvc.yaml).
+
+    basic stage backbones                      # basic mini backbones ... | basic checkpoints ...
+    basic stage pretrain|finetune|evaluate RUN # basic train under the profile's launcher | basic evaluate
+    basic stage --dry [STAGE [RUN]]            # print the commands of the active profile, run nothing
+
+The command comes from `basic.config.command` (so DVC's `cmd` stays one short line per stage and
+`params.yaml` stays the only place a setting lives); it is printed, then run with this Python's scripts
+first on PATH. After a training stage the run's training curves (loss, lm_loss, das, sds per logging step)
+are copied from trainer_state.json to results/curves/<run>/<stage>.json, which dvc.yaml declares as plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from basic import config
+from basic.launch import to_shell
+
+
+def executable(argv: list[str]) -> list[str]:
+    """`argv` made runnable by this interpreter: `basic ...` and `python ...` without relying on PATH."""
+    if argv[0] == "basic":
+        return [sys.executable, "-m", "basic.cli", *argv[1:]]
+    if argv[0] == "python":
+        return [sys.executable, *argv[1:]]
+    return argv
+
+
+def clean_backbones(study: config.Study) -> None:
+    """The mini backbones are rebuilt from scratch; never delete checkpoints `basic checkpoints` fetched."""
+    out = config.BACKBONES_DIR
+    if study.active.world != "mini" or not out.exists():
+        return
+    if (out / "checkpoints.json").exists():
+        raise SystemExit(f"basic stage: {out} holds the full study's checkpoints (checkpoints.json); the {study.profile} "
+                         f"profile rebuilds mini backbones there: move them away first")
+    shutil.rmtree(out)
+
+
+def run_stage(study: config.Study, stage: str, run: str | None) -> int:
+    argv = config.command(study, stage, run)
+    print("+ " + to_shell(argv), flush=True)
+    if stage == "backbones":
+        clean_backbones(study)
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    # Through the shell, so that a multi-node launch's $NODE_RANK and $MASTER_ADDR expand (basic.launch).
+    code = subprocess.call(to_shell(executable(argv)), shell=True, env=env)
+    if code:
+        print(f"basic stage: {stage}{' ' + run if run else ''} failed (exit {code}): {to_shell(argv)}", file=sys.stderr)
+        return code
+    if stage in ("pretrain", "finetune"):
+        from basic.report import write_curves
+
+        state = config.run_dir(run) / stage / "trainer_state.json"
+        write_curves(state, config.curves_file(run, stage))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="basic stage", description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", nargs="?", choices=config.STAGES)
+    p.add_argument("run", nargs="?", help="run name (pretrain, finetune, evaluate)")
+    p.add_argument("--params", type=Path, default=config.PARAMS_FILE)
+    p.add_argument("--dry", action="store_true", help="print the command(s) of the active profile and exit")
+    args = p.parse_args(argv)
+    try:
+        study = config.load(args.params)
+        if args.dry:
+            stages = [args.stage] if args.stage else list(config.STAGES)
+            for stage in stages:
+                runs = [None] if stage == "backbones" else [args.run] if args.run else list(study.runs)
+                for run in runs:
+                    print(f"# {stage}{'@' + run if run else ''} (profile {study.profile})")
+                    print(to_shell(config.command(study, stage, run)))
+            return 0
+        if not args.stage:
+            p.error("name a stage (or --dry)")
+        return run_stage(study, args.stage, args.run)
+    except config.ConfigError as e:
+        print(f"basic stage: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

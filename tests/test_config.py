@@ -1,0 +1,197 @@
+"""params.yaml's strict validation and the stage commands basic.config resolves from it."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from basic import config
+from basic.launch import to_shell
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def study(raw) -> config.Study:
+    return config.parse(raw)
+
+
+def _error(raw: dict, edit) -> str:
+    data = copy.deepcopy(raw)
+    edit(data)
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(data)
+    return str(info.value)
+
+
+def test_params_yaml_is_a_valid_study(study):
+    assert study.profile == "mini"
+    assert set(study.profiles) >= {"mini", "full", "micro"}
+    assert set(study.tables) == set(config.TABLES)
+    # The shared BASIC Vicuna-7B run is one run (trained once) in the four tables that show it.
+    shared = [t for t, runs in study.tables.items() if "basic-vicuna-7b" in runs]
+    assert sorted(shared) == ["layer_weights", "loss_ablation", "main", "supervision_strength"]
+    assert study.runs["llava-vicuna-7b"].method == config.BASELINE
+    assert study.runs["basic-vicuna-7b"].basic_args.basic_sds_weight == 0.01
+    # Each run has a distinct definition (a duplicate would be trained twice for nothing).
+    defs = [(r.settings, r.seed) for r in study.runs.values()]
+    assert all(defs.count(d) == 1 for d in defs)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(colour="red"), "unknown key(s) colour"),
+    (lambda d: d.pop("tables"), "tables: missing"),
+    (lambda d: d.update(profile="huge"), "profile: 'huge' is not one of the profiles"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].update(sede=1), "runs.basic-vicuna-7b: unknown key(s) sede"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].update(seed="one"), "runs.basic-vicuna-7b.seed: expected int"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].update(seed=True), "runs.basic-vicuna-7b.seed: expected int"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].pop("llm"), "runs.basic-vicuna-7b.llm: missing"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].update(llm="llama-70b"), "runs.basic-vicuna-7b.llm: 'llama-70b' is not in"),
+    (lambda d: d["runs"]["basic-vicuna-7b"]["basic"].update(das=1.0), "runs.basic-vicuna-7b.basic: unknown key(s) das"),
+    (lambda d: d["runs"]["basic-vicuna-7b"]["basic"].update(layer_weights="cubic"),
+     "runs.basic-vicuna-7b.basic: --basic_layer_weights 'cubic' is not one of"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].update(finetune={"output_dir": "x"}),
+     "runs.basic-vicuna-7b.finetune: output_dir are set by the pipeline"),
+    (lambda d: d["profiles"]["full"]["pretrain"].update(learning_rate=[1]) or d["profiles"]["full"]["pretrain"].update(
+        learning_rate={"a": 1}), "profiles.full.pretrain.learning_rate: expected"),
+    (lambda d: d["profiles"]["mini"].update(world="huge"), "profiles.mini.world: 'huge' is not one of mini, full"),
+    (lambda d: d["profiles"]["mini"]["launch"].update(gpus=2), "profiles.mini.launch: "),
+    (lambda d: d["profiles"]["mini"]["evaluate"].update(benchmarks=["vqav2", "imagenet"]),
+     "profiles.mini.evaluate.benchmarks: imagenet not in the mini benchmark map"),
+    (lambda d: d["profiles"]["full"]["finetune"].update(gradient_accumulation_steps=2),
+     "profiles.full.finetune.global_batch_size: give per_device_train_batch_size with it"),
+    (lambda d: d["tables"]["main"].append("llava-vicuna-70b"), "tables.main[8]: no run named 'llava-vicuna-70b'"),
+    (lambda d: d["tables"].update(table9=[]), "tables.table9: unknown table"),
+    (lambda d: d["runs"].update({"basic-phi3-3.8b": d["runs"]["basic-phi3"]}), "runs.basic-phi3-3.8b: a run name is"),
+])
+def test_bad_params_name_the_key(raw, edit, message):
+    error = _error(raw, edit)
+    assert error.startswith("params.yaml: ")
+    assert message in error, error
+
+
+def test_training_commands_mini(study):
+    pre = config.command(study, "pretrain", "basic-vicuna-13b")
+    fine = config.command(study, "finetune", "basic-vicuna-13b")
+    assert pre[:3] == ["python", "-m", "basic.train"]
+    flags = dict(zip(pre[3::2], pre[4::2]))
+    assert flags["--version"] == "plain" and flags["--tune_mm_mlp_adapter"] == "True"
+    assert flags["--model_name_or_path"] == "models/backbones/vicuna-13b"
+    assert flags["--vision_tower"] == "models/backbones/clip-l-336"
+    assert flags["--data_path"] == "data/mini/llava/pretrain.json" and flags["--image_folder"] == "data/mini/images"
+    assert flags["--output_dir"] == "models/basic-vicuna-13b/pretrain"
+    assert flags["--basic_das_weight"] == "1.0" and flags["--basic_sds_weight"] == "0.01"
+    assert "--deepspeed" not in flags
+    fine_flags = dict(zip(fine[3::2], fine[4::2]))
+    assert fine_flags["--version"] == "v1"
+    assert fine_flags["--pretrain_mm_mlp_adapter"] == "models/basic-vicuna-13b/pretrain/mm_projector.safetensors"
+    assert fine_flags["--image_aspect_ratio"] == "pad"
+    baseline = config.command(study, "finetune", "llava-gemma-2b")
+    assert not any(a.startswith("--basic_") for a in baseline)
+    assert baseline[baseline.index("--version") + 1] == "gemma"
+
+
+def test_training_flags_are_the_engines(study):
+    """Every flag a profile passes to `basic train` is one of its dataclass fields (a typo fails here, not at run time)."""
+    from basic.train import DataArguments, ModelArguments, TrainingArguments
+    from basic.method.config import BasicArguments
+
+    known = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments, BasicArguments)
+             for f in dataclasses.fields(cls)}
+    for profile in study.profiles:
+        s = dataclasses.replace(study, profile=profile)
+        for stage in ("pretrain", "finetune"):
+            argv = config.command(s, stage, "basic-decreasing-vicuna-7b")
+            names = {a[2:] for a in argv[argv.index("basic.train") + 1:] if a.startswith("--")}
+            assert names <= known, (profile, stage, names - known)
+
+
+def test_full_profile_launches(study):
+    full = dataclasses.replace(study, profile="full")
+    pre = to_shell(config.command(full, "pretrain", "basic-vicuna-7b"))
+    fine = to_shell(config.command(full, "finetune", "basic-vicuna-7b"))
+    assert pre.startswith("deepspeed --num_gpus 8 --master_port 29500 --module basic.train ")
+    assert pre.endswith("--deepspeed pipeline/zero2.json") and fine.endswith("--deepspeed pipeline/zero3.json")
+    # LLaVA-1.5's global batches (256, 128) on 8 GPUs, its learning rates and data layout.
+    assert "--per_device_train_batch_size 32 --gradient_accumulation_steps 1" in pre
+    assert "--per_device_train_batch_size 16 --gradient_accumulation_steps 1" in fine
+    assert "--learning_rate 0.001 " in pre and "--learning_rate 2e-05 " in fine
+    assert "--data_path data/full/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json" in pre
+    assert "--data_path data/full/llava_v1_5_mix665k.json --image_folder data/full " in fine
+    assert "--bf16 True" in pre and "--mm_projector_type mlp2x_gelu" in fine
+    evaluate = to_shell(config.command(full, "evaluate", "basic-vicuna-7b"))
+    assert evaluate.startswith("basic evaluate --checkpoint models/basic-vicuna-7b/finetune ")
+    assert "--profile full" in evaluate and evaluate.endswith("--num_processes 8")
+    assert config.command(full, "backbones")[:4] == ["basic", "checkpoints", "--dest", "models/backbones"]
+    # Fewer GPUs keep the global batch through gradient accumulation.
+    four = dataclasses.replace(full, profiles={**full.profiles, "full": dataclasses.replace(
+        full.profiles["full"], launch=dataclasses.replace(full.profiles["full"].launch, gpus_per_node=4))})
+    assert "--per_device_train_batch_size 32 --gradient_accumulation_steps 2" in to_shell(
+        config.command(four, "pretrain", "basic-vicuna-7b"))
+
+
+def test_stage_requests_are_checked(study):
+    with pytest.raises(config.ConfigError, match="no run named 'nope'"):
+        config.command(study, "pretrain", "nope")
+    with pytest.raises(config.ConfigError, match="runs per run"):
+        config.command(study, "evaluate")
+    with pytest.raises(config.ConfigError, match="unknown stage"):
+        config.command(study, "deploy", "basic-vicuna-7b")
+
+
+def test_argv_rendering():
+    flags = {"a": True, "b": False, "c": None, "d": [1, "x"], "e": 1e-05, "f": "no"}
+    assert config.hf_argv(flags) == ["--a", "True", "--b", "False", "--d", "1", "x", "--e", "1e-05", "--f", "no"]
+    assert config.cli_argv(flags) == ["--a", "--d", "1,x", "--e", "1e-05", "--f", "no"]
+
+
+def test_dvc_yaml_paths_are_configs():
+    """dvc.yaml declares the paths basic.config writes (so a stage cannot write where DVC does not look)."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+    def render(path: str) -> str:
+        return path.replace("${key}", "RUN").replace("${profile}", "mini")
+
+    assert render(next(iter(stages["evaluate"]["do"]["metrics"][0]))) == str(config.metrics_file("RUN"))
+    for stage in ("pretrain", "finetune"):
+        do = stages[stage]["do"]
+        assert render(next(iter(do["plots"][0]))) == str(config.curves_file("RUN", stage))
+        assert render(do["outs"][0]) == str(config.run_dir("RUN") / stage)
+        assert do["cmd"] == f"basic stage {stage} ${{key}}"
+    assert next(iter(stages["backbones"]["outs"][0])) == str(config.BACKBONES_DIR)
+    assert render(next(iter(stages["prepare"]["outs"][0]))) == "data/mini"
+    # Every params.yaml key a stage tracks exists in the active profile.
+    study = config.load(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, stage in stages.items():
+        for key in (stage.get("do") or stage)["params"]:
+            for run in study.runs.values() if "foreach" in stage else [None]:
+                path = render(key).replace("RUN", run.name if run else "RUN")
+                if run:
+                    path = re.sub(r"\$\{item\.(\w+)\}", lambda m: getattr(run, m.group(1)), path)
+                node = raw
+                for part in path.split("."):
+                    assert isinstance(node, dict) and part in node, f"{name}: {path}"
+                    node = node[part]
+
+
+def test_stage_dry_prints_every_command(tmp_path, raw, capsys):
+    from basic import stage
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**raw, "profile": "full"}))
+    assert stage.main(["--dry", "--params", str(params)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("deepspeed --num_gpus 8") == 2 * len(raw["runs"])
+    assert "# evaluate@basic-siglip-vicuna-13b (profile full)" in out
+    assert stage.main(["pretrain", "nope", "--params", str(params)]) == 2

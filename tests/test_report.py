@@ -1,0 +1,182 @@
+"""Table logic of basic.report on small synthetic metrics (the committed results/ come from real runs only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from basic import config, report
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHES = ("vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizwiz", "textvqa")
+
+
+def entry(score, status="scored"):
+    return {"score": score if status == "scored" else None, "n": 10, "split": "test", "scored_by": "local", "status": status}
+
+
+def write_metrics(folder: Path, scores: dict[str, dict[str, float]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for run, per_bench in scores.items():
+        (folder / f"{run}.json").write_text(json.dumps({b: entry(s) if not isinstance(s, str) else entry(None, s)
+                                                         for b, s in per_bench.items()}))
+    return folder
+
+
+@pytest.fixture
+def results(tmp_path) -> report.Results:
+    """The repository's study, with metrics for some runs: two seeds of each main setting, gemma's baseline absent."""
+    flat = {b: 40.0 for b in BENCHES}
+    scores = {
+        "llava-vicuna-7b": {**flat, "vqav2": 50.0, "mmvet": "unscored"},
+        "llava-vicuna-7b-seed1": {**flat, "vqav2": 52.0, "mmvet": "unscored"},
+        "basic-vicuna-7b": {**flat, "vqav2": 54.0, "mmvet": "unscored"},
+        "basic-vicuna-7b-seed1": {**flat, "vqav2": 58.0, "mmvet": "unscored"},
+        "llava-vicuna-13b": flat, "basic-vicuna-13b": flat,
+        "das-vicuna-7b": {**flat, "vqav2": 53.0}, "sds-vicuna-7b": {**flat, "vqav2": 49.0},
+        "basic-gemma-2b": {**flat, "mmb_en": 30.0},
+        "basic-constant-vicuna-7b": {**flat, "vqav2": 51.0},
+    }
+    return report.Results(config.load(ROOT / "params.yaml"), report.load_metrics(write_metrics(tmp_path / "m", scores)),
+                          report.references())
+
+
+def cell(table: pd.DataFrame, row: str, bench: str) -> pd.Series:
+    match = table[(table.row == row) & (table.benchmark == bench)]
+    assert len(match) == 1, (row, bench, list(table.row.unique()))
+    return match.iloc[0]
+
+
+def test_main_table_seeds_deltas_and_paper(results):
+    table = report.family_table(results, "main")
+    refs = report.references()["main"]
+    assert list(dict.fromkeys(table.benchmark)) == refs["columns"]
+    assert list(dict.fromkeys(table.row)) == [f"{r['method']} {r['llm']} {r['encoder']}" for r in refs["rows"]]
+    base, ours = cell(table, "llava-1.5 vicuna-7b clip-l-336", "vqav2"), cell(table, "basic vicuna-7b clip-l-336", "vqav2")
+    assert (base.ours, base.seeds, ours.ours, ours.seeds) == (51.0, 2, 56.0, 2)
+    assert base.ours_sd == pytest.approx(2 ** 0.5) and ours.ours_sd == pytest.approx(8 ** 0.5)
+    assert ours.ours_delta == 5.0 and ours.delta_se == pytest.approx((2 / 2 + 8 / 2) ** 0.5)
+    assert (ours.paper, ours.paper_delta) == (79.2, pytest.approx(0.7)) and pd.isna(base.ours_delta)
+    assert ours.runs == "basic-vicuna-7b;basic-vicuna-7b-seed1"
+    mmvet = cell(table, "basic vicuna-7b clip-l-336", "mmvet")
+    assert mmvet.status == "unscored" and pd.isna(mmvet.ours) and mmvet.seeds == 0  # never a number it did not get
+    thirteen = cell(table, "basic vicuna-13b clip-l-336", "gqa")
+    assert (thirteen.ours, thirteen.seeds, thirteen.ours_delta) == (40.0, 1, 0.0) and pd.isna(thirteen.ours_sd)
+    missing = cell(table, "llava-1.5 vicuna-13b clip-l-336", "gqa")
+    assert missing.status == "scored"  # seed 0 present, seed1 missing: the mean is over what was scored
+    assert report.missing_runs(results, "main") == ["llava-vicuna-13b-seed1", "basic-vicuna-13b-seed1"]
+
+
+def test_loss_ablation_matches_rows_by_losses(results):
+    table = report.family_table(results, "loss_ablation")
+    assert list(dict.fromkeys(table.row)) == ["-DAS -SDS", "+DAS -SDS", "-DAS +SDS", "+DAS +SDS"]
+    assert cell(table, "+DAS -SDS", "vqav2").ours_delta == 2.0
+    assert cell(table, "-DAS +SDS", "vqav2").ours_delta == -2.0
+    assert cell(table, "+DAS +SDS", "mmb_en").paper == 68.8
+
+
+def test_cross_model_missing_and_not_run(results):
+    table = report.family_table(results, "cross_model")
+    gemma = cell(table, "clip-l-336 gemma-2b basic", "mmb_en")
+    assert gemma.ours == 30.0 and gemma.paper == 55.8 and pd.isna(gemma.ours_delta)  # its baseline is missing
+    assert cell(table, "clip-l-336 gemma-2b llava-1.5", "mmb_en").status == "missing"
+    assert cell(table, "siglip vicuna-13b basic", "mmb_en").status == "missing"
+    assert cell(table, "siglip vicuna-13b basic", "mmb_en").paper_delta == pytest.approx(1.3)
+    assert len(table) == 10  # five paper rows x (LLaVA-1.5, BASIC)
+
+
+def test_layer_weights_against_increasing(results):
+    table = report.family_table(results, "layer_weights")
+    assert list(dict.fromkeys(table.row)) == ["decreasing", "constant", "increasing"]
+    assert cell(table, "constant", "vqav2").ours_delta == 51.0 - 56.0
+    assert cell(table, "decreasing", "vqav2").status == "missing"
+    assert cell(table, "constant", "vqav2").paper_delta == pytest.approx(-0.2)
+
+
+def test_rows_the_paper_does_not_have(results, tmp_path):
+    """A run that matches no paper row gets its own row; a paper row without runs is shown as not run."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["runs"]["basic-lr-vicuna-7b"] = {"encoder": "clip-l-336", "llm": "vicuna-7b", "seed": 0,
+                                        "basic": {"das_weight": 1.0, "sds_weight": 0.01},
+                                        "finetune": {"learning_rate": 1.0e-4}}
+    raw["runs"]["llava-siglip-gemma"] = {"encoder": "siglip", "llm": "gemma-2b", "seed": 0}
+    raw["tables"]["main"] = ["basic-vicuna-7b", "basic-lr-vicuna-7b", "llava-siglip-gemma"]
+    metrics = write_metrics(tmp_path / "m2", {"basic-vicuna-7b": {"vqav2": 50.0}, "basic-lr-vicuna-7b": {"vqav2": 60.0},
+                                             "llava-siglip-gemma": {"vqav2": 30.0}})
+    res = report.Results(config.parse(raw), report.load_metrics(metrics), report.references())
+    table = report.family_table(res, "main")
+    rows = list(dict.fromkeys(table.row))
+    # Same paper row, different settings: two rows, told apart by their first run.
+    assert rows[:3] == ["llava-1.5 vicuna-7b clip-l-336", "basic vicuna-7b clip-l-336 [basic-vicuna-7b]",
+                        "basic vicuna-7b clip-l-336 [basic-lr-vicuna-7b]"]
+    assert rows[-1] == "llava-1.5 gemma-2b siglip" and pd.isna(cell(table, rows[-1], "vqav2").paper)
+    assert cell(table, "llava-1.5 vicuna-7b clip-l-336", "vqav2").status == "not run"
+    assert cell(table, "basic vicuna-7b clip-l-336 [basic-lr-vicuna-7b]", "gqa").status == "missing"
+
+
+def test_markdown_and_files(results, tmp_path):
+    table = report.family_table(results, "main")
+    md = report.markdown(table, "main")
+    assert md.startswith("**Table 1: main results**")
+    assert "| basic vicuna-7b clip-l-336 | 2 | 56.0 ± 2.8 (+5.0) [79.2 (+0.7)] |" in md
+    assert "| unscored [31.1] |" in md
+    csv, written = report.write_table(table, tmp_path / "t", "main", "main")
+    assert written.read_text() == md
+    back = pd.read_csv(csv)
+    assert list(back.columns[:4]) == ["row", "method", "llm", "encoder"] and len(back) == len(table)
+
+
+def test_load_metrics_rejects_bad_files(tmp_path):
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(report.ReportError, match="a.json: not valid JSON"):
+        report.load_metrics(tmp_path)
+    (tmp_path / "a.json").write_text(json.dumps({"vqav2": 3}))
+    with pytest.raises(report.ReportError, match="a.json: expected"):
+        report.load_metrics(tmp_path)
+
+
+def test_curves_from_trainer_state(tmp_path):
+    history = [{"step": 1, "epoch": 0.5, "loss": 2.0, "lm_loss": 1.9, "das": 0.5, "sds": 0.1, "learning_rate": 1e-3,
+                "grad_norm": 3.0}, {"step": 2, "epoch": 1.0, "loss": 1.5, "lm_loss": 1.45, "das": 0.3, "sds": 0.05},
+               {"step": 2, "train_runtime": 3.2, "train_loss": 1.7}]
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"global_step": 2, "log_history": history}))
+    out = report.write_curves(state, tmp_path / "curves" / "basic-x" / "pretrain.json")
+    points = json.loads(out.read_text())
+    assert points == [{k: v for k, v in h.items()} for h in history[:2]]
+    (tmp_path / "curves" / "llava-x").mkdir()
+    (tmp_path / "curves" / "llava-x" / "finetune.json").write_text(json.dumps([{"step": 1, "loss": 3.0, "lm_loss": 3.0}]))
+    curves = report.load_curves(tmp_path / "curves")
+    assert set(curves.term) == {"loss", "lm_loss", "das", "sds"} and len(curves) == 10
+    summary = report.curves_summary(curves)
+    das = summary[(summary.run == "basic-x") & (summary.term == "das")].iloc[0]
+    assert (das.points, das["first"], das["last"]) == (2, 0.5, 0.3)
+    assert "| basic-x | pretrain | das | 2 | 0.5 | 0.3 |" in report.frame_markdown(summary)
+    with pytest.raises(report.ReportError, match="no trainer state"):
+        report.curves_from_state(tmp_path / "nope.json")
+
+
+def test_figures_draw(results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = report.plot_family(report.family_table(results, "main"), report.seed_scores(results, "main"), "t")
+    assert len(fig.axes) == 2 and fig.axes[0].patches
+
+
+def test_report_executes_a_notebook(results, tmp_path):
+    """`basic report` runs a notebook with papermill on the named kernel and renders it to HTML."""
+    metrics = write_metrics(tmp_path / "metrics", {"basic-vicuna-7b": {b: 50.0 for b in BENCHES}})
+    code = report.main(["--params", str(ROOT / "params.yaml"), "--notebooks", str(ROOT / "notebooks"),
+                        "--metrics", str(metrics), "--curves", str(tmp_path / "curves"),
+                        "--tables", str(tmp_path / "tables"), "--out", str(tmp_path / "nb"), "--only", "main"])
+    assert code == 0
+    assert "| basic vicuna-7b clip-l-336 | 1 | 50.0 [79.2 (+0.7)] | 50.0 [63.5 (+1.5)] |" in (
+        tmp_path / "tables" / "main.md").read_text()
+    html = (tmp_path / "nb" / "main.html").read_text()
+    assert "Table 1" in html and "data:image/png;base64" in html
+    assert report.main(["--params", str(ROOT / "params.yaml"), "--notebooks", str(ROOT / "notebooks"), "--only", "x"]) == 2
