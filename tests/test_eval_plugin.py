@@ -13,10 +13,20 @@ import torch
 from lmms_eval.api.instance import Instance, unwrap_generation_output
 from PIL import Image
 
-from basic.eval.plugin import BasicLlava, cut_at_stops, pad_to_square
+from basic.data.images import expand2square
+from basic.eval.plugin import BasicLlava, cut_at_stops
 from basic.eval.testing import save_tiny_llava
 
 TASK, SPLIT = "t", "test"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU threads wait for each other (30x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +90,7 @@ def test_loglikelihood_is_batch_invariant_and_exact(checkpoint, docs):
     # Independent computation for one request: one unpadded forward pass over prompt + continuation.
     model = _model(checkpoint, docs, 1)
     doc = docs[0]
-    image = pad_to_square(doc["image"].convert("RGB"), model.pad_colour)
+    image = expand2square(doc["image"].convert("RGB"), model.pad_colour)
     prompt = model.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": doc["question"]}]}],
         add_generation_prompt=True, tokenize=False)
@@ -116,12 +126,11 @@ def test_other_family_prompts_with_its_own_template(tmp_path, docs):
     assert len(model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 4}))) == 3
 
 
-def test_pad_to_square_centres_on_the_mean_colour():
-    image = Image.new("RGB", (4, 2), (255, 0, 0))
-    square = pad_to_square(image, (1, 2, 3))
-    assert square.size == (4, 4)
-    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((0, 1)) == (255, 0, 0)
-    assert pad_to_square(Image.new("RGB", (3, 3)), (0, 0, 0)).size == (3, 3)
+def test_pad_checkpoints_get_square_images_in_the_mean_colour(checkpoint, docs):
+    model = _model(checkpoint, docs, 1)
+    assert model.pad_colour == tuple(int(255 * m) for m in model.processor.image_processor.image_mean)
+    [image] = model._visuals(lambda doc: [doc["image"]], TASK, SPLIT, 0)
+    assert image.size[0] == image.size[1] == max(docs[0]["image"].size)
 
 
 # ---- lmms-eval 0.7.3 traps this project relies on being handled ----------------------------------------
@@ -158,3 +167,17 @@ def test_loglikelihood_speaks_lmms_evals_conventions(checkpoint, docs):
     [wrapped] = model.loglikelihood(requests)
     [(logprob, greedy)] = model.loglikelihoods(requests)
     assert unwrap_generation_output(wrapped)[0] == (-logprob, greedy) and logprob < 0
+
+
+def test_the_training_engines_checkpoint_is_evaluated_as_trained(llava_argv, tmp_path, docs):
+    from basic.train import parse_args, train
+
+    out = tmp_path / "stage2"
+    train(*parse_args(llava_argv(2, "gemma", "clip", out)))
+    model = _model(out, docs, 4)
+    assert model.image_aspect_ratio == "pad"
+    end_of_turn = model.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert end_of_turn in model.eos_ids
+    gen = {"max_new_tokens": 6}
+    assert model.generate_until(_generate_requests(docs, gen)) == \
+        _model(out, docs, 1).generate_until(_generate_requests(docs, gen))

@@ -89,6 +89,8 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
     model_args = f"pretrained={Path(args.checkpoint).resolve()}"
     if args.device:
         model_args += f",device={args.device}"
+    dtype = args.dtype or ("float32" if args.profile == "mini" else "auto")
+    model_args += f",dtype={dtype}"
     if args.num_processes > 1:
         # Explicit flags, so a stale `accelerate config` file cannot change the process layout.
         import torch
@@ -109,10 +111,12 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
     return command
 
 
-def run_lmms_eval(command: list[str], log_file: Path) -> str:
+def run_lmms_eval(command: list[str], log_file: Path, threads: int | None = None) -> str:
     """Run `command`, echoing and saving its output; returns the output's tail for error messages."""
     tail: deque[str] = deque(maxlen=30)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in every lmms-eval process
     with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
         for line in process.stdout:  # type: ignore[union-attr]
@@ -200,6 +204,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=8, help="per process; does not change the answers")
     parser.add_argument("--num_processes", type=int, default=1, help=">1: data-parallel under accelerate launch")
     parser.add_argument("--device", help="model device for one process (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="model dtype (default: float32 for the mini profile; auto, the checkpoint's own on a GPU, "
+                             "for the full profile). Only float32 keeps answers identical across batch sizes: in "
+                             "16-bit, rounding depends on the batch shape and a few answers can change")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads per process (default: 1 for the mini profile, whose models are too small "
+                             "to gain from more and, on a shared CPU, run 30x slower with threads that wait for "
+                             "each other; torch's default for the full profile)")
     parser.add_argument("--limit", type=int, help="first N documents per task (smoke tests only: not a real score)")
     parser.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs override, e.g. max_new_tokens=32")
     return parser.parse_args(argv)
@@ -241,7 +253,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
         output.mkdir(parents=True, exist_ok=True)
         command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, output)
         started = time.perf_counter()
-        tail = run_lmms_eval(command, log_dir / "lmms_eval.log")
+        threads = args.threads or (1 if args.profile == "mini" else None)
+        tail = run_lmms_eval(command, log_dir / "lmms_eval.log", threads)
         print(f"basic evaluate: lmms-eval took {time.perf_counter() - started:.1f} s", file=sys.stderr)
         entries.update(collect(to_run, output, judges, tail))
 

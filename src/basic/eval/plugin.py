@@ -26,6 +26,8 @@ from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
 
+from basic.data.images import background_color, expand2square
+
 
 def manifest():
     """The lmms-eval registration of `basic_llava` (a simple model: loglikelihood works)."""
@@ -43,17 +45,6 @@ DEFAULT_MAX_NEW_TOKENS = 128
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
-    """LLaVA's `expand2square`: centre `image` on a square canvas of colour `fill`."""
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), fill)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
 def cut_at_stops(text: str, until: Sequence[str]) -> str:
     """`text` up to the first occurrence of any stop string (lmms-eval's `until`)."""
     for stop in until:
@@ -69,6 +60,8 @@ class BasicLlava(lmms):
 
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1,
                  dtype: str = "auto", max_batch_size: int | None = None) -> None:
+        """`max_batch_size` is accepted because lmms-eval always passes it; it only serves `auto` batch sizes,
+        which this model refuses (a fixed batch keeps runs reproducible)."""
         super().__init__()
         from accelerate import PartialState
         from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -80,7 +73,7 @@ class BasicLlava(lmms):
             self.device = torch.device(device)
         self._rank, self._world_size = state.process_index, state.num_processes
         if str(batch_size).startswith("auto"):
-            raise ValueError("basic_llava needs an integer --batch_size (batch size does not change its answers)")
+            raise ValueError(f"basic_llava needs an integer --batch_size, not {batch_size!r}")
         self.batch_size = int(batch_size)
         if dtype != "auto" and dtype not in DTYPES:
             raise ValueError(f"basic_llava: dtype={dtype!r}; known: auto, {', '.join(DTYPES)}")
@@ -97,8 +90,7 @@ class BasicLlava(lmms):
         if self.image_aspect_ratio not in ("pad", "square"):
             raise ValueError(f"{pretrained}/config.json: image_aspect_ratio={self.image_aspect_ratio!r}; "
                              "known: pad, square")
-        mean = self.processor.image_processor.image_mean
-        self.pad_colour = tuple(int(round(255 * m)) for m in mean)
+        self.pad_colour = background_color(self.processor.image_processor)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -114,7 +106,7 @@ class BasicLlava(lmms):
                 raise TypeError(f"basic_llava takes images; task {task} doc {doc_id} gave a {type(v).__name__}")
         images = [v.convert("RGB") for v in flat]
         if self.image_aspect_ratio == "pad":
-            images = [pad_to_square(im, self.pad_colour) for im in images]
+            images = [expand2square(im, self.pad_colour) for im in images]  # as training did
         return images
 
     def _prompt(self, context: str, n_images: int) -> str:

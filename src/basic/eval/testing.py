@@ -29,17 +29,19 @@ from basic.testing import FAMILIES, save_tiny_vision, tiny_llm_config, tiny_toke
 
 
 def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_ratio: str = "pad",
-                    seed: int = 0) -> Path:
-    """Write a random tiny LLaVA checkpoint (CLIP encoder + `family` LLM) to `out_dir`; returns it."""
+                    seed: int = 0, hidden: int = 32, layers: int = 4, image_size: int = 16) -> Path:
+    """Write a random tiny LLaVA checkpoint (CLIP encoder + `family` LLM) to `out_dir`; returns it.
+
+    `image_size` / 4 squared is the number of image tokens (CLIP patch size 4)."""
     out = Path(out_dir)
-    vision_dir = save_tiny_vision("clip", out / "_vision")
+    vision_dir = save_tiny_vision("clip", out / "_vision", image_size=image_size)
     tokenizer = tiny_tokenizer(family)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
     vision_config = AutoConfig.from_pretrained(vision_dir).vision_config
     config = LlavaConfig(
-        vision_config=vision_config, text_config=tiny_llm_config(family, tokenizer),
+        vision_config=vision_config, text_config=tiny_llm_config(family, tokenizer, layers=layers, hidden=hidden),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_select_strategy="default", vision_feature_layer=-2,
     )

@@ -1,0 +1,64 @@
+"""Time `basic evaluate` on one mini checkpoint over all eight mini benchmarks (goal: <= 60 s), write JSON.
+
+    python benchmarks/eval_speed.py [--checkpoint models/<run>/finetune --data data/mini] [--out JSON]
+
+With a trained checkpoint and the mini data this is the real measurement. Without them it builds a stand-in:
+a random LLaVA as wide as the mini LLMs (basic.mini.llms: 4 layers, hidden 128) and `--n` fixture records per
+benchmark; a random model never emits its end of turn, so answers are capped at `--max_new_tokens` (about a
+trained model's answer length) and the JSON says so. Wall time includes lmms-eval's import and model loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from basic.eval.evaluate import main as evaluate
+from basic.eval.testing import save_tiny_llava, write_benchmark_fixtures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--n", type=int, default=100, help="stand-in records per benchmark (MMBench x4 rotations)")
+    parser.add_argument("--max_new_tokens", type=int, default=8, help="stand-in answer cap")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/eval_speed.json"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stand_in = args.checkpoint is None
+        checkpoint = args.checkpoint or save_tiny_llava(Path(tmp) / "checkpoint", hidden=128, image_size=32)
+        data = args.data or write_benchmark_fixtures(Path(tmp) / "data", n=args.n)
+        argv = ["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(Path(tmp) / "metrics.json"),
+                "--batch_size", str(args.batch_size)]
+        if stand_in:
+            argv += ["--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"]
+        load_before = os.getloadavg()[0]
+        started = time.perf_counter()
+        if evaluate(argv) != 0:
+            raise SystemExit("basic evaluate failed")
+        seconds = time.perf_counter() - started
+        metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+    result = {
+        "seconds": round(seconds, 1), "goal_seconds": 60, "met": seconds <= 60,
+        "samples": {name: entry["n"] for name, entry in metrics.items()},
+        "checkpoint": "stand-in: random LLaVA, LLM 4 layers x 128, 64 image tokens" if stand_in else str(checkpoint),
+        "answers_capped_at": args.max_new_tokens if stand_in else None,
+        "data": f"fixtures, {args.n} records per benchmark" if args.data is None else str(args.data),
+        "batch_size": args.batch_size, "cpu_count": os.cpu_count(), "load_average_before": round(load_before, 2),
+        "machine": platform.platform(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
