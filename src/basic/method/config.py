@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 LAYER_WEIGHT_SCHEMES = ("increasing", "constant", "decreasing")
 PATCH_WEIGHT_SCHEMES = ("attention", "uniform")
 VOCAB_MATRICES = ("input_embeddings", "lm_head")
+ATTENTION_QUERIES = ("text", "prompt", "response")
 
 
 @dataclass
@@ -31,12 +32,18 @@ class BasicArguments:
         metadata={"help": "E of SDS: input embeddings as the model sees them (Gemma's sqrt(d) applied) or lm_head"})
     basic_detach_target: bool = field(
         default=True, metadata={"help": "stop gradient through the supervision embeddings v_hat (teacher signal)"})
+    basic_attention_queries: str = field(
+        default="text",
+        metadata={"help": "text tokens whose attention weights the patches: text (every non-image, non-padding "
+                          "token after the image) | prompt (those not trained on: labels -100) | response (those "
+                          "trained on)"})
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("--basic_layer_weights", self.basic_layer_weights, LAYER_WEIGHT_SCHEMES),
             ("--basic_patch_weights", self.basic_patch_weights, PATCH_WEIGHT_SCHEMES),
             ("--basic_vocab", self.basic_vocab, VOCAB_MATRICES),
+            ("--basic_attention_queries", self.basic_attention_queries, ATTENTION_QUERIES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")

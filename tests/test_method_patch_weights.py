@@ -1,0 +1,209 @@
+"""Patch weights through the BASIC attention function against eager attention probabilities.
+
+The reference is transformers' own eager attention with `output_attentions=True` (allowed here, in the
+test only), reduced by a direct loop over images, layers, heads and text queries in float64. Every LLM
+family is covered (GQA everywhere, Gemma's multi-head layout, Mistral's and Phi-3's 24-token sliding window,
+which the 50-token sequences exceed), with left and right padding and a text-only row in the batch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from PIL import Image
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+)
+
+from basic.method import patch_weights
+from basic.method.attention import image_attention
+from basic.method.capture import locate
+from basic.testing import tiny_llm_config, tiny_tokenizer
+
+FAMILIES = ("llama", "mistral", "gemma", "phi3")
+# Float32 models: eager attention takes its softmax in float32 anyway, and in float64 its additive mask turns
+# left-padding rows into NaN that then reach the real tokens through the values.
+EAGER_TOL = dict(rtol=1e-5, atol=1e-7)
+IMAGE = "<image>"
+PROMPTS = (
+    f"{IMAGE}\nwhat colour is the shape ? answer the question using a single word or phrase .",
+    "how many objects are there ? two three four",  # text only
+    f"describe the image . {IMAGE}\nthe green triangle is small .",
+)
+
+
+def tiny_llava(family: str, encoder: str = "clip", layers: int = 4, dtype=torch.float32, seed: int = 0):
+    """A random LLaVA (basic.testing's tiny LLM config, a tiny CLIP/SigLIP tower) and its processor."""
+    tokenizer = tiny_tokenizer(family)
+    tokenizer.add_tokens([IMAGE], special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=16,
+                  patch_size=4)
+    clip = encoder == "clip"
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision) if clip else SiglipVisionConfig(**vision),
+        text_config=tiny_llm_config(family, tokenizer, layers=layers), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_seq_length=16, vision_feature_layer=-2, vision_feature_select_strategy="default" if clip else "full",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).to(dtype)
+    image_processor = (CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}) if clip
+                       else SiglipImageProcessor(size={"height": 16, "width": 16}))
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                               vision_feature_select_strategy=config.vision_feature_select_strategy,
+                               num_additional_image_tokens=int(clip), image_token=IMAGE)
+    return model, processor
+
+
+def images(n: int) -> list[Image.Image]:
+    colours = [(200, 10, 10), (10, 150, 30), (20, 20, 220), (240, 240, 0)]
+    return [Image.new("RGB", (20 + 3 * i, 12 + 5 * i), colours[i % 4]) for i in range(n)]
+
+
+def batch(processor, padding_side: str, prompts=PROMPTS):
+    processor.tokenizer.padding_side = padding_side
+    n_images = sum(p.count(IMAGE) for p in prompts)
+    return processor(images=images(n_images), text=list(prompts), return_tensors="pt", padding=True)
+
+
+def eager_reference(model, inputs, k: int, labels=None, queries: str = "text") -> torch.Tensor:
+    """a[j, i] = mean over layers < k, heads, and the text tokens after image j of P(query -> token i)."""
+    reference = copy.deepcopy(model)
+    reference.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = reference(**inputs, output_attentions=True).attentions
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    image = ids == model.config.image_token_id
+    m = model.config.image_seq_length
+    weights = []
+    for b in range(ids.shape[0]):
+        positions = image[b].nonzero().squeeze(1).tolist()
+        for start in range(0, len(positions), m):
+            tokens = positions[start:start + m]
+            text = [q for q in range(tokens[-1] + 1, ids.shape[1]) if not image[b, q] and mask[b, q]
+                    and (queries == "text" or (labels[b, q] == -100) == (queries == "prompt"))]
+            a = torch.zeros(m, dtype=torch.float64)
+            for layer in range(k):
+                att = attentions[layer][b].double()  # [heads, S, S]
+                a += att[:, text][:, :, tokens].sum((0, 1)) / (att.shape[0] * len(text))
+            weights.append(a / k)
+    return torch.stack(weights)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patch_weights_equal_eager_attention(family, padding_side):
+    encoder = "clip" if family in ("llama", "gemma") else "siglip"
+    model, processor = tiny_llava(family, encoder)
+    inputs = batch(processor, padding_side)
+    assert inputs["input_ids"].shape[1] > 24 + 16  # the sliding window bites after the image
+    for k in (1, 3):
+        expected = eager_reference(model, inputs, k)
+        got = patch_weights(model, inputs, k=k)
+        assert got.shape == (2, 16) and got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, **EAGER_TOL)
+    # the model is left as it was
+    assert model.config.text_config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_one_unpadded_row(family):
+    """No padding: SDPA gets no mask at all (Llama: causal only) or a sliding-window one (Mistral)."""
+    model, processor = tiny_llava(family)
+    inputs = batch(processor, "right", PROMPTS[:1])
+    torch.testing.assert_close(patch_weights(model, inputs, k=2).double(), eager_reference(model, inputs, 2),
+                               **EAGER_TOL)
+
+
+def test_default_k_is_half_the_layers_and_uniform_spreads_the_same_mass():
+    model, processor = tiny_llava("llama", layers=6)
+    inputs = batch(processor, "right")
+    attention = patch_weights(model, inputs)
+    torch.testing.assert_close(attention.double(), eager_reference(model, inputs, 3), **EAGER_TOL)
+    uniform = patch_weights(model, inputs, scheme="uniform")
+    torch.testing.assert_close(uniform.sum(1), attention.sum(1))
+    assert torch.all(uniform == uniform[:, :1])
+
+
+def test_several_images_in_a_row_count_only_the_text_after_each():
+    model, processor = tiny_llava("mistral", "siglip")
+    prompts = (f"{IMAGE} left . {IMAGE}\nwhich one is red ? the first", f"{IMAGE}\nwhat is it ?")
+    inputs = batch(processor, "left", prompts)
+    torch.testing.assert_close(patch_weights(model, inputs, k=2).double(), eager_reference(model, inputs, 2),
+                               **EAGER_TOL)
+
+
+def test_prompt_and_response_queries_follow_the_labels():
+    model, processor = tiny_llava("phi3", "siglip")
+    inputs = batch(processor, "right")
+    labels = torch.full_like(inputs["input_ids"], -100)
+    for row, mask in enumerate(inputs["attention_mask"]):
+        response = mask.nonzero().squeeze(1)[-6:]  # each row's last 6 tokens are its "response"
+        labels[row, response] = inputs["input_ids"][row, response]
+    for queries in ("prompt", "response"):
+        got = patch_weights(model, {**inputs, "labels": labels}, k=2, queries=queries)
+        torch.testing.assert_close(got.double(), eager_reference(model, inputs, 2, labels, queries), **EAGER_TOL)
+    with pytest.raises(ValueError, match="need labels"):
+        patch_weights(model, inputs, k=2, queries="prompt")
+
+
+def test_bfloat16_model_is_close_to_eager():
+    model, processor = tiny_llava("gemma", dtype=torch.bfloat16)
+    inputs = batch(processor, "left")
+    got = patch_weights(model, inputs, k=2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), eager_reference(model, inputs, 2), rtol=2e-2, atol=1e-4)
+
+
+def test_eager_models_are_refused_with_a_clear_message():
+    model, processor = tiny_llava("llama")
+    model.set_attn_implementation("eager")
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        patch_weights(model, batch(processor, "right"), k=2)
+
+
+def test_mismatched_image_tokens_are_an_error():
+    model, processor = tiny_llava("llama")
+    inputs = batch(processor, "right")
+    with pytest.raises(ValueError, match="image tokens in input_ids for 3 images"):
+        patch_weights(model, {**inputs, "pixel_values": torch.cat([inputs["pixel_values"]] * 2)[:3]}, k=2)
+
+
+@pytest.mark.parametrize("sliding_window", [None, 5])
+def test_flash_style_padding_mask_matches_the_four_dimensional_mask(sliding_window):
+    """Flash attention hands the function a [B, S] padding mask and the window; SDPA a 4-D boolean mask."""
+    torch.manual_seed(0)
+    B, heads, kv_heads, S, hd = 3, 4, 2, 12, 8
+    query = torch.randn(B, heads, S, hd, dtype=torch.float64)
+    key = torch.randn(B, kv_heads, S, hd, dtype=torch.float64)
+    ids = torch.full((B, S), 7)
+    ids[0, 1:4] = ids[1, 5:8] = ids[2, 2:5] = 9  # 3 images of 3 tokens
+    padding = torch.ones(B, S, dtype=torch.long)
+    padding[1, :2] = 0  # left padding
+    padding[2, -3:] = 0  # right padding
+    positions = torch.arange(S)
+    four_d = (positions[None, :] <= positions[:, None])[None, None] & padding.bool()[:, None, None, :]
+    if sliding_window is not None:
+        four_d &= (positions[None, :] > positions[:, None] - sliding_window)[None, None]
+    p = locate(ids, padding, None, image_token_id=9, images=3)
+    kwargs = dict(scaling=hd**-0.5, sliding_window=sliding_window, rows=p.rows, q_index=p.q_index, q_valid=p.q_valid,
+                  k_index=p.k_index, k_end=p.k_end, k_valid=p.k_valid)
+    flash = image_attention(query, key, padding, **kwargs)
+    sdpa = image_attention(query, key, four_d, **kwargs, block_elements=1)  # one query per block
+    torch.testing.assert_close(flash, sdpa, rtol=1e-12, atol=1e-14)
+    additive = torch.zeros(four_d.shape, dtype=torch.float64).masked_fill(~four_d, torch.finfo(torch.float64).min)
+    torch.testing.assert_close(image_attention(query, key, additive, **kwargs), sdpa, rtol=1e-12, atol=1e-14)
+    # direct formula for one image token: row 1, token at position 6, queries after position 7
+    scores = (query[1] @ key[1].repeat_interleave(2, 0).transpose(-1, -2)) * hd**-0.5
+    scores = scores.masked_fill(~four_d[1], -torch.inf).softmax(-1)
+    expected = scores[:, 8:, 6].sum(1).mean()
+    torch.testing.assert_close(sdpa[1, 1], expected)
