@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -93,12 +94,14 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
     model_args += f",dtype={dtype}"
     if args.num_processes > 1:
         # Explicit flags, so a stale `accelerate config` file cannot change the process layout.
-        import torch
-
-        kind = "--multi_gpu"
-        command = [sys.executable, "-m", "accelerate.commands.launch", kind, "--num_processes",
-                   str(args.num_processes), "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no", "-m", "lmms_eval"]
+        # --multi_gpu is accelerate's torchrun launcher, gloo on CPU (its --cpu needs MPI for several
+        # processes). A free port, so that two evaluations on one machine do not collide on 29500.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                   str(args.num_processes), "--num_machines", "1", "--main_process_port", str(port),
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval"]
     else:
         command = [sys.executable, "-m", "lmms_eval"]
     command += ["--model", "basic_llava", "--model_args", model_args, "--tasks", ",".join(tasks),
@@ -201,7 +204,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated benchmark names (default: the paper's eight)")
     parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="mini data root (mini profile)")
     parser.add_argument("--log_dir", type=Path, help="lmms-eval outputs and per-sample logs (default: <out>_logs)")
-    parser.add_argument("--batch_size", type=int, default=8, help="per process; does not change the answers")
+    parser.add_argument("--batch_size", type=int, default=8, help="per process (in float32 it does not change the answers)")
     parser.add_argument("--num_processes", type=int, default=1, help=">1: data-parallel under accelerate launch")
     parser.add_argument("--device", help="model device for one process (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
