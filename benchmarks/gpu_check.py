@@ -201,16 +201,17 @@ def run_one(name: str, stage: str, basic: bool, shape: Shape, batch: int, warmup
                 peak["allocated_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
                 peak["reserved_gib"] = torch.cuda.max_memory_reserved() / 2 ** 30
 
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix=f"gpu_check-{name}-"), per_device_train_batch_size=batch, max_steps=warmup + steps,
-        learning_rate=2e-5 if stage == "stage2" else 1e-3, lr_scheduler_type="constant", weight_decay=0.0,
-        bf16=cuda, tf32=cuda, gradient_checkpointing=True, deepspeed=str(ZERO2), logging_steps=1,
-        report_to="none", save_strategy="no", dataloader_num_workers=0, use_cpu=not cuda, seed=0,
-        optim="adamw_torch", disable_tqdm=True, model_max_length=shape.seq_len,
-    )
-    trainer = make_trainer(model, args, Synthetic(shape, model.config.image_token_id, batch * (warmup + steps)),
-                           basic, k, [Timer()])
-    trainer.train()
+    with tempfile.TemporaryDirectory(prefix=f"gpu_check-{name}-") as scratch:  # Trainer's output_dir: nothing kept
+        args = TrainingArguments(
+            output_dir=scratch, per_device_train_batch_size=batch, max_steps=warmup + steps,
+            learning_rate=2e-5 if stage == "stage2" else 1e-3, lr_scheduler_type="constant", weight_decay=0.0,
+            bf16=cuda, tf32=cuda, gradient_checkpointing=True, deepspeed=str(ZERO2), logging_steps=1,
+            report_to="none", save_strategy="no", dataloader_num_workers=0, use_cpu=not cuda, seed=0,
+            optim="adamw_torch", disable_tqdm=True, model_max_length=shape.seq_len,
+        )
+        trainer = make_trainer(model, args, Synthetic(shape, model.config.image_token_id, batch * (warmup + steps)),
+                               basic, k, [Timer()])
+        trainer.train()
     history = [h for h in trainer.state.log_history if "loss" in h]
     flops = step_flops(shape, stage, batch, k)
     median = statistics.median(times)
