@@ -115,7 +115,7 @@ def test_rows_the_paper_does_not_have(results, tmp_path):
                         "basic vicuna-7b clip-l-336 [basic-lr-vicuna-7b]"]
     assert rows[-1] == "llava-1.5 gemma-2b siglip" and pd.isna(cell(table, rows[-1], "vqav2").paper)
     assert cell(table, "llava-1.5 vicuna-7b clip-l-336", "vqav2").status == "not run"
-    assert cell(table, "basic vicuna-7b clip-l-336 [basic-lr-vicuna-7b]", "gqa").status == "missing"
+    assert cell(table, "basic vicuna-7b clip-l-336 [basic-lr-vicuna-7b]", "gqa").status == "not evaluated"
 
 
 def test_markdown_and_files(results, tmp_path):

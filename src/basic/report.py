@@ -10,7 +10,8 @@ Pure functions the notebooks call (notebooks/*.ipynb only load, call and show):
   (mean over the seeds of that setting), its spread (sd) and seed count, the paper's score, and both
   deltas against the table's baseline row. A table's runs are matched to the paper's rows by what they
   are (method, LLM, encoder, which losses, schedules), never by name; a run that matches no row of the
-  paper gets its own row; a run without metrics is reported `missing`, never dropped.
+  paper gets its own row; a run without metrics is reported `missing` (a benchmark missing from its
+  metrics: `not evaluated`), never dropped.
 - `markdown(table)`, `write_table(table, dir, name)`: Markdown and CSV; `plot_family(table)`: a seaborn figure.
 - `curves_from_state`, `write_curves`, `load_curves`, `curves_summary`, `plot_curves`: training curves
   (LM, DAS and SDS terms) from the trainer's log history.
@@ -159,8 +160,9 @@ def seed_scores(results: Results, family: str) -> pd.DataFrame:
         matched = [i for i, row in enumerate(ref_rows) if _matches(attrs, row)]
         row_index = matched[0] if matched else None
         for bench in columns:
-            entry = results.metrics.get(name, {}).get(bench)
-            status = "missing" if entry is None else entry["status"]
+            run_metrics = results.metrics.get(name)
+            entry = None if run_metrics is None else run_metrics.get(bench)
+            status = "missing" if run_metrics is None else "not evaluated" if entry is None else entry["status"]
             score = entry.get("score") if entry is not None and status == "scored" else None
             lines.append({"row": _label(attrs, keys), "paper_row": row_index, "run": name, "seed": run.seed,
                           "settings": json.dumps(run.settings, sort_keys=True), "benchmark": bench,
