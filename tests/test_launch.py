@@ -208,3 +208,30 @@ def test_command_line_prints_the_command_and_the_script(capsys, monkeypatch):
     assert "#SBATCH --nodes=2" in out and "#SBATCH --partition=a100" in out and "--node_rank $NODE_RANK" in out
     assert L.main(["train", "--nodes", "2", "--", "--x"]) == 2
     assert "train needs --stage" in capsys.readouterr().err
+
+
+def test_the_whole_study_is_submitted_at_once_through_basic_stage(tmp_path, fake_sbatch, capsys, monkeypatch):
+    """`basic launch study`: every run of params.yaml (here switched to the full profile) as three chained
+    jobs that run what dvc.yaml runs (`basic stage`), all runs side by side."""
+    sbatch, log = fake_sbatch
+    params = tmp_path / "params.yaml"
+    params.write_text((REPO / "params.yaml").read_text().replace("\nprofile: mini", "\nprofile: full"))
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PATH", f"{sbatch.parent}:{os.environ['PATH']}")
+    assert L.main(["study", "--params", str(params), "--slurm", "--partition", "gpu",
+                   "--log-dir", str(tmp_path / "logs")]) == 0
+    from basic import config
+
+    runs = list(config.load(params).runs)
+    calls = log.read_text().splitlines()
+    assert len(calls) == 3 * len(runs)
+    assert sum("--dependency" not in c for c in calls) == len(runs)  # one chain per run, started together
+    first = runs[0]
+    pretrain = (tmp_path / f"logs/{first}.pretrain.sbatch").read_text()
+    assert f"basic stage pretrain {first} --params {params}" in pretrain and "#SBATCH --gpus-per-node=8" in pretrain
+    assert "#SBATCH --nodes=1" in (tmp_path / f"logs/{first}.evaluate.sbatch").read_text()
+    out = capsys.readouterr().out
+    assert f"dvc commit -f pretrain@{first} finetune@{first} evaluate@{first}" in out
+
+    assert L.main(["study", "--params", str(params), "--runs", "no-such-run", "--print"]) == 2
+    assert "no run named 'no-such-run'" in capsys.readouterr().err
