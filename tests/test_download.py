@@ -350,3 +350,19 @@ def test_missing_file_mirror_fails_naming_the_file(tmp_path):
     m = write_manifest(tmp_path, [{"path": "a/x.zip", "url": f"file://{tmp_path}/nowhere/x.zip", "sha256": None}])
     with pytest.raises(dl.DownloadError, match=r"a/x.zip: no such file .*nowhere/x.zip"):
         dl.download(m, opts(tmp_path / "d"))
+
+
+def test_existing_unpacked_folders_can_be_used_instead_of_their_archive(server, tmp_path):
+    m = write_manifest(tmp_path, [{"path": "coco/train2017.zip", "url": server.url + "/train2017.zip", "sha256": None,
+                                   "unpack": "zip", "unpack_to": "coco/train2017", "provides": ["coco/train2017"]}])
+    dest = tmp_path / "d"
+    shared = tmp_path / "shared/train2017"
+    shared.mkdir(parents=True)
+    (shared / "000001.jpg").write_bytes(b"x")
+    (dest / "coco").mkdir(parents=True)
+    (dest / "coco/train2017").symlink_to(shared)  # a cluster's shared copy
+    with pytest.raises(dl.DownloadError, match="HTTP 404"):
+        dl.download(m, opts(dest))  # by default the archive is fetched and verified
+    (out,) = dl.download(m, opts(dest, use_existing=True))
+    assert out.action == "skipped" and "unverified" in out.note and server.log[-1][0] == "/train2017.zip"
+    assert dl.check(m, dest) == []

@@ -304,6 +304,8 @@ class Options:
     progress: bool = True
     max_missing: int | None = None
     """Overrides every image list's `max_missing` when set."""
+    use_existing: bool = False
+    """Accept an archive's folders that are already there (e.g. links to a shared copy) unverified."""
 
 
 _local = threading.local()
@@ -529,6 +531,10 @@ def ensure_file(entry: FileEntry, opts: Options, state: State, position: int = 0
     if entry.unpack and rec.get("unpacked") and rec.get("archive_deleted") and not target.exists():
         if unpack_dir.is_dir():
             return Outcome(entry.path, "skipped", rec.get("sha256"), note="unpacked earlier, archive deleted")
+    if (opts.use_existing and entry.unpack and entry.provides and not target.exists()
+            and all((opts.dest / p).is_dir() and any((opts.dest / p).iterdir()) for p in entry.provides)):
+        state.put(entry.path, unpacked=True, unpacked_to=entry.unpack_dir, archive_deleted=True, trusted=True)
+        return Outcome(entry.path, "skipped", None, note="its folders are already there: used unverified (--use-existing)")
     if target.exists():
         sha, action = _verify_present(entry, target, state, opts)
     else:
@@ -721,7 +727,9 @@ def check(manifest: Manifest, dest: Path) -> list[str]:
     problems = []
     for f in manifest.files:
         rec = state.get(f.path) or {}
-        if not rec.get("sha256"):
+        if rec.get("trusted"):
+            pass  # the user's own copy of the unpacked folders (--use-existing); `provides` is checked below
+        elif not rec.get("sha256"):
             problems.append(f"{f.path}: not downloaded and verified")
         elif f.sha256 and rec["sha256"] != f.sha256:
             problems.append(f"{f.path}: verified as {rec['sha256']}, the manifest now says {f.sha256}")
@@ -746,6 +754,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="rewrite URLs starting with PREFIX (also BASIC_MIRRORS, HF_ENDPOINT)")
     p.add_argument("--verify", action="store_true", help="re-hash files even if verified before")
     p.add_argument("--delete-archives", action="store_true", help="delete zip/tar files once unpacked")
+    p.add_argument("--use-existing", action="store_true",
+                   help="accept image folders already in DEST (e.g. links to a shared copy) instead of downloading "
+                        "their archives; they are not verified")
     p.add_argument("--max-missing", type=int, default=None,
                    help="override the manifests' limit on images an image list may fail to fetch")
     p.add_argument("--check", action="store_true", help="only report what is missing or unverified (no network)")
@@ -765,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
             download(manifest, Options(
                 dest=args.dest, mirrors=Mirrors.from_args(args.mirror), jobs=args.jobs, retries=args.retries,
                 verify=args.verify, delete_archives=args.delete_archives, progress=not args.no_progress,
-                max_missing=args.max_missing))
+                max_missing=args.max_missing, use_existing=args.use_existing))
     except DownloadError as e:
         print(f"basic download: {e}", file=sys.stderr)
         return 1
