@@ -7,11 +7,13 @@ a second run with another batch size and two processes (sharded by lmms-eval und
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 import textwrap
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -139,7 +141,7 @@ def _results_dir(tmp_path: Path, results: dict, samples: dict[str, list[dict]] |
 
 def test_collect_reports_pending_unscored_and_missing(tmp_path):
     full = {b.name: b for b in select("full", ["vqav2", "mmvet", "gqa"])}
-    unjudged = {"judge_score": {"score": None, "error": "judge openai:gpt unreachable: boom"}}
+    unjudged = {"judge_score": {"score": float("nan"), "error": "judge openai:gpt unreachable: boom"}}
     output = _results_dir(tmp_path, {"vqav2_test": {"submission,none": None},
                                      "basic_mmvet": {"judge_score,none": float("nan")},
                                      "gqa": {"exact_match,none": 0.625}},
@@ -160,10 +162,15 @@ def test_collect_reports_pending_unscored_and_missing(tmp_path):
         collect([full["gqa"]], tmp_path / "empty", {}, tail="")
 
 
-def test_a_new_users_own_task_runs_through_lmms_eval(world, tmp_path):
+def test_a_new_users_own_task_runs_through_lmms_eval(world, tmp_path, monkeypatch):
     """A task the project has never seen: the user's YAML over local JSON lines and image files, multiple choice
-    (log-likelihood requests), through `python -m lmms_eval --model basic_llava` with no other setup."""
-    checkpoint, _ = world
+    (log-likelihood requests), through `python -m lmms_eval --model basic_llava` with no other setup.
+
+    The same run holds MM-Vet graded by the LLM judge with no judge reachable, as a user running lmms-eval
+    directly would get it: lmms-eval must finish, and the benchmark come out unscored with the reason."""
+    checkpoint, data = world
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_API_URL", "http://127.0.0.1:9/v1")  # discard port: nothing answers
     for i, colour in enumerate(["red", "blue", "green"]):
         Image.new("RGB", (20, 12), colour).save(tmp_path / f"{i}.png")
     (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(
@@ -184,9 +191,17 @@ def test_a_new_users_own_task_runs_through_lmms_eval(world, tmp_path):
         """))
     (tmp_path / "tasks" / "my_utils.py").write_text(
         "from PIL import Image\n\ndef doc_to_visual(doc):\n    return [Image.open(doc['image']).convert('RGB')]\n")
+    (tmp_path / "tasks" / "llm_mmvet.yaml").write_text(textwrap.dedent(f"""\
+        include: {Path(str(resources.files("basic.eval.tasks"))) / "_mmvet.yaml"}
+        task: llm_mmvet
+        dataset_path: parquet
+        dataset_kwargs: {{data_files: {{test: {data / "benchmarks/mmvet/test.parquet"}}}}}
+        process_results: !function basic.eval.tasks.utils.mmvet_process_results_llm
+        generation_kwargs: {{max_new_tokens: 4}}
+        """))
     command = [sys.executable, "-m", "lmms_eval", "--model", "basic_llava", "--model_args",
-               f"pretrained={checkpoint}", "--tasks", "my_colours", "--include_path", str(tmp_path / "tasks"),
-               "--batch_size", "2", "--output_path", str(tmp_path / "out"), "--log_samples"]
+               f"pretrained={checkpoint}", "--tasks", "my_colours,llm_mmvet", "--include_path",
+               str(tmp_path / "tasks"), "--batch_size", "2", "--output_path", str(tmp_path / "out"), "--log_samples"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     [results] = (tmp_path / "out").rglob("*_results.json")  # lmms-eval exits 0 even on failure: check output
     acc = json.loads(results.read_text())["results"]["my_colours"]["acc,none"]
@@ -197,3 +212,8 @@ def test_a_new_users_own_task_runs_through_lmms_eval(world, tmp_path):
     assert all(len(r["filtered_resps"]) == 3 for r in records), run.stdout[-3000:]
     assert all(float(value) > 0 for r in records for value, _ in r["filtered_resps"])  # -log P > 0
     assert acc == pytest.approx(sum(p == int(r["target"]) for p, r in zip(picked, records)) / 3)
+
+    mmvet = select("full", ["mmvet"])[0]
+    unjudged = collect([dataclasses.replace(mmvet, task="llm_mmvet")], tmp_path / "out", {"mmvet": "openai"}, "")
+    assert unjudged["mmvet"]["status"] == "unscored" and unjudged["mmvet"]["score"] is None
+    assert "4/4 samples unjudged" in unjudged["mmvet"]["reason"] and "unreachable" in unjudged["mmvet"]["reason"]

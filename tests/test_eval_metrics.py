@@ -98,7 +98,7 @@ def test_unreachable_llm_judge_gives_unscored_not_zero(monkeypatch):
 
     doc = {"question_id": "v1_0", "capability": "rec", "question": "q", "answer": "red"}
     record = utils._mmvet_result(doc, "red", judge)["judge_score"]
-    assert record["score"] is None and "unreachable" in record["error"]
+    assert math.isnan(record["score"]) and "unreachable" in record["error"]
     assert math.isnan(utils.mmvet_aggregate([record, {**record, "score": 1.0, "error": None}]))
 
 

@@ -108,8 +108,8 @@ def _judge(name: str) -> Judge:
 def _mmvet_result(doc: dict, prediction: str, judge: Judge) -> dict:
     try:
         score, error = judge.score(doc["question"], doc["answer"], prediction), None
-    except JudgeError as reason:
-        score, error = None, str(reason)
+    except JudgeError as reason:  # NaN, not None: lmms-eval computes a standard error over the "score" fields
+        score, error = float("nan"), str(reason)
     return {"judge_score": {"question_id": doc["question_id"], "capability": doc["capability"], "score": score,
                             "judge": judge.name, "error": error}}
 
@@ -125,6 +125,6 @@ def mmvet_process_results_llm(doc: dict, results: list[str]) -> dict:
 def mmvet_aggregate(records: list[dict]) -> float:
     """Mean judge score x 100; NaN when any sample went unjudged (the benchmark is then unscored, not 0)."""
     scores = [r["score"] for r in records]
-    if any(s is None for s in scores):
+    if any(math.isnan(s) for s in scores):
         return float("nan")
     return 100 * statistics.mean(scores)
