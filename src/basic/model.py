@@ -110,10 +110,17 @@ def image_tokens(vision_config, select_feature: str) -> tuple[str, int, int]:
 @contextlib.contextmanager
 def outside_zero3(hf_deepspeed_config):
     """Suspend transformers' ZeRO-3 detection (so a meta-device skeleton is not built under zero.Init)."""
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
     if hf_deepspeed_config is None:
+        if is_deepspeed_zero3_enabled():
+            raise ValueError("DeepSpeed ZeRO-3 is configured: pass its HfDeepSpeedConfig as hf_deepspeed_config")
         yield
         return
-    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
     try:
@@ -135,6 +142,7 @@ def build(
     attn_implementation: str | None = None,
     cache_dir: str | None = None,
     hf_deepspeed_config=None,
+    seed: int = 0,
 ) -> Built:
     """A LLaVA model and its processor from a base LLM and a vision tower (see the module docstring)."""
     if projector_type not in PROJECTORS:
@@ -164,13 +172,17 @@ def build(
     model.model.vision_tower = tower
     model.model.language_model = llm.base_model
     model.lm_head = llm.get_output_embeddings()
-    projector = LlavaMultiModalProjector(config)  # nn.Linear's default init, as LLaVA's mm_projector
-    if projector_type == "linear":
-        with torch.no_grad():
-            projector.linear_2.weight.copy_(torch.eye(projector.linear_2.in_features))
-            projector.linear_2.bias.zero_()
-    model.model.multi_modal_projector = projector.to(dtype=llm.dtype)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    # New weights (projector: nn.Linear's default init, as LLaVA's mm_projector; the <image> embedding row)
+    # depend on `seed` alone, not on how much randomness loading consumed: equal on every process.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projector = LlavaMultiModalProjector(config)
+        if projector_type == "linear":
+            with torch.no_grad():
+                projector.linear_2.weight.copy_(torch.eye(projector.linear_2.in_features))
+                projector.linear_2.bias.zero_()
+        model.model.multi_modal_projector = projector.to(dtype=llm.dtype)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     if attn_implementation is not None:
         model.set_attn_implementation(attn_implementation)
     model.config.pad_token_id = model.config.text_config.pad_token_id = tokenizer.pad_token_id

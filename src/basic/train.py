@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -99,9 +100,12 @@ class TrainingArguments(transformers.TrainingArguments):
                          ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
             if getattr(self, new) is None and getattr(self, old) is not None:
                 setattr(self, new, getattr(self, old))
-        if not torch.cuda.is_available() and (self.bf16 or self.fp16 or self.tf32):
-            logger.warning("no CUDA device: ignoring --bf16/--fp16/--tf32 and training in float32")
-            self.bf16 = self.fp16 = self.tf32 = False
+        if not torch.cuda.is_available():
+            if self.bf16 or self.fp16 or self.tf32:
+                logger.warning("no CUDA device: ignoring --bf16/--fp16/--tf32 and training in float32")
+                self.bf16 = self.fp16 = self.tf32 = False
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                self.use_cpu = True  # accelerate runs several CPU processes (gloo) only in its CPU mode
         super().__post_init__()
 
 
@@ -149,6 +153,30 @@ def parse_args(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, T
     return parsed
 
 
+class IdleProjector:
+    """LLaVA's dummy image for batches without images: `+ 0 x projector(0)` on the token embeddings.
+
+    LLaVA passes a blank image through the projector for text-only samples and splices in none of its
+    features, so the projector is in every step's graph with zero gradients. Without it, processes whose
+    batches differ in modality produce different sets of gradients in a different order, which DeepSpeed
+    ZeRO-2 turns into mismatched collectives and DDP into an unused-parameter error. Added as an output
+    hook on the embedding layer (active only while the trainer says so), it enters the graph where the
+    image features would, leaves the model's outputs unchanged, and is not part of the saved model.
+    """
+
+    def __init__(self, model):
+        self.projector = projector_of(model)
+        self.active = False
+        model.get_input_embeddings().register_forward_hook(self)
+
+    def __call__(self, module, args, output):
+        if not self.active:
+            return None
+        zeros = torch.zeros(1, self.projector.linear_1.in_features, device=output.device,
+                            dtype=self.projector.linear_1.weight.dtype)
+        return output + self.projector(zeros).sum().to(output.dtype) * 0.0
+
+
 class LlavaTrainer(Trainer):
     """Trainer with LLaVA's sampler and optimizer groups, the BASIC objective, window logs and skip counts."""
 
@@ -159,6 +187,7 @@ class LlavaTrainer(Trainer):
         self._late_skips: set[str] = set()
         self._window: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._images_in_step: torch.Tensor | None = None
+        self._idle_projector = IdleProjector(self.model)
 
     # Trainer has no public hook for the training sampler (get_train_dataloader hands this method to its
     # private _get_dataloader); LLaVA overrides the same method. Only the index order changes: batching,
@@ -220,8 +249,15 @@ class LlavaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._late_skips.update(inputs.pop("skipped", ()))
-        if self.objective is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._idle_projector.active = model.training and "pixel_values" not in inputs
+        try:
+            if self.objective is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return self._objective_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._idle_projector.active = False
+
+    def _objective_loss(self, model, inputs, return_outputs, num_items_in_batch):
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None
         out = self.objective(model, inputs if num_items_in_batch is None else {**inputs, "num_items_in_batch": num_items_in_batch})
@@ -299,14 +335,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     template = get_template(model_args.version)
     logger.info("stage %d (%s), template %s", 1 if projector_only else 2,
                 "projector only" if projector_only else "projector + LLM", template.name)
-    set_seed(args.seed)  # before the projector is initialised: the same weights on every process
+    set_seed(args.seed)
     built = build(
         model_args.model_name_or_path, model_args.vision_tower,
         projector_type=model_args.mm_projector_type, vision_select_layer=model_args.mm_vision_select_layer,
         vision_select_feature=model_args.mm_vision_select_feature, model_max_length=args.model_max_length,
         chat_template=template.jinja, dtype=torch.bfloat16 if args.bf16 else torch.float32,
         attn_implementation=model_args.attn_implementation, cache_dir=args.cache_dir,
-        hf_deepspeed_config=getattr(args, "hf_deepspeed_config", None),
+        hf_deepspeed_config=getattr(args, "hf_deepspeed_config", None), seed=args.seed,
     )
     model, tokenizer = built.model, built.tokenizer
     if model_args.pretrain_mm_mlp_adapter:
@@ -326,11 +362,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     if args.should_save:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / DATA_CHECK_FILE).write_text(json.dumps(dataset.report(), indent=1) + "\n")
-    modalities = {length > 0 for length in dataset.modality_lengths}
-    if len(modalities) > 1 and args.ddp_find_unused_parameters is None and not args.deepspeed:
-        # A text-only batch gives the projector no gradient, which DDP must be told to expect.
-        args.ddp_find_unused_parameters = True
-
     objective = None
     if basic_args.enabled:
         from basic.method.objective import BasicObjective
