@@ -130,7 +130,7 @@ def test_resume_after_cut_connection_in_the_same_run(server, tmp_path):
     m = write_manifest(tmp_path, [{"path": "big.bin", "url": server.url + "/big.bin", "sha256": sha(BLOB)}])
     dl.download(m, opts(tmp_path / "d"))
     assert (tmp_path / "d/big.bin").read_bytes() == BLOB
-    (first, r1), (second, r2) = server.log
+    (_, r1), (_, r2) = server.log
     resumed_at = int(r2.removeprefix("bytes=").rstrip("-"))
     assert r1 is None and 0 < resumed_at <= len(BLOB) // 2  # the retry asked only for the rest
 

@@ -35,7 +35,7 @@ def test_flops_model_matches_the_6n_rule_for_full_training_and_4n_for_a_frozen_l
 def test_smoke_run_trains_baseline_and_basic_through_the_engine_on_cpu(tmp_path):
     out = tmp_path / "smoke.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--configs", "stage1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, check=False)
     report = json.loads(out.read_text())
     results = {r["name"]: r for r in report["results"]}
     base = results["stage1-baseline"]

@@ -80,7 +80,12 @@ def _read_record(dest: Path) -> dict:
 def fetch(backbone: Backbone, dest: Path, cache_dir: Path | None = None, hub=None) -> Path:
     """Download one backbone into `dest/<name>` at its pinned revision (no-op if already there)."""
     import huggingface_hub
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     hub = hub or huggingface_hub
     target = dest / backbone.name

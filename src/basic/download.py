@@ -37,11 +37,12 @@ import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import requests
@@ -232,7 +233,7 @@ class Mirrors:
     rules: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_args(cls, rules: Iterable[str] = (), environ: dict[str, str] | None = None) -> "Mirrors":
+    def from_args(cls, rules: Iterable[str] = (), environ: dict[str, str] | None = None) -> Mirrors:
         environ = os.environ if environ is None else environ
         specs = list(environ.get("BASIC_MIRRORS", "").split()) + list(rules)
         parsed = []
@@ -333,7 +334,7 @@ def _open_stream(url: str, offset: int, timeout: float) -> tuple[int, int | None
         src = Path(unquote(urlparse(url).path))
         if not src.is_file():
             raise FileNotFoundError(f"no such file {src} (from {url})")
-        f = open(src, "rb")
+        f = open(src, "rb")  # noqa: SIM115 - closed by the caller through the returned close()
         total = src.stat().st_size
         offset = min(offset, total)
         f.seek(offset)
@@ -455,7 +456,7 @@ def unpack(archive: Path, kind: str, target: Path, label: str, progress: bool = 
             sizes = [m.file_size for m in members]
             close = zf.close
         else:
-            tf = tarfile.open(archive, "r:*")
+            tf = tarfile.open(archive, "r:*")  # noqa: SIM115 - closed below, like the zip
             members = [m for m in tf.getmembers() if m.isfile() or m.isdir()]
             skipped = [m.name for m in tf.getmembers() if not (m.isfile() or m.isdir())]
             if skipped:
@@ -473,7 +474,7 @@ def unpack(archive: Path, kind: str, target: Path, label: str, progress: bool = 
         with tqdm(total=sum(sizes), unit="B", unit_scale=True, unit_divisor=1024, desc=f"unpack {label}",
                   leave=False, disable=not progress, dynamic_ncols=True) as bar:
             for member, name, directory, size in zip(members, names, is_dir, sizes):
-                rel = _safe_member(archive, name[len(strip):] if name.startswith(strip) else name)
+                rel = _safe_member(archive, name.removeprefix(strip))
                 if not str(rel) or str(rel) == ".":
                     continue
                 out = target / rel
@@ -528,9 +529,9 @@ def ensure_file(entry: FileEntry, opts: Options, state: State, position: int = 0
     target = opts.dest / entry.path
     rec = state.get(entry.path) or {}
     unpack_dir = opts.dest / entry.unpack_dir
-    if entry.unpack and rec.get("unpacked") and rec.get("archive_deleted") and not target.exists():
-        if unpack_dir.is_dir():
-            return Outcome(entry.path, "skipped", rec.get("sha256"), note="unpacked earlier, archive deleted")
+    if (entry.unpack and rec.get("unpacked") and rec.get("archive_deleted") and not target.exists()
+            and unpack_dir.is_dir()):
+        return Outcome(entry.path, "skipped", rec.get("sha256"), note="unpacked earlier, archive deleted")
     if (opts.use_existing and entry.unpack and entry.provides and not target.exists()
             and all((opts.dest / p).is_dir() and any((opts.dest / p).iterdir()) for p in entry.provides)):
         state.put(entry.path, unpacked=True, unpacked_to=entry.unpack_dir, archive_deleted=True, trusted=True)
@@ -625,7 +626,7 @@ def _fetch_image(url: str, out: Path, opts: Options) -> None:
     try:  # a placeholder page or a truncated file is a failure, not an image
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
-    except Exception as e:  # PIL raises many types for undecodable data
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for undecodable data
         raise DownloadError(f"not a readable image ({type(e).__name__}: {e})") from None
     tmp = out.with_name(out.name + ".part")
     tmp.write_bytes(data)
@@ -704,7 +705,7 @@ def download(manifest: Manifest, opts: Options) -> list[Outcome]:
                 outcomes.append(fut.result())
             except DownloadError as e:
                 errors.append(str(e))
-            except Exception as e:  # an unexpected failure still names its file
+            except Exception as e:  # noqa: BLE001 - an unexpected failure still names its file
                 errors.append(f"{futures[fut].path}: {type(e).__name__}: {e}")
     if not errors:
         for lst in manifest.image_lists:

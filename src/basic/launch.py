@@ -26,10 +26,11 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from string import Template
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 LAUNCHERS = ("deepspeed", "torchrun", "accelerate", "python")
 STAGES = ("pretrain", "finetune")
@@ -79,7 +80,7 @@ class LaunchSpec:
             raise LaunchError(f"deepspeed: unknown stage(s) {', '.join(sorted(unknown))} (stages: {', '.join(STAGES)})")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "launch") -> "LaunchSpec":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "launch") -> LaunchSpec:
         """From params (e.g. params.yaml's launch section); unknown keys are errors."""
         data = dict(data)
         if "deepspeed" in data:
@@ -188,7 +189,7 @@ class SlurmSpec:
     template: str = str(SBATCH_TEMPLATE)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "slurm") -> "SlurmSpec":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "slurm") -> SlurmSpec:
         data = dict(data)
         for key in ("directives", "setup"):
             if key in data:
@@ -235,7 +236,7 @@ def submit(script: str, job_name: str, slurm: SlurmSpec, after: Sequence[str] = 
         argv.append("--dependency=afterok:" + ":".join(after))
     if wait:
         argv.append("--wait")
-    proc = subprocess.run(argv + [str(path)], capture_output=True, text=True)
+    proc = subprocess.run([*argv, str(path)], capture_output=True, text=True, check=False)
     job_id = proc.stdout.strip().splitlines()[0].split(";")[0] if proc.stdout.strip() else ""
     if proc.returncode != 0:
         raise LaunchError(f"{job_name}: {' '.join(argv)} {path} failed (exit {proc.returncode}"
