@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -100,6 +101,11 @@ class TrainingArguments(transformers.TrainingArguments):
                          ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
             if getattr(self, new) is None and getattr(self, old) is not None:
                 setattr(self, new, getattr(self, old))
+        if self.deepspeed and "WORLD_SIZE" not in os.environ:
+            # One process without a launcher (plain `basic train`): give DeepSpeed the environment a launcher
+            # would, instead of letting it go looking for MPI.
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(_free_port()))
         if not torch.cuda.is_available():
             if self.bf16 or self.fp16 or self.tf32:
                 logger.warning("no CUDA device: ignoring --bf16/--fp16/--tf32 and training in float32")
@@ -107,6 +113,18 @@ class TrainingArguments(transformers.TrainingArguments):
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                 self.use_cpu = True  # accelerate runs several CPU processes (gloo) only in its CPU mode
         super().__post_init__()
+        if self.use_cpu and self.deepspeed and self.world_size > 1:
+            import deepspeed
+
+            # accelerate's CPU mode sets up torch.distributed only; ZeRO-3 partitions while the model loads,
+            # before the engine exists, and needs DeepSpeed's own view of the process group by then.
+            deepspeed.init_distributed(dist_backend="gloo")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def unsupported(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
