@@ -116,6 +116,18 @@ def test_llava_spellings_map_to_transformers_5(llava_argv, tmp_path):
         assert not args.bf16 and not args.tf32  # LLaVA's --bf16 True --tf32 True: float32 on a CPU
 
 
+def test_llava_optimizer_groups(llava_argv, tmp_path):
+    trainer = run(llava_argv(2, "phi3", "siglip", tmp_path, max_steps=1, mm_projector_lr=2e-4, weight_decay=0.1))
+    projector = {id(p) for p in trainer.model.model.multi_modal_projector.parameters()}
+    for group in trainer.optimizer.param_groups:
+        in_projector = {id(p) in projector for p in group["params"]}
+        assert len(in_projector) == 1  # a group is all projector or all LLM
+        assert group["initial_lr"] == (2e-4 if in_projector == {True} else 2e-5)
+        biases_or_norms = all(p.dim() == 1 for p in group["params"])
+        assert group["weight_decay"] == (0.0 if biases_or_norms else 0.1)
+    assert not any(id(p) in projector for p in trainer.model.model.vision_tower.parameters())
+
+
 def test_resume_continues_exactly(llava_argv, tmp_path, snapshots):
     common = dict(lr_scheduler_type="constant", warmup_ratio=0.0, save_steps=1, save_total_limit=None)
     straight = tmp_path / "straight"

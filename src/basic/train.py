@@ -160,7 +160,7 @@ def unsupported(model_args: ModelArguments, data_args: DataArguments, args: Trai
 
 
 def parse_args(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments, BasicArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, BasicArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, BasicArguments), prog="basic train")
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # unknown flags and refused --basic_* values
