@@ -1,0 +1,160 @@
+"""`basic mini backbones`: pretrain the seven mini backbones from the world and measure their quality.
+
+Each backbone is one job (load its data, train, measure on held-out data, save a standard HF
+checkpoint); jobs run in `workers` processes, each using `cores / workers` threads, because on a
+small CPU two single-threaded trainings of these small models get through more work than one
+two-threaded one. Seeds are per backbone, so a result does not depend on which worker ran it.
+Results, with the goals, go to `<out>/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerFast
+
+from basic.mini.encoders import (
+    ENCODER_SPECS,
+    TEXT_LENGTH,
+    build_encoder,
+    encoder_tokenizer,
+    probe_features,
+    train_encoder,
+)
+from basic.mini.llms import LLM_SPECS, build_llm, encode, generation_config, train_llm
+from basic.mini.quality import linear_probe, text_qa_accuracy
+from basic.mini.scenes import COLOURS, SHAPES
+from basic.mini.tokenizer import family_tokenizer
+
+GOALS = {"llm_text_qa_accuracy": 0.70, "encoder_probe_accuracy": 0.90}
+# Longest first, so that two workers finish together.
+ORDER = ("vicuna-13b", "vicuna-7b", "gemma-2b", "phi3-3.8b", "mistral-7b", "clip-l-336", "siglip")
+
+
+@dataclass(frozen=True)
+class BackboneSettings:
+    llm_steps: int = 600
+    llm_batch: int = 16
+    llm_lr: float = 3e-3
+    encoder_steps: int = 150
+    encoder_batch: int = 128
+    encoder_lr: float = 1e-3
+    workers: int = 2
+    threads: int = 0  # per worker; 0: the machine's cores divided by the workers
+    names: tuple[str, ...] = field(default=ORDER)
+
+
+def _seed(seed: int, name: str) -> int:
+    return seed * 1_000_003 + zlib.crc32(name.encode()) % 1_000_003
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _llm_job(name: str, data: Path, out: Path, seed: int, s: BackboneSettings, position: int) -> dict:
+    spec = LLM_SPECS[name]
+    tokenizer = family_tokenizer(PreTrainedTokenizerFast.from_pretrained(data / "tokenizer"), spec.family)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_items = encode(_read_jsonl(data / "text" / "llm_train.jsonl"), tokenizer, spec.family)
+    eval_items = encode(_read_jsonl(data / "text" / "llm_eval.jsonl"), tokenizer, spec.family)
+    model = build_llm(spec, tokenizer, _seed(seed, name))
+    losses = train_llm(model, train_items, s.llm_steps, s.llm_batch, s.llm_lr, _seed(seed, name), pad,
+                       desc=name, position=position)
+    quality = text_qa_accuracy(model, eval_items, pad)
+    target = out / name
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    generation_config(tokenizer, spec.family).save_pretrained(target)
+    return {"type": "llm", "architecture": type(model).__name__, **asdict(spec),
+            "parameters": sum(p.numel() for p in model.parameters()), "steps": s.llm_steps,
+            "final_loss": float(np.mean(losses[-20:])), "text_qa_accuracy": quality["all"]["accuracy"],
+            "text_qa": quality}
+
+
+def _encoder_job(name: str, data: Path, out: Path, seed: int, s: BackboneSettings, position: int) -> dict:
+    spec = ENCODER_SPECS[name]
+    base = PreTrainedTokenizerFast.from_pretrained(data / "tokenizer").backend_tokenizer
+    tokenizer = encoder_tokenizer(base, spec.kind)
+    records = json.loads((data / "llava" / "pretrain.json").read_text(encoding="utf-8"))
+    images = [Image.open(data / "images" / r["image"]).convert("RGB") for r in records]
+    captions = [r["conversations"][1]["value"] for r in records]
+    model, processor = build_encoder(spec, tokenizer, images[0].width, _seed(seed, name))
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                    return_tensors="pt")["input_ids"]
+    losses = train_encoder(model, pixels, ids, s.encoder_steps, s.encoder_batch, s.encoder_lr, _seed(seed, name),
+                           desc=name, position=position)
+    probe = datasets.Dataset.from_parquet(str(data / "probe" / "probe.parquet"))
+    probe_pixels = processor(images=[im.convert("RGB") for im in probe["image"]], return_tensors="pt")["pixel_values"]
+    fit = torch.tensor([split == "fit" for split in probe["split"]])
+    labels = {"colour": (torch.tensor(probe["colour"]), len(COLOURS)), "shape": (torch.tensor(probe["shape"]), len(SHAPES))}
+    accuracy = {}
+    for features_name, features in probe_features(model, probe_pixels).items():
+        for attr, (y, classes) in labels.items():
+            accuracy[f"{features_name}/{attr}"] = linear_probe(features[fit], y[fit], features[~fit], y[~fit], classes)
+    target = out / name
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return {"type": "encoder", "architecture": type(model).__name__, **asdict(spec),
+            "parameters": sum(p.numel() for p in model.vision_model.parameters()), "steps": s.encoder_steps,
+            "final_loss": float(np.mean(losses[-10:])), "probe_colour": accuracy["pooled/colour"],
+            "probe_shape": accuracy["pooled/shape"], "probe": accuracy,
+            "probe_sizes": {"fit": int(fit.sum()), "test": int((~fit).sum())}}
+
+
+def run_job(name: str, data: str, out: str, seed: int, settings: BackboneSettings, threads: int,
+            position: int = 0) -> dict:
+    """Train, measure and save one backbone; returns its metrics (with its wall time)."""
+    torch.set_num_threads(threads)
+    start = time.time()
+    job = _llm_job if name in LLM_SPECS else _encoder_job
+    metrics = job(name, Path(data), Path(out), seed, settings, position)
+    return {**metrics, "seed": _seed(seed, name), "threads": threads, "wall_s": round(time.time() - start, 1)}
+
+
+def build_backbones(data: Path, out: Path, seed: int, settings: BackboneSettings = BackboneSettings()) -> dict:
+    """Train every backbone in `settings.names`; writes `<out>/<name>/` and `<out>/metrics.json`."""
+    unknown = [n for n in settings.names if n not in LLM_SPECS and n not in ENCODER_SPECS]
+    if unknown:
+        raise ValueError(f"unknown backbone(s) {unknown}; known: {', '.join(ORDER)}")
+    for required in ("tokenizer", "text/llm_train.jsonl", "llava/pretrain.json", "probe/probe.parquet"):
+        if not (Path(data) / required).exists():
+            raise FileNotFoundError(f"{Path(data) / required} is missing: run `basic mini data --out {data}` first")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in ORDER if n in settings.names]
+    workers = max(1, min(settings.workers, len(names)))
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // workers)
+    start = time.time()
+    if workers == 1:
+        results = [run_job(n, str(data), str(out), seed, settings, threads, i) for i, n in enumerate(names)]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_job, n, str(data), str(out), seed, settings, threads, i)
+                       for i, n in enumerate(names)]
+            results = [f.result() for f in futures]
+    per_backbone = dict(zip(names, results))
+    llms = {n: m["text_qa_accuracy"] for n, m in per_backbone.items() if m["type"] == "llm"}
+    probes = {n: min(m["probe_colour"], m["probe_shape"]) for n, m in per_backbone.items() if m["type"] == "encoder"}
+    metrics = {
+        "seed": seed, "settings": asdict(settings), "workers": workers, "threads_per_worker": threads,
+        "wall_s": round(time.time() - start, 1), "goals": GOALS,
+        "goals_met": {"llm_text_qa_accuracy": all(a >= GOALS["llm_text_qa_accuracy"] for a in llms.values()),
+                      "encoder_probe_accuracy": all(a >= GOALS["encoder_probe_accuracy"] for a in probes.values())},
+        "llm_text_qa_accuracy": llms, "encoder_probe_min_accuracy": probes, "backbones": per_backbone,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,134 @@
+"""The two mini vision encoders: a CLIP (contrastive) and a SigLIP (sigmoid) model trained on image-caption pairs.
+
+Both are the real transformers classes (`CLIPModel`, `SiglipModel`) trained with their own
+`return_loss=True` objectives on the LLaVA-558K stand-in (training images and their captions), and
+saved whole, with image processor and tokenizer, as the hub checkpoints are; LLaVA keeps only the
+vision tower. The text towers read the world's tokenizer, dressed as each original does it: CLIP adds
+a start token and pools at the first end-of-text token; SigLIP pads to a fixed length and pools the
+last position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, processors
+from tqdm.auto import tqdm
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    SiglipConfig,
+    SiglipImageProcessor,
+    SiglipModel,
+)
+
+from basic.mini.optim import adamw_warmup_cosine
+
+TEXT_LENGTH = 40  # captions are at most ~30 tokens
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    kind: str  # clip | siglip
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    text_layers: int
+    patch: int
+
+
+ENCODER_SPECS: dict[str, EncoderSpec] = {
+    "clip-l-336": EncoderSpec("clip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=8),
+    "siglip": EncoderSpec("siglip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=8),
+}
+
+
+def encoder_tokenizer(base: Tokenizer, kind: str) -> PreTrainedTokenizerFast:
+    """The world's vocabulary with CLIP's (`<s> text <|endoftext|>`, pad = eos) or SigLIP's
+    (`text </s>`, padded to a fixed length) conventions."""
+    backend = Tokenizer.from_str(base.to_str())
+    if kind == "clip":
+        bos, eos = "<s>", "<|endoftext|>"
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {eos}", special_tokens=[(bos, backend.token_to_id(bos)), (eos, backend.token_to_id(eos))])
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=eos,
+                                       unk_token="<unk>", model_max_length=TEXT_LENGTH)
+    eos = "</s>"
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"$A {eos}", special_tokens=[(eos, backend.token_to_id(eos))])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token=eos, unk_token="<unk>",
+                                   model_max_length=TEXT_LENGTH)
+
+
+def build_encoder(spec: EncoderSpec, tokenizer: PreTrainedTokenizerFast, image_size: int, seed: int):
+    """(model, image processor) for `spec`, freshly initialised."""
+    vision = {"hidden_size": spec.hidden, "intermediate_size": spec.intermediate, "num_hidden_layers": spec.layers,
+                  "num_attention_heads": spec.heads, "image_size": image_size, "patch_size": spec.patch}
+    text = {"vocab_size": len(tokenizer), "hidden_size": spec.hidden, "intermediate_size": spec.intermediate,
+                "num_hidden_layers": spec.text_layers, "num_attention_heads": spec.heads,
+                "max_position_embeddings": TEXT_LENGTH, "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(seed)
+    if spec.kind == "clip":
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec.hidden))
+        processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                       crop_size={"height": image_size, "width": image_size})
+    elif spec.kind == "siglip":
+        model = SiglipModel(SiglipConfig(text_config={**text, "projection_size": spec.hidden}, vision_config=vision))
+        with torch.no_grad():  # SigLIP's initialisation: temperature 10, bias -10
+            model.logit_scale.fill_(math.log(10.0))
+            model.logit_bias.fill_(-10.0)
+        processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    else:
+        raise ValueError(f"unknown encoder kind {spec.kind!r}; known: clip, siglip")
+    return model, processor
+
+
+def train_encoder(model: PreTrainedModel, pixel_values: torch.Tensor, input_ids: torch.Tensor, steps: int,
+                  batch_size: int, lr: float, seed: int, desc: str = "encoder", position: int = 0) -> list[float]:
+    """`steps` AdamW steps of the model's own image-text loss on random batches; returns the losses."""
+    gen = torch.Generator().manual_seed(seed)
+    opt, sched = adamw_warmup_cosine(model, lr, steps, warmup=0.1, weight_decay=0.05, floor=0.0)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=desc, position=position, leave=True, mininterval=2.0)
+    for _ in bar:
+        idx = torch.randint(len(pixel_values), (batch_size,), generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids[idx], pixel_values=pixel_values[idx], return_loss=True).loss
+        loss.float().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if len(losses) % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def probe_features(model: PreTrainedModel, pixel_values: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Image features for linear probes: `pooled` (the tower's pooled output, CLIP's post-norm CLS or
+    SigLIP's attention-pool head: the standard linear-probe features) and `patches` (mean over patches of
+    the penultimate layer, what LLaVA's projector reads)."""
+    vision = model.vision_model
+    skip = 1 if isinstance(model, CLIPModel) else 0  # CLIP's CLS token is not a patch
+    pooled, patches = [], []
+    for b in range(0, len(pixel_values), batch_size):
+        out = vision(pixel_values=pixel_values[b:b + batch_size], output_hidden_states=True)
+        pooled.append(out.pooler_output)
+        patches.append(out.hidden_states[-2][:, skip:].mean(1))
+    return {"pooled": torch.cat(pooled), "patches": torch.cat(patches)}
+
+
+def spec_dict(name: str) -> dict:
+    return {"name": name, **asdict(ENCODER_SPECS[name])}
