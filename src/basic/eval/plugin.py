@@ -9,7 +9,8 @@ AutoProcessor. Prompts go through the checkpoint's own chat template (an image i
 images are padded to a square with the image processor's mean colour when the config says
 `image_aspect_ratio: pad` (as in training), and decoding is greedy until an eos id of the generation config
 (the end-of-turn token included), a task's `until` string, or `max_new_tokens`. Batches are left-padded
-(generation) or right-padded (log-likelihood), so batch size does not change answers. Under
+(generation) or right-padded (log-likelihood), so in float32 batch size does not change answers (16-bit
+rounding depends on the batch shape). Under
 `accelerate launch --num_processes N` each process loads the model on its own device and lmms-eval shards
 the documents by rank.
 """
