@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def raw() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return config.read(ROOT / "params.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_stage_requests_are_checked(study):
 def test_argv_rendering():
     flags = {"a": True, "b": False, "c": None, "d": [1, "x"], "e": 1e-05, "f": "no"}
     assert config.hf_argv(flags) == ["--a", "True", "--b", "False", "--d", "1", "x", "--e", "1e-05", "--f", "no"]
-    assert config.cli_argv(flags) == ["--a", "--d", "1,x", "--e", "1e-05", "--f", "no"]
+    assert config.cli_argv(flags) == ["--a", "--d", "1", "x", "--e", "1e-05", "--f", "no"]
 
 
 def test_dvc_yaml_paths_are_configs():
@@ -172,7 +172,7 @@ def test_dvc_yaml_paths_are_configs():
     assert render(next(iter(stages["prepare"]["outs"][0]))) == "data/mini"
     # Every params.yaml key a stage tracks exists in the active profile.
     study = config.load(ROOT / "params.yaml")
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = config.read(ROOT / "params.yaml")
     for name, stage in stages.items():
         for key in (stage.get("do") or stage)["params"]:
             for run in study.runs.values() if "foreach" in stage else [None]:

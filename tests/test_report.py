@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from basic import config, report
 
@@ -99,7 +98,7 @@ def test_layer_weights_against_increasing(results):
 
 def test_rows_the_paper_does_not_have(results, tmp_path):
     """A run that matches no paper row gets its own row; a paper row without runs is shown as not run."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = config.read(ROOT / "params.yaml")
     raw["runs"]["basic-lr-vicuna-7b"] = {"encoder": "clip-l-336", "llm": "vicuna-7b", "seed": 0,
                                         "basic": {"das_weight": 1.0, "sds_weight": 0.01},
                                         "finetune": {"learning_rate": 1.0e-4}}

@@ -21,7 +21,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from basic.launch import LaunchError, LaunchSpec, batch_args, eval_command, train_command
 from basic.method.config import BasicArguments
@@ -294,15 +294,19 @@ def parse(data: Any, where: str = str(PARAMS_FILE)) -> Study:
         raise ConfigError(f"{where}: {e}") from None
 
 
-def load(path: str | Path = PARAMS_FILE) -> Study:
+def read(path: str | Path = PARAMS_FILE) -> Any:
+    """params.yaml's content as DVC reads it: YAML 1.2 (ruamel), where `no` is a string and `1e-3` a number."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: not found (run from the repository root, or pass --params)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
+        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse(data, str(path))
+
+
+def load(path: str | Path = PARAMS_FILE) -> Study:
+    return parse(read(path), str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -338,15 +342,13 @@ def hf_argv(flags: Mapping[str, Value | list[Value]]) -> list[str]:
 
 
 def cli_argv(flags: Mapping[str, Value | list[Value]]) -> list[str]:
-    """argparse style (basic evaluate, basic mini ...): true booleans as bare flags, lists comma-joined."""
+    """argparse style (basic mini ..., basic evaluate): keys are the flags' own names, true booleans bare flags,
+    lists several values (nargs), null and false left out."""
     argv: list[str] = []
     for name, value in flags.items():
         if value is None or value is False:
             continue
-        if value is True:
-            argv.append(f"--{name}")
-        else:
-            argv += [f"--{name}", ",".join(map(_text, value)) if isinstance(value, list) else _text(value)]
+        argv += [f"--{name}"] if value is True else [f"--{name}", *map(_text, value if isinstance(value, list) else [value])]
     return argv
 
 
@@ -400,5 +402,5 @@ def command(study: Study, stage: str, run_name: str | None = None) -> list[str]:
         return eval_command(profile.launch, [
             "--checkpoint", str(run_dir(run.name) / "finetune"), "--out", str(metrics_file(run.name)),
             "--profile", profile.world, "--data", str(study.data_dir), "--log_dir", str(run_dir(run.name) / "evaluate"),
-            *cli_argv(profile.evaluate)])
+            *cli_argv({**profile.evaluate, "benchmarks": ",".join(map(str, profile.evaluate["benchmarks"]))})])
     return train_command(profile.launch, stage, train_flags(study, stage, run))
