@@ -27,7 +27,7 @@ from basic.eval.testing import save_tiny_llava, write_benchmark_fixtures
 
 
 def _requests(docs: list[dict], kind: str) -> list[Instance]:
-    visual = lambda doc: [doc["image"]]  # noqa: E731
+    visual = lambda doc: [doc["image"]]
     if kind == "generate_until":
         args = [(d["question"], {"max_new_tokens": 16, "until": ["\n\n"]}, visual, i, "t", "test")
                 for i, d in enumerate(docs)]

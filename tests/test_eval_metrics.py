@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from basic.eval import metrics
-from basic.eval.judge import LLMJudge, JudgeError, RuleJudge, get_judge, mmvet_query
+from basic.eval.judge import JudgeError, LLMJudge, RuleJudge, get_judge, mmvet_query
 from basic.eval.tasks import utils
 
 

@@ -61,7 +61,10 @@ class RuleJudge:
 
     def score(self, question: str, answer: str, prediction: str) -> float:
         said = self._words(prediction)
-        present = lambda element: self._words(element) in said  # noqa: E731 - whole words, any case
+
+        def present(element: str) -> bool:  # as whole words, in any case
+            return self._words(element) in said
+
         if "<AND>" in answer:
             elements = [e for e in answer.split("<AND>") if e.strip()]
             return sum(map(present, elements)) / len(elements)

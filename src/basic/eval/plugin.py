@@ -134,9 +134,9 @@ class BasicLlava(lmms):
         until = [until] if isinstance(until, str) else list(until)
         if gen_kwargs.get("do_sample") or int(gen_kwargs.get("num_beams") or 1) > 1:
             self._warn_once(task, f"basic_llava decodes greedily; ignoring sampling/beam settings of task {task}")
-        kwargs = dict(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None,
-                      max_new_tokens=int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
-                      eos_token_id=self.eos_ids, pad_token_id=self.pad_id)
+        kwargs = {"do_sample": False, "num_beams": 1, "temperature": None, "top_p": None, "top_k": None,
+                  "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+                  "eos_token_id": self.eos_ids, "pad_token_id": self.pad_id}
         if until:  # stop early; the text is cut at the stop string afterwards as well
             kwargs.update(stop_strings=until, tokenizer=self.tokenizer)
         return kwargs, until
@@ -213,7 +213,7 @@ class BasicLlava(lmms):
             for r, row in enumerate(rows):
                 input_ids[r, :len(row)] = torch.tensor(row)
                 attention[r, :len(row)] = 1
-            inputs = dict(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device))
+            inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention.to(self.device)}
             if pixels:
                 inputs["pixel_values"] = torch.cat(pixels)
             logprobs = self.model(**inputs).logits.float().log_softmax(-1)

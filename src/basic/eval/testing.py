@@ -3,18 +3,16 @@
 `save_tiny_llava` writes the checkpoint format of docs/interfaces.md (LlavaForConditionalGeneration +
 LlavaProcessor with the family's chat template, `image_aspect_ratio`, end-of-turn ids in the generation
 config's eos) with vanilla transformers and `basic.testing`'s tiny backbones, so the plugin is proven on
-any HF LLaVA directory. `write_benchmark_fixtures` writes small parquet files with the documented columns
-of every mini benchmark (docs/interfaces.md), laid out like `data/mini/benchmarks/`.
+any HF LLaVA directory. `write_benchmark_fixtures` writes a few questions of every mini benchmark with the
+embedded world's own generator, laid out like `data/mini/benchmarks/`.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import datasets
+import numpy as np
 import torch
-from PIL import Image
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -63,73 +61,15 @@ def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_rat
     return out
 
 
-_WORDS = ["red", "blue", "green", "circle", "square", "two", "three", "yes", "no", "left", "right"]
+def write_benchmark_fixtures(data_root: str | Path, n: int = 4, seed: int = 0, image_size: int = 32) -> Path:
+    """`<data_root>/benchmarks/<bench>/<split>.parquet` for the eight benchmarks, `n` questions each, written by
+    the embedded world's own generator (basic.mini.benchmarks), as `basic mini data` writes them."""
+    from basic.mini import benchmarks
+    from basic.mini.scenes import SceneSampler
 
-
-def _image(rng: random.Random) -> Image.Image:
-    size = (rng.randint(12, 40), rng.randint(12, 40))  # non-square, so padding to square is exercised
-    return Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
-
-
-def _rows(bench: str, n: int, rng: random.Random) -> list[dict]:
-    """`n` records of `bench` with the columns of docs/interfaces.md (content random, shape exact)."""
-    def word() -> str:
-        return rng.choice(_WORDS)
-
-    rows: list[dict] = []
-    for i in range(n):
-        q = f"what is the {word()} {word()}?"
-        if bench == "vqav2":
-            answers = [word() for _ in range(10)]
-            rows.append(dict(question_id=i, image=_image(rng), question=q,
-                             answers=[dict(answer=a, answer_confidence="yes", answer_id=k + 1)
-                                      for k, a in enumerate(answers)],
-                             multiple_choice_answer=answers[0], answer_type="other", question_type="what"))
-        elif bench == "gqa":
-            a = word()
-            rows.append(dict(id=str(i), imageId=f"img{i}", image=_image(rng), question=q, answer=a,
-                             fullAnswer=f"The answer is {a}.", structural="query", semantic="attr"))
-        elif bench == "sqa_img":
-            choices = rng.sample(_WORDS, rng.randint(2, 4))
-            rows.append(dict(image=_image(rng), question=q, choices=choices, answer=rng.randrange(len(choices)),
-                             hint=rng.choice(["", "The scene has shapes."]), subject="natural science",
-                             grade="grade3", category="shapes"))
-        elif bench in ("mmb_en", "mmb_cn"):
-            options = rng.sample(_WORDS, 4)
-            image, truth, hint = _image(rng), rng.randrange(4), rng.choice(["", "Look."])
-            for k in range(4):  # the original and its three circular copies, options rotated by k
-                rotated = options[k:] + options[:k]
-                rows.append(dict(index=i + k * 1_000_000, image=image, question=q, hint=hint,
-                                 A=rotated[0], B=rotated[1], C=rotated[2], D=rotated[3],
-                                 answer="ABCD"[rotated.index(options[truth])], category="attribute",
-                                 **{"l2-category": "perception"}))
-        elif bench == "mmvet":
-            answer = rng.choice([word(), f"{word()}<AND>{word()}", f"{word()}<OR>{word()}"])
-            rows.append(dict(question_id=f"v1_{i}", image=_image(rng), question=q, answer=answer, capability="rec"))
-        elif bench == "vizwiz":
-            answers = [rng.choice(_WORDS + ["unanswerable"]) for _ in range(10)]
-            rows.append(dict(question_id=f"VizWiz_test_{i:08d}.jpg", image=_image(rng), question=q, answers=answers,
-                             category=rng.choice(["other", "unanswerable"]), answerable=int(rng.random() < 0.8)))
-        elif bench == "textvqa":
-            rows.append(dict(question_id=i, image=_image(rng), image_id=f"t{i}", question=q,
-                             answers=[word() for _ in range(10)], ocr_tokens=[word(), word()]))
-        else:
-            raise ValueError(f"unknown mini benchmark {bench!r}")
-    return rows
-
-
-SPLITS = {"vqav2": "testdev", "gqa": "testdev", "sqa_img": "test", "mmb_en": "dev", "mmb_cn": "dev",
-          "mmvet": "test", "vizwiz": "testdev", "textvqa": "validation"}
-
-
-def write_benchmark_fixtures(data_root: str | Path, n: int = 4, seed: int = 0,
-                             benchmarks: tuple[str, ...] = tuple(SPLITS)) -> Path:
-    """Write `<data_root>/benchmarks/<bench>/<split>.parquet` (Image feature, PNG bytes embedded)."""
-    root = Path(data_root)
-    rng = random.Random(seed)
-    for bench in benchmarks:
-        ds = datasets.Dataset.from_list(_rows(bench, n, rng)).cast_column("image", datasets.Image())
-        path = root / "benchmarks" / bench / f"{SPLITS[bench]}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(path)
-    return root
+    rng = np.random.default_rng(seed)
+    sampler = SceneSampler(rng, "eval")
+    for name in ("vqav2", "gqa", "sqa_img", "mmb", "mmvet", "vizwiz", "textvqa"):
+        for bench, rows in benchmarks.build(name, sampler, rng, n, image_size).items():
+            benchmarks.write(Path(data_root) / "benchmarks" / bench, bench, rows)
+    return Path(data_root)
