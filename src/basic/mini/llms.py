@@ -86,6 +86,7 @@ class Encoded:
     targets: list[int]
     kinds: list[str]  # question kind of each answer (evaluation breaks accuracy down by it)
     lang: str
+    objects: int = 0  # objects in the scene (0: too dark or blurry to tell)
 
 
 def messages(doc: dict) -> list[dict]:
@@ -118,7 +119,7 @@ def encode(docs: list[dict], tokenizer: PreTrainedTokenizerFast, family: str) ->
     out = []
     for doc, ids, offsets, doc_spans in zip(docs, enc["input_ids"], enc["offset_mapping"], spans):
         targets = [t for t, (a, b) in enumerate(offsets) if t > 0 and any(a < e and b > s for s, e in doc_spans)]
-        out.append(Encoded(ids, targets, [t["kind"] for t in doc["turns"]], doc["lang"]))
+        out.append(Encoded(ids, targets, [t["kind"] for t in doc["turns"]], doc["lang"], doc.get("objects", 0)))
     return out
 
 

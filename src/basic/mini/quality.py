@@ -38,6 +38,7 @@ def text_qa_accuracy(model: PreTrainedModel, items: list[Encoded], pad_id: int, 
             hits["all"].append(ok)
             hits[f"lang/{it.lang}"].append(ok)
             hits[f"kind/{it.kinds[0]}"].append(ok)
+            hits[f"objects/{it.objects}"].append(ok)
     return {key: {"accuracy": float(np.mean(v)), "n": len(v)} for key, v in sorted(hits.items())}
 
 

@@ -1,0 +1,150 @@
+"""`basic mini backbones` at a tiny size: standard HF checkpoints that vanilla Auto* classes load, the
+families' real architectures and chat formats, the quality metrics, and the training target masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+from basic.data.templates import get_template
+from basic.mini.backbones import ORDER
+from basic.mini.cli import backbones_main, data_main
+from basic.mini.llms import LLM_SPECS, LLMSpec, build_llm, encode, generation_config, messages, train_llm
+from basic.mini.quality import linear_probe, text_qa_accuracy
+from basic.mini.tokenizer import family_tokenizer
+from basic.testing import FAMILIES
+
+ARCHITECTURES = {"vicuna-7b": "LlamaForCausalLM", "vicuna-13b": "LlamaForCausalLM", "gemma-2b": "GemmaForCausalLM",
+                 "phi3-3.8b": "Phi3ForCausalLM", "mistral-7b": "MistralForCausalLM"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mini") / "world"
+    data_main(["--out", str(out), "--train-images", "48", "--text-conversations", "8", "--llm-docs", "150",
+               "--llm-eval", "40", "--bench-questions", "4", "--probe-images", "40", "--vocab-size", "1200"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def backbones(world, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mini") / "backbones"
+    assert backbones_main(["--data", str(world), "--out", str(out), "--llm-steps", "3", "--llm-batch", "8",
+                           "--encoder-steps", "2", "--encoder-batch", "16", "--workers", "1", "--threads", "1"]) == 0
+    return out
+
+
+def test_metrics_json(backbones):
+    metrics = json.loads((backbones / "metrics.json").read_text())
+    assert set(metrics["backbones"]) == set(ORDER)
+    assert set(metrics["llm_text_qa_accuracy"]) == set(ARCHITECTURES)
+    for name, m in metrics["backbones"].items():
+        assert m["wall_s"] > 0 and m["seed"] >= 0
+        if m["type"] == "llm":
+            assert 0 <= m["text_qa_accuracy"] <= 1 and m["text_qa"]["all"]["n"] == 40
+            assert {"lang/en", "lang/zh"} <= set(m["text_qa"])
+        else:
+            assert set(m["probe"]) == {"pooled/colour", "pooled/shape", "patches/colour", "patches/shape"}
+    assert set(metrics["goals_met"]) == {"llm_text_qa_accuracy", "encoder_probe_accuracy"}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_llms_load_with_auto_classes_and_chat(backbones, name):
+    path = backbones / name
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(model).__name__ == ARCHITECTURES[name]
+    assert model.config.num_hidden_layers % 2 == 0
+    assert "<image>" not in tok.get_vocab()
+    family = LLM_SPECS[name].family
+    _, _, template, specials = FAMILIES[family]
+    assert tok.chat_template == get_template(template).jinja
+    assert tok.bos_token == specials["bos"] and tok.eos_token == specials["eos"]
+    ids = tok.apply_chat_template([{"role": "user", "content": "What color is the circle?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=3)
+    assert out.shape[1] > ids.shape[1]
+    if family == "gemma":
+        assert model.config.tie_word_embeddings
+        assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+
+
+def test_vicuna_13b_is_deeper_and_wider(backbones):
+    small = AutoModelForCausalLM.from_pretrained(backbones / "vicuna-7b").config
+    large = AutoModelForCausalLM.from_pretrained(backbones / "vicuna-13b").config
+    assert large.num_hidden_layers > small.num_hidden_layers and large.hidden_size > small.hidden_size
+
+
+@pytest.mark.parametrize("name,cls", [("clip-l-336", "CLIPModel"), ("siglip", "SiglipModel")])
+def test_encoders_load_with_auto_classes(backbones, world, name, cls):
+    model = AutoModel.from_pretrained(backbones / name)
+    processor = AutoProcessor.from_pretrained(backbones / name)
+    assert type(model).__name__ == cls
+    from PIL import Image
+    image = Image.open(next((world / "images" / "train").glob("*.png")))
+    inputs = processor(images=[image], text=["a large red circle"], padding="max_length", return_tensors="pt")
+    out = model(**inputs)
+    assert out.logits_per_image.shape == (1, 1)
+    vision = model.vision_model(pixel_values=inputs["pixel_values"], output_hidden_states=True)
+    patches = (64 // model.config.vision_config.patch_size) ** 2
+    assert vision.hidden_states[-2].shape[1] in (patches, patches + 1)  # SigLIP has no CLS token
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_targets_are_the_answers_and_end_of_turn(world, family):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = family_tokenizer(PreTrainedTokenizerFast.from_pretrained(world / "tokenizer"), family)
+    docs = [json.loads(line) for line in (world / "text" / "llm_train.jsonl").read_text().splitlines()[:20]]
+    eot = get_template(FAMILIES[family][2]).end_of_turn_for(tok)
+    for doc, item in zip(docs, encode(docs, tok, family)):
+        assert item.ids == tok.apply_chat_template(messages(doc), tokenize=True, return_dict=True)["input_ids"]
+        target_text = tok.decode([item.ids[t] for t in item.targets], skip_special_tokens=False)
+        assert target_text.replace(" ", "") == "".join(t["answer"] + eot for t in doc["turns"]).replace(" ", "")
+
+
+def test_teacher_forced_accuracy_equals_greedy_generation(world):
+    """The metric's one-pass shortcut gives exactly what greedy decoding would."""
+    from transformers import PreTrainedTokenizerFast
+
+    docs = [json.loads(line) for line in (world / "text" / "llm_eval.jsonl").read_text().splitlines()[:16]]
+    spec = LLMSpec("mistral", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128)
+    tok = family_tokenizer(PreTrainedTokenizerFast.from_pretrained(world / "tokenizer"), spec.family)
+    model = build_llm(spec, tok, seed=0)
+    items = encode(docs, tok, spec.family)
+    train_llm(model, items[:8], steps=40, batch_size=8, lr=1e-2, seed=0, pad_id=tok.eos_token_id)  # learn half
+    accuracy = text_qa_accuracy(model, items, pad_id=tok.eos_token_id)["all"]["accuracy"]
+    assert 0 < accuracy < 1
+    gen = generation_config(tok, spec.family)
+    hits = []
+    for doc, item in zip(docs, items):
+        prompt_len = item.targets[0]
+        out = model.generate(torch.tensor([item.ids[:prompt_len]]), generation_config=gen,
+                             max_new_tokens=len(item.targets))
+        new = out[0, prompt_len:].tolist()
+        hits.append(new[:len(item.targets)] == [item.ids[t] for t in item.targets])
+    assert accuracy == pytest.approx(np.mean(hits))
+
+
+def test_linear_probe_separates_separable_data_only():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (300,), generator=gen)
+    centres = torch.randn(3, 8, generator=gen) * 4
+    x = centres[y] + torch.randn(300, 8, generator=gen)
+    assert linear_probe(x[:200], y[:200], x[200:], y[200:], classes=3) > 0.95
+    noise = torch.randn(300, 8, generator=gen)
+    assert linear_probe(noise[:200], y[:200], noise[200:], y[200:], classes=3) < 0.6
+
+
+def test_unknown_backbone_and_missing_data_are_clear_errors(tmp_path):
+    from basic.mini.backbones import BackboneSettings, build_backbones
+
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbones(tmp_path, tmp_path / "out", 0, BackboneSettings(names=("llama-70b",)))
+    with pytest.raises(FileNotFoundError, match="basic mini data"):
+        build_backbones(tmp_path, tmp_path / "out", 0, BackboneSettings(names=("vicuna-7b",)))
