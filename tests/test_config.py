@@ -73,6 +73,9 @@ def test_params_yaml_is_a_valid_study(study):
     (lambda d: d["tables"]["main"].append("llava-vicuna-70b"), "tables.main[8]: no run named 'llava-vicuna-70b'"),
     (lambda d: d["tables"].update(table9=[]), "tables.table9: unknown table"),
     (lambda d: d["runs"].update({"basic-phi3-3.8b": d["runs"]["basic-phi3"]}), "runs.basic-phi3-3.8b: a run name is"),
+    (lambda d: d["runs"]["basic-phi3"].update(benchmarks=["mmb_en", "pope"]),
+     "runs.basic-phi3.benchmarks: pope not in the mini benchmark map"),
+    (lambda d: d["runs"]["basic-phi3"].update(benchmarks=[]), "runs.basic-phi3.benchmarks: give at least one"),
 ])
 def test_bad_params_name_the_key(raw, edit, message):
     error = _error(raw, edit)
@@ -96,6 +99,10 @@ def test_training_commands_mini(study):
     assert fine_flags["--version"] == "v1"
     assert fine_flags["--pretrain_mm_mlp_adapter"] == "models/basic-vicuna-13b/pretrain/mm_projector.safetensors"
     assert fine_flags["--image_aspect_ratio"] == "pad"
+    evaluate = config.command(study, "evaluate", "llava-gemma-2b")
+    assert evaluate[evaluate.index("--benchmarks") + 1] == "mmb_en"  # the run's own list
+    evaluate = config.command(study, "evaluate", "basic-vicuna-13b")
+    assert evaluate[evaluate.index("--benchmarks") + 1] == "vqav2,gqa,sqa_img,mmb_en,mmb_cn,mmvet,vizwiz,textvqa"
     baseline = config.command(study, "finetune", "llava-gemma-2b")
     assert not any(a.startswith("--basic_") for a in baseline)
     assert baseline[baseline.index("--version") + 1] == "gemma"

@@ -103,6 +103,8 @@ class Run:
     """Stage-1 flags of this run only, over the profile's."""
     finetune: Flags = field(default_factory=dict)
     """Stage-2 flags of this run only, over the profile's."""
+    benchmarks: list[str] | None = None
+    """What to evaluate this run on (default: the profile's `evaluate.benchmarks`), e.g. only its tables' columns."""
 
     @property
     def basic_args(self) -> BasicArguments:
@@ -233,13 +235,17 @@ def _profile(data: Any, path: str) -> Profile:
     benchmarks = profile.evaluate.get("benchmarks")
     if not isinstance(benchmarks, list) or not benchmarks:
         raise ConfigError(f"{path}.evaluate.benchmarks: expected a non-empty list of benchmark names")
-    from basic.eval.benchmarks import benchmark_map  # yaml only: cheap
-
-    unknown = [b for b in benchmarks if b not in benchmark_map(profile.world)]
+    unknown = [b for b in benchmarks if b not in _benchmark_names(profile.world)]
     if unknown:
         raise ConfigError(f"{path}.evaluate.benchmarks: {', '.join(map(str, unknown))} not in the {profile.world} "
-                          f"benchmark map ({', '.join(benchmark_map(profile.world))})")
+                          f"benchmark map ({', '.join(_benchmark_names(profile.world))})")
     return profile
+
+
+def _benchmark_names(world: str) -> list[str]:
+    from basic.eval.benchmarks import benchmark_map  # yaml only: cheap
+
+    return list(benchmark_map(world))
 
 
 def _run(name: str, data: Any, backbones: Backbones) -> Run:
@@ -261,6 +267,8 @@ def _run(name: str, data: Any, backbones: Backbones) -> Run:
         raise ConfigError(f"{path}.basic: {e}") from None
     for stage in ("pretrain", "finetune"):
         _stage_flags(getattr(run, stage), f"{path}.{stage}")
+    if run.benchmarks is not None and not run.benchmarks:
+        raise ConfigError(f"{path}.benchmarks: give at least one benchmark, or leave it out for the profile's")
     return run
 
 
@@ -289,6 +297,12 @@ def parse(data: Any, where: str = str(PARAMS_FILE)) -> Study:
             for i, name in enumerate(names):
                 if name not in runs:
                     raise ConfigError(f"tables.{table}[{i}]: no run named {name!r}")
+        for run in runs.values():
+            for name, prof in profiles.items():
+                unknown = sorted(set(run.benchmarks or ()) - set(_benchmark_names(prof.world)))
+                if unknown:
+                    raise ConfigError(f"runs.{run.name}.benchmarks: {', '.join(unknown)} not in the {prof.world} benchmark "
+                                      f"map (profile {name})")
         return Study(profile, profiles, backbones, runs, tables)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
@@ -402,5 +416,5 @@ def command(study: Study, stage: str, run_name: str | None = None) -> list[str]:
         return eval_command(profile.launch, [
             "--checkpoint", str(run_dir(run.name) / "finetune"), "--out", str(metrics_file(run.name)),
             "--profile", profile.world, "--data", str(study.data_dir), "--log_dir", str(run_dir(run.name) / "evaluate"),
-            *cli_argv({**profile.evaluate, "benchmarks": ",".join(map(str, profile.evaluate["benchmarks"]))})])
+            *cli_argv({**profile.evaluate, "benchmarks": ",".join(run.benchmarks or profile.evaluate["benchmarks"])})])
     return train_command(profile.launch, stage, train_flags(study, stage, run))
