@@ -23,7 +23,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from basic.method import patch_weights
+from basic.method import attention, patch_weights
 from basic.method.attention import image_attention
 from basic.method.capture import locate
 from basic.testing import tiny_llm_config, tiny_tokenizer
@@ -99,9 +99,17 @@ def eager_reference(model, inputs, k: int, labels=None, queries: str = "text") -
     return torch.stack(weights)
 
 
+@pytest.fixture(params=["kernel", "rows"])
+def path(request, monkeypatch):
+    """`kernel`: SDPA's kernel called for its row logsumexp; `rows`: whole rows scored (flash attention's path)."""
+    if request.param == "rows":
+        monkeypatch.setattr(attention, "sdpa_with_log_norm", lambda *args, **kwargs: None)
+    return request.param
+
+
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_patch_weights_equal_eager_attention(family, padding_side):
+def test_patch_weights_equal_eager_attention(family, padding_side, path):
     encoder = "clip" if family in ("llama", "gemma") else "siglip"
     model, processor = tiny_llava(family, encoder)
     inputs = batch(processor, padding_side)
@@ -116,7 +124,7 @@ def test_patch_weights_equal_eager_attention(family, padding_side):
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral"])
-def test_one_unpadded_row(family):
+def test_one_unpadded_row(family, path):
     """No padding: SDPA gets no mask at all (Llama: causal only) or a sliding-window one (Mistral)."""
     model, processor = tiny_llava(family)
     inputs = batch(processor, "right", PROMPTS[:1])
@@ -134,7 +142,7 @@ def test_default_k_is_half_the_layers_and_uniform_spreads_the_same_mass():
     assert torch.all(uniform == uniform[:, :1])
 
 
-def test_several_images_in_a_row_count_only_the_text_after_each():
+def test_several_images_in_a_row_count_only_the_text_after_each(path):
     model, processor = tiny_llava("mistral", "siglip")
     prompts = (f"{IMAGE} left . {IMAGE}\nwhich one is red ? the first", f"{IMAGE}\nwhat is it ?")
     inputs = batch(processor, "left", prompts)
@@ -202,8 +210,33 @@ def test_flash_style_padding_mask_matches_the_four_dimensional_mask(sliding_wind
     torch.testing.assert_close(flash, sdpa, rtol=1e-12, atol=1e-14)
     additive = torch.zeros(four_d.shape, dtype=torch.float64).masked_fill(~four_d, torch.finfo(torch.float64).min)
     torch.testing.assert_close(image_attention(query, key, additive, **kwargs), sdpa, rtol=1e-12, atol=1e-14)
+    # given the rows' log-normalisers, only query x image-key scores are needed: same result, any mask form
+    scores = (query @ key.repeat_interleave(2, 1).transpose(-1, -2)) * hd**-0.5
+    log_norm = scores.masked_fill(~four_d, -torch.inf).logsumexp(-1)
+    for mask in (padding, four_d, additive):
+        torch.testing.assert_close(image_attention(query, key, mask, **kwargs, log_norm=log_norm), sdpa,
+                                   rtol=1e-12, atol=1e-14)
     # direct formula for one image token: row 1, token at position 6, queries after position 7
-    scores = (query[1] @ key[1].repeat_interleave(2, 0).transpose(-1, -2)) * hd**-0.5
-    scores = scores.masked_fill(~four_d[1], -torch.inf).softmax(-1)
-    expected = scores[:, 8:, 6].sum(1).mean()
-    torch.testing.assert_close(sdpa[1, 1], expected)
+    probs = scores[1].masked_fill(~four_d[1], -torch.inf).softmax(-1)
+    torch.testing.assert_close(sdpa[1, 1], probs[:, 8:, 6].sum(1).mean())
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_kernel_returns_sdpas_output_and_the_row_log_normalisers(masked):
+    torch.manual_seed(0)
+    B, heads, kv_heads, S, hd = 2, 4, 2, 9, 8
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // kv_heads, True
+    query = torch.randn(B, heads, S, hd)
+    key, value = torch.randn(B, kv_heads, S, hd), torch.randn(B, kv_heads, S, hd)
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    mask = causal[None, None].repeat(B, 1, 1, 1)
+    mask[1, :, :, :3] = False  # left padding
+    mask[1, :, :3, 0] = True
+    output, log_norm = attention.sdpa_with_log_norm(module, query, key, value, mask if masked else None, scaling=0.3)
+    k, v = key.repeat_interleave(2, 1), value.repeat_interleave(2, 1)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, k, v, attn_mask=mask if masked else None, is_causal=not masked, scale=0.3)
+    torch.testing.assert_close(output, expected.transpose(1, 2))
+    scores = (query @ k.transpose(-1, -2) * 0.3).masked_fill(~(mask if masked else causal), -torch.inf)
+    torch.testing.assert_close(log_norm, scores.logsumexp(-1))

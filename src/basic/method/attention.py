@@ -6,16 +6,24 @@ per layer. Instead, `enable(model)` switches the text model to `basic_<impl>` (r
 `AttentionInterface`, plus the same mask function as `<impl>`, without which transformers would silently
 drop the causal mask): the output still comes from SDPA (or flash attention), and when the forward pass
 carries a recorder (the `basic_recorder` keyword, see `basic.method.capture`) the recorder is shown the
-layer's queries, keys and mask. It computes, under no_grad, only the rows of text queries against image
-keys (`image_attention`), a block of queries at a time.
+layer's queries, keys and mask, and computes under no_grad the text queries' probabilities on image keys
+(`image_attention`). Over SDPA, layers 1..k call the kernel SDPA would pick directly, so that it also
+returns each row's log-normaliser: then only the [text queries x image keys] scores are needed. Otherwise
+(flash attention, an unsupported kernel) whole rows of text queries are scored, a block at a time; no
+[seq x seq] score matrix for all heads is ever held.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "basic_"
 # Implementations that cannot carry the recorder: eager is per-model code (and the slow path BASIC avoids),
@@ -23,16 +31,73 @@ PREFIX = "basic_"
 UNSUPPORTED = ("eager", "paged|eager", "flex_attention")
 # Elements of one float32 [rows, heads, queries, keys] score block (a few such blocks live at once).
 SCORE_BLOCK_ELEMENTS = 2**25
+_refusals: set[str] = set()  # kernel refusals already reported
 
 
 def _basic_attention(base: str):
     def attention(module, query, key, value, attention_mask, *args, basic_recorder=None, **kwargs):
-        if basic_recorder is not None:
+        if basic_recorder is None or module.layer_idx >= basic_recorder.k:
+            return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, attention_mask, *args, **kwargs)
+        # Layers 1..k: the same path in the forward pass and in a gradient-checkpointing recompute.
+        fused = sdpa_with_log_norm(module, query, key, value, attention_mask, **kwargs) if base == "sdpa" else None
+        if fused is None:
             basic_recorder.observe(module, query, key, attention_mask, kwargs)
-        return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, attention_mask, *args, **kwargs)
+            return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, attention_mask, *args, **kwargs)
+        output, log_norm = fused
+        basic_recorder.observe(module, query, key, attention_mask, kwargs, log_norm=log_norm)
+        return output, None
 
     attention.__name__ = f"{PREFIX}{base}_attention_forward"
     return attention
+
+
+def sdpa_with_log_norm(module, query, key, value, attention_mask, *, dropout: float = 0.0,
+                       scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+    """SDPA's output from the kernel SDPA itself runs, called directly so that it also returns the
+    log-normaliser (logsumexp) of every query row; None where that is not possible here.
+
+    transformers' `sdpa_attention_forward` calls `F.scaled_dot_product_attention`, which picks a kernel and
+    discards the log-normaliser the kernel computes. With it, a text query's probability on an image key
+    needs only their two vectors. The arguments are prepared as transformers and PyTorch prepare them:
+    key/value heads repeated, causal flag only without a mask, boolean masks made additive (and, for the
+    memory-efficient kernel, aligned to 16 elements).
+    """
+    if any(kwargs.get(name) is not None for name in ("position_bias", "cache", "softcap")):
+        return None
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    q_len = query.shape[2]
+    is_causal = q_len > 1 and attention_mask is None and (is_causal if is_causal is not None
+                                                          else getattr(module, "is_causal", True))
+    bias = attention_mask
+    if bias is not None and bias.dtype == torch.bool:
+        bias = torch.where(bias, torch.zeros((), dtype=query.dtype, device=bias.device), -torch.inf)
+    try:
+        if query.device.type == "cpu":
+            output, log_norm = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, dropout, is_causal, attn_mask=bias, scale=scaling)
+        elif query.device.type == "cuda" and bias is None:
+            output, log_norm = torch.ops.aten._scaled_dot_product_flash_attention(
+                query, key, value, dropout, is_causal, scale=scaling)[:2]
+        elif query.device.type == "cuda":
+            kv_len = key.shape[2]
+            aligned = torch.nn.functional.pad(bias, (0, -kv_len % 16))[..., :kv_len]
+            aligned = aligned.expand(query.shape[0], query.shape[1], q_len, kv_len)
+            output, log_norm = torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, aligned, True, dropout, is_causal, scale=scaling)[:2]
+        else:
+            return None
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:  # a kernel that does not take these inputs (dtype, head size): the general path
+        reason = str(error).splitlines()[0]
+        if reason not in _refusals:
+            _refusals.add(reason)
+            logger.warning("BASIC: SDPA's kernel refused these inputs (%s); scoring whole rows instead", reason)
+        return None
+    if log_norm.shape[:2] != query.shape[:2] or log_norm.shape[2] < q_len:
+        return None
+    return output.transpose(1, 2).contiguous(), log_norm[:, :, :q_len]
 
 
 def register(base: str) -> str:
@@ -71,7 +136,7 @@ def restore(model, implementation: str) -> None:
 def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, *,
                     scaling: float, sliding_window: int | None, rows: torch.Tensor, q_index: torch.Tensor,
                     q_valid: torch.Tensor, k_index: torch.Tensor, k_end: torch.Tensor, k_valid: torch.Tensor,
-                    block_elements: int = SCORE_BLOCK_ELEMENTS) -> torch.Tensor:
+                    log_norm: torch.Tensor | None = None, block_elements: int = SCORE_BLOCK_ELEMENTS) -> torch.Tensor:
     """Per image token, the sum over its text queries of the head-mean softmax probability on it.
 
     query [B, heads, S, hd] and key [B, kv_heads, S, hd] as the attention function receives them (after
@@ -80,9 +145,10 @@ def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torc
     (flash attention), or a 4-D boolean / additive mask. `rows` selects batch rows; per selected row,
     `q_index`/`q_valid` [R, Q] are the text query positions, `k_index`/`k_valid` [R, N] the image token
     positions and `k_end` [R, N] the last position of each token's image: a query counts for an image only
-    when it comes after it. The softmax runs over every key the query may see, so each row needs all its
-    scores, but only a block of queries is scored at a time. Returns [R, N] in float32 (float64 for
-    float64 inputs).
+    when it comes after it. With `log_norm` [B, heads, S] (the kernel's logsumexp of every row) only the
+    query x image-key scores are computed; without it, the softmax needs every key a query may see, so
+    whole rows are scored, a block of queries at a time. Scores are taken in float32 (float64 for float64
+    inputs). Returns [R, N].
     """
     dtype = torch.promote_types(query.dtype, torch.float32)
     q, k = query[rows], key[rows]
@@ -90,33 +156,53 @@ def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torc
     kv_heads = k.shape[1]
     group = heads // kv_heads
     N = k_index.shape[1]
-    positions = torch.arange(S, device=q.device)
-    block = max(1, block_elements // max(R * heads * S, 1))
+    if log_norm is None:
+        keys, key_positions = k.to(dtype), torch.arange(S, device=q.device).expand(R, S)
+    else:
+        keys, key_positions = k.gather(2, k_index[:, None, :, None].expand(R, kv_heads, N, hd)).to(dtype), k_index
+        log_norm = log_norm[rows]
+    block = max(1, block_elements // max(R * heads * key_positions.shape[1], 1))
     totals = torch.zeros((R, N), dtype=dtype, device=q.device)
     for start in range(0, q_index.shape[1], block):
         qi = q_index[:, start:start + block]
         c = qi.shape[1]
-        qc = q.gather(2, qi[:, None, :, None].expand(R, heads, c, hd))
+        qc = q.gather(2, qi[:, None, :, None].expand(R, heads, c, hd)).to(dtype)
         # Query heads h = kv * group + g share kv head `kv`, as repeat_kv pairs them, without copying keys.
-        scores = torch.matmul(qc.view(R, kv_heads, group * c, hd), k.transpose(-1, -2)).view(R, heads, c, S)
-        scores = (scores * scaling).to(dtype)
-        if attention_mask is None or attention_mask.ndim == 2:
-            allowed = positions[None, None, :] <= qi[:, :, None]
-            if sliding_window is not None:
-                allowed &= positions[None, None, :] > qi[:, :, None] - sliding_window
-            if attention_mask is not None:
-                allowed &= attention_mask[rows][:, None, -S:].bool()
-            scores.masked_fill_(~allowed[:, None], -torch.inf)
-        else:
-            mask = attention_mask[rows] if attention_mask.shape[0] > 1 else attention_mask.expand(R, -1, -1, -1)
-            mask = mask[torch.arange(R, device=q.device)[:, None], :, qi].transpose(1, 2)  # [R, 1|heads, c, S]
-            if mask.dtype == torch.bool:
-                scores.masked_fill_(~mask, -torch.inf)
-            else:
-                scores += mask.to(dtype)
-        log_norm = scores.logsumexp(-1, keepdim=True)
-        on_image = scores.gather(-1, k_index[:, None, None, :].expand(R, heads, c, N))
-        probs = (on_image - log_norm).exp().sum(1)  # [R, c, N], summed over heads
+        scores = torch.matmul(qc.view(R, kv_heads, group * c, hd), keys.transpose(-1, -2))
+        scores = scores.view(R, heads, c, -1) * scaling
+        visible = _visible(attention_mask, rows, qi, key_positions, sliding_window, S)  # [R, 1|heads, c, keys]
         counts = (qi[:, :, None] > k_end[:, None, :]) & q_valid[:, start:start + block, None] & k_valid[:, None, :]
+        if visible.dtype != torch.bool:  # an additive mask
+            scores += visible.to(dtype)
+        if log_norm is None:
+            if visible.dtype == torch.bool:
+                scores.masked_fill_(~visible, -torch.inf)
+            row_norm = scores.logsumexp(-1, keepdim=True)
+            scores = scores.gather(-1, k_index[:, None, None, :].expand(R, heads, c, N))
+        else:
+            row_norm = log_norm.gather(2, qi[:, None, :].expand(R, heads, c))[..., None].to(dtype)
+            if visible.dtype == torch.bool and visible.shape[1] == 1:
+                counts &= visible[:, 0]
+            elif visible.dtype == torch.bool:
+                scores.masked_fill_(~visible, -torch.inf)
+        probs = (scores - row_norm).exp_().sum(1)  # [R, c, N], summed over heads
         totals += torch.where(counts, probs, 0.0).sum(1)  # where, not *: padded query slots may be NaN
     return totals / heads
+
+
+def _visible(attention_mask: torch.Tensor | None, rows: torch.Tensor, qi: torch.Tensor, key_positions: torch.Tensor,
+             sliding_window: int | None, kv_len: int) -> torch.Tensor:
+    """What the layer's mask says about queries `qi` [R, c] and keys `key_positions` [R, n]: a boolean
+    [R, 1, c, n] (or [R, heads, c, n]) tensor, or an additive one for a float mask."""
+    if attention_mask is None or attention_mask.ndim == 2:
+        allowed = key_positions[:, None, :] <= qi[:, :, None]
+        if sliding_window is not None:
+            allowed &= key_positions[:, None, :] > qi[:, :, None] - sliding_window
+        if attention_mask is not None:
+            padding = attention_mask[rows][:, -kv_len:].bool()  # flash attention's 2-D mask, sliced as it does
+            allowed &= padding.gather(1, key_positions)[:, None, :]
+        return allowed[:, None]
+    R = len(rows)
+    mask = attention_mask[rows] if attention_mask.shape[0] > 1 else attention_mask.expand(R, -1, -1, -1)
+    mask = mask[torch.arange(R, device=qi.device)[:, None], :, qi]  # [R, c, 1|heads, S]
+    return mask.gather(-1, key_positions[:, None, None, :].expand(*mask.shape[:3], -1)).transpose(1, 2)

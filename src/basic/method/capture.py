@@ -161,8 +161,10 @@ class Capture:
 
         return keep_image_positions
 
-    def observe(self, module, query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict) -> None:
-        """Called by the attention function of every layer; counts layers 1..k once each."""
+    def observe(self, module, query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict,
+                log_norm: torch.Tensor | None = None) -> None:
+        """Called by the attention function of layers 1..k (with the kernel's row logsumexp when it has it);
+        counts each layer once."""
         layer = module.layer_idx
         if layer >= self.k or layer in self._attention_seen:
             return
@@ -177,7 +179,7 @@ class Capture:
             totals = attention.image_attention(
                 query, key, attention_mask, scaling=kwargs.get("scaling") or module.scaling,
                 sliding_window=kwargs.get("sliding_window"), rows=p.rows, q_index=p.q_index, q_valid=p.q_valid,
-                k_index=p.k_index, k_end=p.k_end, k_valid=p.k_valid,
+                k_index=p.k_index, k_end=p.k_end, k_valid=p.k_valid, log_norm=log_norm,
             )
         self.attention_totals = totals if self.attention_totals is None else self.attention_totals + totals
 

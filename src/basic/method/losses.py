@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from basic.method.config import LAYER_WEIGHT_SCHEMES
 
-# Elements of one float32 [patches, vocab] block of SDS (a handful live at once): 2**24 is 64 MiB.
+# At most this many elements in one float32 [patches, vocab] block of SDS (about three live at once).
 SDS_BLOCK_ELEMENTS = 2**24
 
 
@@ -69,11 +69,12 @@ def das_loss(v: torch.Tensor, v_hat: torch.Tensor, a: torch.Tensor) -> torch.Ten
 
 
 def sds_loss(v: torch.Tensor, v_hat: torch.Tensor, a: torch.Tensor, E: torch.Tensor,
-             block_elements: int = SDS_BLOCK_ELEMENTS) -> torch.Tensor:
+             block_elements: int | None = None) -> torch.Tensor:
     """Semantic distribution supervision: weighted KL(softmax(v_hat E^T) || softmax(v E^T)).
 
     `E` is used as given (no gradient); a model that scales its input embeddings (Gemma: x sqrt(d)) is
     served by passing E pre-scaled or, equivalently and without a copy of E, `v` and `v_hat` scaled.
+    `block_elements` bounds a [patches, vocab] block (default: an eighth of the whole, at most 2**24).
     """
     _check_shapes("sds_loss", v, v_hat, a)
     if E.ndim != 2 or E.shape[1] != v.shape[-1]:
@@ -89,7 +90,9 @@ class _BlockwiseKL(torch.autograd.Function):
 
     With z = x E^T, dKL/dz_q = q - p for the student x, and dKL/dz_p = p * (log p - log q - KL) for the
     target y. A first pass over the vocabulary finds both log-normalisers; a second one accumulates the KL and
-    the gradients (only those that are needed). When the vocabulary fits in one block the logits are kept.
+    the gradients (only those that are needed), in place, so a few [rows, vocab] blocks live at once. When the
+    vocabulary fits in one block its logits are computed once: three matrix products in all (student and
+    target logits, then (q - p) E), the least this loss needs.
     """
 
     @staticmethod
@@ -98,6 +101,8 @@ class _BlockwiseKL(torch.autograd.Function):
         need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         rows, d = x.shape
         vocab = E.shape[0]
+        if block_elements is None:  # ~1/8 of the whole [rows, vocab] problem: few blocks, little memory
+            block_elements = min(max(rows * vocab // 8, 2**16), SDS_BLOCK_ELEMENTS)
         vocab_block = max(1, min(vocab, block_elements // max(d, 1)))
         row_block = max(1, min(rows, block_elements // vocab_block))
         vocab_slices = [slice(s, min(s + vocab_block, vocab)) for s in range(0, vocab, vocab_block)]
@@ -106,39 +111,47 @@ class _BlockwiseKL(torch.autograd.Function):
         grad_y = torch.zeros((rows, d), dtype=dtype, device=x.device) if need_y else None
         for start in range(0, rows, row_block):
             r = slice(start, min(start + row_block, rows))
-            xr, yr = x[r].to(dtype), y[r].to(dtype)
+            n = r.stop - r.start
+            xy = torch.cat([x[r], y[r]]).to(dtype)  # student rows, then target rows: one product for both
 
-            def logits(vs: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            def logits(vs: slice) -> tuple[torch.Tensor, torch.Tensor]:
                 block = E[vs].to(dtype)
-                return block, xr @ block.T, yr @ block.T
+                return block, xy @ block.T
 
-            kept = logits(vocab_slices[0]) if len(vocab_slices) == 1 else None
-            lse_q = torch.full((xr.shape[0], 1), -torch.inf, dtype=dtype, device=x.device)
-            lse_p = lse_q.clone()
-            for vs in vocab_slices:
-                _, zq, zp = kept or logits(vs)
-                lse_q = torch.logaddexp(lse_q, zq.logsumexp(-1, keepdim=True))
-                lse_p = torch.logaddexp(lse_p, zp.logsumexp(-1, keepdim=True))
-            kl = torch.zeros((xr.shape[0],), dtype=dtype, device=x.device)
-            p_diff_e = torch.zeros_like(xr) if need_y else None
-            p_e = torch.zeros_like(xr) if need_y else None
-            for vs in vocab_slices:
-                block, zq, zp = kept or logits(vs)
-                log_q, log_p = zq - lse_q, zp - lse_p
-                p = log_p.exp()
-                p_diff = p * (log_p - log_q)
-                kl += p_diff.sum(-1)
-                if need_x:
-                    grad_x[r] += (log_q.exp() - p) @ block
+            if len(vocab_slices) == 1:  # one exp pass: normalise the exponentials directly
+                block, z = logits(vocab_slices[0])
+                top = z.amax(-1, keepdim=True)
+                probs = (z - top).exp_()
+                sums = probs.sum(-1, keepdim=True)
+                log_norm = top + sums.log()
+                blocks = iter([(block, z, probs.div_(sums))])
+            else:
+                log_norm = torch.full((2 * n, 1), -torch.inf, dtype=dtype, device=x.device)
+                for vs in vocab_slices:
+                    log_norm = torch.logaddexp(log_norm, logits(vs)[1].logsumexp(-1, keepdim=True))
+                blocks = ((block, z, (z - log_norm).exp_()) for block, z in map(logits, vocab_slices))
+            p_dot_diff = torch.zeros((n,), dtype=dtype, device=x.device)  # sum_v p_v (zp_v - zq_v)
+            p_diff_e = torch.zeros((n, d), dtype=dtype, device=x.device) if need_y else None
+            p_e = torch.zeros((n, d), dtype=dtype, device=x.device) if need_y else None
+            for block, z, probs in blocks:
+                q, p = probs[:n], probs[n:]
+                diff = z[n:].sub_(z[:n])  # zp - zq
+                p_dot_diff += torch.linalg.vecdot(p, diff)
                 if need_y:
-                    p_diff_e += p_diff @ block
+                    p_diff_e += (p * diff) @ block
                     p_e += p @ block
+                if need_x:
+                    grad_x[r] += q.sub_(p) @ block  # (q - p) E
+                del block, z, probs, q, p, diff
+            # KL = sum p (log p - log q) = sum p (zp - zq) - (lse_p - lse_q); its gradient for the target
+            # rows is sum_v p_v (zp_v - zq_v - sum p (zp - zq)) E_v.
+            kl = p_dot_diff - (log_norm[n:, 0] - log_norm[:n, 0])
             weight = a[r].to(dtype)
             total = total + (weight * kl).sum()
             if need_x:
                 grad_x[r] *= weight[:, None]
             if need_y:
-                grad_y[r] = weight[:, None] * (p_diff_e - kl[:, None] * p_e)
+                grad_y[r] = weight[:, None] * (p_diff_e - p_dot_diff[:, None] * p_e)
         ctx.save_for_backward(*(g for g in (grad_x, grad_y) if g is not None))
         ctx.input_dtypes = (x.dtype, y.dtype)
         return total

@@ -1,0 +1,376 @@
+"""What BASIC costs: step time and peak memory of BASIC vs the LLaVA-1.5 baseline vs a naive BASIC.
+
+One process, one random LLaVA (transformers' LlavaForConditionalGeneration, the engine's freezing), one
+batch and seed; the three variants take turns, step after step, so that they see the same machine state:
+
+- `baseline`: the LLaVA-1.5 step (SDPA; the loss as the model computes it), what `basic train` runs with
+  the BASIC weights at 0;
+- `basic`: the same step through `basic.method.objective.BasicObjective` (paper weights 1.0 / 0.01,
+  k = half the layers): the BASIC attention wrapper, hooks keeping only image positions, blockwise SDS;
+- `naive`: the obvious implementation: eager attention with `output_attentions=True` and
+  `output_hidden_states=True`, patch weights and v_hat read off those, then the same DAS/SDS functions.
+  Its terms must equal BASIC's (up to rounding): `terms` in the JSON shows both.
+
+A step is forward, backward and an AdamW step on the stage's trainable parameters (stage 1: projector;
+stage 2: projector + LLM; the vision tower is always frozen). Time: median over the measured steps
+(wall clock, CUDA synchronised). Memory: peak bytes of live tensors during a step, everything included
+(weights, optimizer state, activations); on CUDA `max_memory_allocated`, on CPU the PyTorch profiler's
+allocation events (a separate step per variant, as the profiler slows the step down), added to the bytes
+alive at the step's start. `--scale mini` (default) is the embedded world's shapes on CPU; `--scale 7b` is
+a Vicuna-7B-shaped LLM with a CLIP-L/336-shaped tower (576 image tokens), 2048-token sequences, bf16,
+gradient checkpointing and TF32, as LLaVA-1.5's scripts train (GPU). Output: benchmarks/results/
+basic_overhead_<scale>_stage<N>_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from basic.method import attention, das_loss, sds_loss
+from basic.method.capture import default_layers, locate
+from basic.method.config import BasicArguments
+from basic.method.losses import layer_weights
+from basic.method.objective import BasicObjective
+from basic.model import set_trainable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = ("baseline", "basic", "naive")
+GOALS = {"cpu": {"time": 1.05, "memory": 1.05}, "cuda": {"time": 1.03, "memory": 1.05}}
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    vocab: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    vision_intermediate: int
+    image_size: int
+    patch_size: int
+    seq_len: int
+    batch: int
+    dtype: str
+    gradient_checkpointing: bool
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+SCALES = {
+    # The mini world's vicuna-7b stand-in and clip-l-336 stand-in (basic.mini), its 256-token limit and
+    # stage-2 batch; fp32 on CPU as the mini profile trains.
+    "mini": Shape(hidden=128, layers=4, heads=4, intermediate=344, vocab=2048, vision_hidden=96, vision_layers=4,
+                  vision_heads=4, vision_intermediate=384, image_size=64, patch_size=8, seq_len=256, batch=16,
+                  dtype="float32", gradient_checkpointing=False),
+    # The 7b mechanics (bf16, gradient checkpointing) at toy size: tests the script, measures nothing.
+    "smoke": Shape(hidden=64, layers=4, heads=4, intermediate=128, vocab=512, vision_hidden=32, vision_layers=2,
+                   vision_heads=4, vision_intermediate=64, image_size=32, patch_size=8, seq_len=64, batch=2,
+                   dtype="bfloat16", gradient_checkpointing=True),
+    # LLaVA-1.5-7B: Vicuna-7B, CLIP ViT-L/14-336 (576 tokens), 2048 tokens, bf16, gradient checkpointing.
+    "7b": Shape(hidden=4096, layers=32, heads=32, intermediate=11008, vocab=32064, vision_hidden=1024,
+                vision_layers=24, vision_heads=16, vision_intermediate=4096, image_size=336, patch_size=14,
+                seq_len=2048, batch=4, dtype="bfloat16", gradient_checkpointing=True),
+}
+
+
+def build(shape: Shape, stage: int, device: torch.device) -> LlavaForConditionalGeneration:
+    vision = CLIPVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate,
+                              num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
+                              image_size=shape.image_size, patch_size=shape.patch_size)
+    text = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                       num_key_value_heads=shape.heads, max_position_embeddings=max(4096, shape.seq_len),
+                       pad_token_id=0, use_cache=False)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token(shape),
+                         image_seq_length=shape.image_tokens, vision_feature_layer=-2,
+                         vision_feature_select_strategy="default")
+    config._attn_implementation = "sdpa"
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, shape.dtype))  # no float32 copy of a 7B model on the way
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    set_trainable(model, projector_only=stage == 1)
+    if shape.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model.train()
+
+
+def image_token(shape: Shape) -> int:
+    return shape.vocab - 1  # the last id; text ids are drawn below it
+
+
+def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """LLaVA-like rows: a 8-token prefix, the image, then text; the second half of the text is the response;
+    rows are right-padded to 100%, 90%, 80%, ... of seq_len (so SDPA gets a padding mask, as in training)."""
+    g = torch.Generator().manual_seed(seed)
+    B, S, m = shape.batch, shape.seq_len, shape.image_tokens
+    token = image_token(shape)
+    ids = torch.randint(3, token, (B, S), generator=g)
+    ids[:, 8:8 + m] = token
+    lengths = [max(8 + m + 8, int(S * (1 - 0.1 * (b % 4)))) for b in range(B)]
+    mask = torch.zeros(B, S, dtype=torch.long)
+    labels = torch.full((B, S), -100)
+    for b, length in enumerate(lengths):
+        mask[b, :length] = 1
+        ids[b, length:] = 0
+        response = (8 + m + length) // 2
+        labels[b, response:length] = ids[b, response:length]
+    pixels = torch.randn(B, 3, shape.image_size, shape.image_size, generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
+            "pixel_values": pixels.to(device, getattr(torch, shape.dtype))}
+
+
+class Naive:
+    """BASIC the obvious way: all attentions and hidden states returned by the model (which must run eager
+    attention for that, also in a gradient-checkpointing recompute: the caller switches it)."""
+
+    def __init__(self, model, args: BasicArguments):
+        self.args, self.k = args, default_layers(model)
+        self.weights = layer_weights(self.k).tolist()
+
+    def __call__(self, model, inputs):
+        out = model(**inputs, output_attentions=True, output_hidden_states=True)
+        images = len(inputs["pixel_values"])
+        p = locate(inputs["input_ids"], inputs["attention_mask"], None, model.config.image_token_id, images)
+        image = p.image_mask
+        with torch.no_grad():
+            v_hat = sum(w * out.hidden_states[i + 1][image].float() for i, w in enumerate(self.weights))
+            totals = 0
+            for att in out.attentions[: self.k]:
+                att = att[p.rows]  # [R, heads, S, S]
+                R, heads, _, _ = att.shape
+                rows_q = att.gather(2, p.q_index[:, None, :, None].expand(R, heads, -1, att.shape[-1]))
+                on_image = rows_q.gather(3, p.k_index[:, None, None, :].expand(R, heads, rows_q.shape[2], -1))
+                counts = (p.q_index[:, :, None] > p.k_end[:, None, :]) & p.q_valid[..., None] & p.k_valid[:, None]
+                totals = totals + torch.where(counts, on_image.float().sum(1), 0.0).sum(1) / heads
+            per_token = torch.where(p.queries_per_token > 0, totals / (self.k * p.queries_per_token.clamp(min=1)), 0.0)
+            a = per_token.new_zeros(images * p.m)
+            a[p.k_token[p.k_valid]] = per_token[p.k_valid]
+            a = a.view(images, p.m)
+        v = out.image_hidden_states.view(images, p.m, -1)
+        v_hat = v_hat.view(v.shape)
+        das = das_loss(v, v_hat, a)
+        sds = sds_loss(v.float(), v_hat, a, model.get_input_embeddings().weight.detach())
+        extra = self.args.basic_das_weight * das + self.args.basic_sds_weight * sds
+        return out.loss + extra, {"das": das.item(), "sds": sds.item()}
+
+
+class KernelUse:
+    """Counts the layers whose attention came from SDPA's kernel with its log-normaliser (else: rows scored)."""
+
+    def __init__(self):
+        self.kernel = self.rows = 0
+        self.function = attention.sdpa_with_log_norm
+        attention.sdpa_with_log_norm = self
+
+    def __call__(self, *args, **kwargs):
+        result = self.function(*args, **kwargs)
+        if result is None:
+            self.rows += 1
+        else:
+            self.kernel += 1
+        return result
+
+
+class Runner:
+    def __init__(self, model, device: torch.device):
+        self.model, self.device = model, device
+        args = BasicArguments(basic_das_weight=1.0, basic_sds_weight=0.01)
+        self.objective = BasicObjective(args, model)  # switches the LLM to basic_sdpa
+        self.naive = Naive(model, args)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+
+    # The LLM's attention per variant, for the forward pass and the backward pass (checkpointing recomputes).
+    IMPLEMENTATION = {"baseline": "sdpa", "basic": attention.PREFIX + "sdpa", "naive": "eager"}
+
+    def loss(self, variant: str, inputs) -> tuple[torch.Tensor, dict[str, float]]:
+        if variant == "baseline":
+            return self.model(**inputs).loss, {}
+        if variant == "basic":
+            out = self.objective(self.model, inputs)
+            return out.outputs.loss + out.extra_loss, {k: v.item() for k, v in out.logs.items()}
+        return self.naive(self.model, inputs)
+
+    def step(self, variant: str, inputs) -> dict[str, float]:
+        self.model.set_attn_implementation({"text_config": self.IMPLEMENTATION[variant]})
+        loss, terms = self.loss(variant, inputs)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.item(), **terms}
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed_step(self, variant: str, inputs) -> tuple[float, float, int | None]:
+        """(wall seconds, CPU seconds of this process, CUDA peak bytes or None)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.synchronize()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        self.step(variant, inputs)
+        self.synchronize()
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None
+        return seconds, cpu_seconds, peak
+
+    def terms(self, inputs) -> dict[str, dict[str, float]]:
+        """BASIC's terms (through SDPA's kernel, and through whole scored rows) and the naive version's, on the
+        same weights (no step taken): they must agree."""
+        with torch.no_grad():
+            self.model.set_attn_implementation({"text_config": self.IMPLEMENTATION["basic"]})
+            out = self.objective(self.model, inputs)
+            kernel = attention.sdpa_with_log_norm
+            attention.sdpa_with_log_norm = lambda *args, **kwargs: None
+            try:
+                rows = self.objective(self.model, inputs)
+            finally:
+                attention.sdpa_with_log_norm = kernel
+            self.model.set_attn_implementation({"text_config": self.IMPLEMENTATION["naive"]})
+            _, naive = self.naive(self.model, inputs)
+        return {"basic": {k: v.item() for k, v in out.logs.items()},
+                "basic_scoring_rows": {k: v.item() for k, v in rows.logs.items()}, "naive": naive}
+
+    def cpu_peak(self, variant: str, inputs) -> int:
+        """Bytes alive at the step's start plus the highest excursion above them during the step."""
+        from torch.profiler import ProfilerActivity, profile
+
+        live = live_bytes(self.model, self.optimizer, inputs)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            self.step(variant, inputs)
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+        current = highest = 0
+        for event in sorted(events, key=lambda e: e.start_ns()):
+            current += event.nbytes()
+            highest = max(highest, current)
+        return live + highest
+
+
+def live_bytes(model, optimizer, inputs) -> int:
+    tensors = list(model.parameters()) + list(model.buffers()) + list(inputs.values())
+    tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    tensors += [p.grad for p in model.parameters() if p.grad is not None]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: torch.device) -> dict:
+    torch.manual_seed(0)
+    model = build(shape, stage, device)
+    inputs = make_batch(shape, device)
+    runner = Runner(model, device)
+    terms = runner.terms(inputs)
+    kernel_use = KernelUse()
+    results: dict[str, dict] = {v: {"seconds": [], "cpu_seconds": [], "peak_bytes": [], "status": "ok"}
+                                for v in VARIANTS}
+    for round_ in range(warmup + steps):
+        for variant in VARIANTS:
+            record = results[variant]
+            if record["status"] != "ok":
+                continue
+            try:
+                seconds, cpu_seconds, peak = runner.timed_step(variant, inputs)
+            except torch.OutOfMemoryError as error:
+                record.update(status="out of memory", error=str(error).splitlines()[0])
+                runner.optimizer.zero_grad(set_to_none=True)
+                gc.collect()
+                torch.cuda.empty_cache()
+                continue
+            if round_ >= warmup:
+                record["seconds"].append(seconds)
+                record["cpu_seconds"].append(cpu_seconds)
+                if peak is not None:
+                    record["peak_bytes"].append(peak)
+            print(f"{variant:9s} step {round_}: {seconds:.3f} s ({cpu_seconds:.3f} s CPU)"
+                  + (f", peak {peak / 2**30:.2f} GiB" if peak else ""), flush=True)
+    if device.type == "cpu":
+        for variant in VARIANTS:
+            results[variant]["peak_bytes"] = [runner.cpu_peak(variant, inputs)]
+    summary = {}
+    for variant, record in results.items():
+        if record["status"] == "ok":
+            record["median_seconds"] = statistics.median(record["seconds"])
+            record["median_cpu_seconds"] = statistics.median(record["cpu_seconds"])
+            record["peak_gib"] = max(record["peak_bytes"]) / 2**30
+        summary[variant] = record
+    ratios = {}
+    base = summary["baseline"]
+    # On a shared CPU the wall clock mostly measures the neighbours; the process's CPU time measures the step.
+    timer = "median_cpu_seconds" if device.type == "cpu" else "median_seconds"
+    for variant in ("basic", "naive"):
+        record = summary[variant]
+        if record["status"] == "ok" and base["status"] == "ok":
+            ratios[variant] = {"time": record[timer] / base[timer], "memory": record["peak_gib"] / base["peak_gib"],
+                               "wall_time": record["median_seconds"] / base["median_seconds"]}
+    goals = GOALS[device.type]
+    basic = ratios.get("basic")
+    return {
+        "scale": scale, "stage": stage, "shape": asdict(shape), "image_tokens": shape.image_tokens,
+        "basic_layers": runner.objective.k, "device": device_name(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps,
+        "time_measured_by": "process CPU time" if device.type == "cpu" else "wall clock (CUDA synchronised)",
+        "terms_on_the_same_weights": terms,
+        "basic_attention_layers": {"sdpa_kernel_with_log_norm": kernel_use.kernel, "rows_scored": kernel_use.rows},
+        "variants": summary, "ratios_to_baseline": ratios, "goals": goals,
+        "within_goals": None if basic is None else {k: basic[k] <= goals[k] for k in goals},
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="mini")
+    parser.add_argument("--stage", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--layers", type=int, help="override the LLM's layer count (e.g. stage 2 at 7B width)")
+    parser.add_argument("--batch", type=int, help="override the per-device batch")
+    parser.add_argument("--seq-len", type=int, help="override the sequence length")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
+    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/basic_overhead_*.json)")
+    args = parser.parse_args(argv)
+    shape = SCALES[args.scale]
+    overrides = {"layers": args.layers, "batch": args.batch, "seq_len": args.seq_len}
+    shape = replace(shape, **{k: v for k, v in overrides.items() if v is not None})
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # LLaVA's --tf32 True
+    result = run(args.scale, args.stage, shape, args.warmup, args.steps, device)
+    out = args.out or RESULTS / f"basic_overhead_{args.scale}_stage{args.stage}_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({"ratios_to_baseline": result["ratios_to_baseline"], "within_goals": result["within_goals"]}))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
