@@ -288,7 +288,8 @@ class LlavaTrainer(Trainer):
         loss = out.outputs.loss * processes
         images = len(inputs.get("pixel_values", ()))
         if out.extra_loss is not None and images:
-            weight = images / self._images_in_step * processes if scaled_for_steps else 1.0
+            step_images = self._images_in_step if model.training else images  # evaluation: one batch at a time
+            weight = images / step_images * processes if scaled_for_steps else 1.0
             loss = loss + out.extra_loss * weight
         if model.training:
             tokens = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum()
