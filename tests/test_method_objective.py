@@ -13,6 +13,7 @@ import torch
 from test_method_patch_weights import FAMILIES, batch, tiny_llava
 
 from basic.method import attention, layer_weights, patch_weights
+from basic.method.capture import Capture
 from basic.method.config import BasicArguments
 from basic.method.objective import BasicObjective
 from basic.objective import ObjectiveOutput
@@ -176,3 +177,14 @@ def test_a_few_optimizer_steps_lower_the_basic_terms(family, stage):
         history.append(out.extra_loss.item())
     assert all(torch.isfinite(torch.tensor(history)))
     assert history[-1] < history[0]
+
+
+def test_a_forward_pass_without_the_recorder_is_an_error_not_zero_weights():
+    model, processor = tiny_llava("llama")
+    inputs = training_batch(processor)
+    capture = Capture(model, inputs, 2, layer_weights=layer_weights(2))
+    with capture:
+        model(**inputs)  # hooks see the hidden states, but no recorder reaches the attention
+    assert capture.supervision().shape == (2, 16, 32)
+    with pytest.raises(RuntimeError, match=r"recorded the attention of layers \[\], not of all of 1..2"):
+        capture.patch_weights()

@@ -7,9 +7,10 @@ per layer. Instead, `enable(model)` switches the text model to `basic_<impl>` (r
 drop the causal mask): the output still comes from SDPA (or flash attention), and when the forward pass
 carries a recorder (the `basic_recorder` keyword, see `basic.method.capture`) the recorder is shown the
 layer's queries, keys and mask, and computes under no_grad the text queries' probabilities on image keys
-(`image_attention`). Over SDPA, layers 1..k call the kernel SDPA would pick directly, so that it also
-returns each row's log-normaliser: then only the [text queries x image keys] scores are needed. Otherwise
-(flash attention, an unsupported kernel) whole rows of text queries are scored, a block at a time; no
+(`image_attention`). Over SDPA, layers 1..k call one of SDPA's own kernels directly (CPU: its flash kernel;
+CUDA: flash attention without a mask, memory-efficient attention with one), so that it also returns each
+row's log-normaliser: then only the [text queries x image keys] scores are needed. Otherwise (flash
+attention, a kernel that refuses the inputs) whole rows of text queries are scored, a block at a time. No
 [seq x seq] score matrix for all heads is ever held.
 """
 
@@ -53,7 +54,7 @@ def _basic_attention(base: str):
 
 def sdpa_with_log_norm(module, query, key, value, attention_mask, *, dropout: float = 0.0,
                        scaling: float | None = None, is_causal: bool | None = None, **kwargs):
-    """SDPA's output from the kernel SDPA itself runs, called directly so that it also returns the
+    """SDPA's output from one of SDPA's own kernels, called directly so that it also returns the
     log-normaliser (logsumexp) of every query row; None where that is not possible here.
 
     transformers' `sdpa_attention_forward` calls `F.scaled_dot_product_attention`, which picks a kernel and

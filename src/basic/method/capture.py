@@ -186,8 +186,8 @@ class Capture:
     def _check(self, seen: set[int], what: str) -> None:
         if seen != set(range(self.k)):
             raise RuntimeError(
-                f"BASIC saw the {what} of layers {sorted(seen)} of 1..{self.k} (0-based): was the forward pass "
-                f"given `**capture.forward_kwargs` and the text model switched to basic_* attention?"
+                f"BASIC recorded the {what} of layers {sorted(i + 1 for i in seen)}, not of all of 1..{self.k}: "
+                "was the forward pass given `**capture.forward_kwargs`, with the LLM on basic_* attention?"
             )
 
     def supervision(self) -> torch.Tensor:
