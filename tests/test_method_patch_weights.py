@@ -240,3 +240,15 @@ def test_the_kernel_returns_sdpas_output_and_the_row_log_normalisers(masked):
     torch.testing.assert_close(output, expected.transpose(1, 2))
     scores = (query @ k.transpose(-1, -2) * 0.3).masked_fill(~(mask if masked else causal), -torch.inf)
     torch.testing.assert_close(log_norm, scores.logsumexp(-1))
+
+
+def test_a_refusing_kernel_falls_back_to_scoring_rows_with_a_warning(monkeypatch, caplog):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no kernel for these inputs")
+
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", refuse)
+    model, processor = tiny_llava("mistral", "siglip")
+    inputs = batch(processor, "left")
+    got = patch_weights(model, inputs, k=2)
+    assert "no kernel for these inputs" in caplog.text
+    torch.testing.assert_close(got.double(), eager_reference(model, inputs, 2), **EAGER_TOL)

@@ -8,7 +8,7 @@ drop the causal mask): the output still comes from SDPA (or flash attention), an
 carries a recorder (the `basic_recorder` keyword, see `basic.method.capture`) the recorder is shown the
 layer's queries, keys and mask, and computes under no_grad the text queries' probabilities on image keys
 (`image_attention`). Over SDPA, layers 1..k call one of SDPA's own kernels directly (CPU: its flash kernel;
-CUDA: flash attention without a mask, memory-efficient attention with one), so that it also returns each
+CUDA: flash attention without a mask, else memory-efficient attention), so that it also returns each
 row's log-normaliser: then only the [text queries x image keys] scores are needed. Otherwise (flash
 attention, a kernel that refuses the inputs) whole rows of text queries are scored, a block at a time. No
 [seq x seq] score matrix for all heads is ever held.
@@ -17,6 +17,7 @@ attention, a kernel that refuses the inputs) whole rows of text queries are scor
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
@@ -73,32 +74,36 @@ def sdpa_with_log_norm(module, query, key, value, attention_mask, *, dropout: fl
     bias = attention_mask
     if bias is not None and bias.dtype == torch.bool:
         bias = torch.where(bias, torch.zeros((), dtype=query.dtype, device=bias.device), -torch.inf)
-    try:
-        if query.device.type == "cpu":
-            output, log_norm = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                query, key, value, dropout, is_causal, attn_mask=bias, scale=scaling)
-        elif query.device.type == "cuda" and bias is None:
-            output, log_norm = torch.ops.aten._scaled_dot_product_flash_attention(
-                query, key, value, dropout, is_causal, scale=scaling)[:2]
-        elif query.device.type == "cuda":
+    aten = torch.ops.aten
+    if query.device.type == "cpu":
+        kernels = [partial(aten._scaled_dot_product_flash_attention_for_cpu, query, key, value, dropout, is_causal,
+                           attn_mask=bias, scale=scaling)]
+    elif query.device.type == "cuda":
+        if bias is not None:
             kv_len = key.shape[2]
-            aligned = torch.nn.functional.pad(bias, (0, -kv_len % 16))[..., :kv_len]
-            aligned = aligned.expand(query.shape[0], query.shape[1], q_len, kv_len)
-            output, log_norm = torch.ops.aten._scaled_dot_product_efficient_attention(
-                query, key, value, aligned, True, dropout, is_causal, scale=scaling)[:2]
-        else:
-            return None
-    except torch.OutOfMemoryError:
-        raise
-    except RuntimeError as error:  # a kernel that does not take these inputs (dtype, head size): the general path
-        reason = str(error).splitlines()[0]
-        if reason not in _refusals:
-            _refusals.add(reason)
-            logger.warning("BASIC: SDPA's kernel refused these inputs (%s); scoring whole rows instead", reason)
+            bias = torch.nn.functional.pad(bias, (0, -kv_len % 16))[..., :kv_len]  # the kernel's alignment
+            bias = bias.expand(query.shape[0], query.shape[1], q_len, kv_len)
+        efficient = partial(aten._scaled_dot_product_efficient_attention, query, key, value, bias, True, dropout,
+                            is_causal, scale=scaling)
+        flash = partial(aten._scaled_dot_product_flash_attention, query, key, value, dropout, is_causal,
+                        scale=scaling)  # no mask, half precision only
+        kernels = [efficient] if bias is not None else [flash, efficient]
+    else:
         return None
-    if log_norm.shape[:2] != query.shape[:2] or log_norm.shape[2] < q_len:
-        return None
-    return output.transpose(1, 2).contiguous(), log_norm[:, :, :q_len]
+    for kernel in kernels:
+        try:
+            output, log_norm = kernel()[:2]
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:  # a kernel that does not take these inputs (dtype, head size)
+            reason = str(error).splitlines()[0]
+            if reason not in _refusals:
+                _refusals.add(reason)
+                logger.warning("BASIC: an SDPA kernel refused these inputs (%s); trying the next path", reason)
+            continue
+        if log_norm.shape[:2] == query.shape[:2] and log_norm.shape[2] >= q_len:
+            return output.transpose(1, 2).contiguous(), log_norm[:, :, :q_len]
+    return None
 
 
 def register(base: str) -> str:
