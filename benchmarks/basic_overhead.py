@@ -32,6 +32,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -200,7 +201,8 @@ class Runner:
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-6)
 
     # The LLM's attention per variant, for the forward pass and the backward pass (checkpointing recomputes).
-    IMPLEMENTATION = {"baseline": "sdpa", "basic": attention.PREFIX + "sdpa", "naive": "eager"}
+    IMPLEMENTATION: ClassVar[dict[str, str]] = {"baseline": "sdpa", "basic": attention.PREFIX + "sdpa",
+                                                "naive": "eager"}
 
     def loss(self, variant: str, inputs) -> tuple[torch.Tensor, dict[str, float]]:
         if variant == "baseline":

@@ -18,7 +18,7 @@ from basic.method.config import BasicArguments
 from basic.method.objective import BasicObjective
 from basic.objective import ObjectiveOutput
 
-PAPER = dict(basic_das_weight=1.0, basic_sds_weight=0.01)
+PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 
 
 def training_batch(processor, padding_side="right"):

@@ -31,7 +31,7 @@ from basic.testing import tiny_llm_config, tiny_tokenizer
 FAMILIES = ("llama", "mistral", "gemma", "phi3")
 # Float32 models: eager attention takes its softmax in float32 anyway, and in float64 its additive mask turns
 # left-padding rows into NaN that then reach the real tokens through the values.
-EAGER_TOL = dict(rtol=1e-5, atol=1e-7)
+EAGER_TOL = {"rtol": 1e-5, "atol": 1e-7}
 IMAGE = "<image>"
 PROMPTS = (
     f"{IMAGE}\nwhat colour is the shape ? answer the question using a single word or phrase .",
@@ -46,8 +46,8 @@ def tiny_llava(family: str, encoder: str = "clip", layers: int = 4, dtype=torch.
     tokenizer.add_tokens([IMAGE], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=16,
-                  patch_size=4)
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 16, "patch_size": 4}
     clip = encoder == "clip"
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**vision) if clip else SiglipVisionConfig(**vision),
@@ -203,8 +203,8 @@ def test_flash_style_padding_mask_matches_the_four_dimensional_mask(sliding_wind
     if sliding_window is not None:
         four_d &= (positions[None, :] > positions[:, None] - sliding_window)[None, None]
     p = locate(ids, padding, None, image_token_id=9, images=3)
-    kwargs = dict(scaling=hd**-0.5, sliding_window=sliding_window, rows=p.rows, q_index=p.q_index, q_valid=p.q_valid,
-                  k_index=p.k_index, k_end=p.k_end, k_valid=p.k_valid)
+    kwargs = {"scaling": hd**-0.5, "sliding_window": sliding_window, "rows": p.rows, "q_index": p.q_index,
+              "q_valid": p.q_valid, "k_index": p.k_index, "k_end": p.k_end, "k_valid": p.k_valid}
     flash = image_attention(query, key, padding, **kwargs)
     sdpa = image_attention(query, key, four_d, **kwargs, block_elements=1)  # one query per block
     torch.testing.assert_close(flash, sdpa, rtol=1e-12, atol=1e-14)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from basic.train import parse_args, train
 from conftest import PAIRS
 
-PAPER = dict(basic_das_weight=1.0, basic_sds_weight=0.01)
+from basic.train import parse_args, train
+
+PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 
 
 def history(out) -> list[dict]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from typing_extensions import Self  # typing.Self from Python 3.11
 
 from basic.method import attention
 from basic.method.config import ATTENTION_QUERIES, PATCH_WEIGHT_SCHEMES
@@ -137,7 +138,7 @@ class Capture:
     def forward_kwargs(self) -> dict[str, Any]:
         return {"basic_recorder": self}
 
-    def __enter__(self) -> Capture:
+    def __enter__(self) -> Self:
         if self.layer_weights is not None:
             self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
         return self

@@ -79,7 +79,7 @@ def sds_loss(v: torch.Tensor, v_hat: torch.Tensor, a: torch.Tensor, E: torch.Ten
     _check_shapes("sds_loss", v, v_hat, a)
     if E.ndim != 2 or E.shape[1] != v.shape[-1]:
         raise ValueError(f"sds_loss: E must be [vocab, {v.shape[-1]}], got {tuple(E.shape)}")
-    images, m, d = v.shape
+    images, d = v.shape[0], v.shape[-1]
     total = _BlockwiseKL.apply(v.reshape(-1, d), v_hat.reshape(-1, d), a.reshape(-1).detach(), E.detach(),
                                block_elements)
     return total / images if images else total
@@ -114,7 +114,7 @@ class _BlockwiseKL(torch.autograd.Function):
             n = r.stop - r.start
             xy = torch.cat([x[r], y[r]]).to(dtype)  # student rows, then target rows: one product for both
 
-            def logits(vs: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            def logits(vs: slice, xy: torch.Tensor = xy) -> tuple[torch.Tensor, torch.Tensor]:
                 block = E[vs].to(dtype)
                 return block, xy @ block.T
 
