@@ -50,8 +50,8 @@ PIPELINE_FLAGS = frozenset({
     "tune_mm_mlp_adapter", "pretrain_mm_mlp_adapter", "deepspeed",
     *(f.name for f in fields(BasicArguments)),
 })
-GLOBAL_BATCH = "global_batch_size"
-RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a stage key that is not a LLaVA flag: per-device batch x accumulation x GPUs
+GLOBAL_BATCH = "global_batch_size"  # a stage key that is not a LLaVA flag: per-device batch x accumulation x GPUs
+RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a DVC key path (no dots) and a folder name
 
 
 class ConfigError(ValueError):
@@ -80,6 +80,8 @@ class Profile:
     """Options of `basic evaluate` (benchmarks, batch_size, ...)."""
     launch: LaunchSpec
     """Processes per run: launcher, GPUs per node, nodes, DeepSpeed config per stage (basic.launch)."""
+    env: dict[str, str]
+    """Environment of the stage commands, e.g. OMP_NUM_THREADS (one thread per process on a small CPU)."""
 
 
 @dataclass(frozen=True)

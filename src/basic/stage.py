@@ -6,7 +6,7 @@
 
 The command comes from `basic.config.command` (so DVC's `cmd` stays one short line per stage and
 `params.yaml` stays the only place a setting lives); it is printed, then run with this Python's scripts
-first on PATH. After a training stage the run's training curves (loss, lm_loss, das, sds per logging step)
+first on PATH and the profile's `env` set. After a training stage the run's training curves (loss, lm_loss, das, sds per logging step)
 are copied from trainer_state.json to results/curves/<run>/<stage>.json, which dvc.yaml declares as plots.
 """
 
@@ -48,7 +48,8 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
     print("+ " + to_shell(argv), flush=True)
     if stage == "backbones":
         clean_backbones(study)
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {**os.environ, **study.active.env,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     # Through the shell, so that a multi-node launch's $NODE_RANK and $MASTER_ADDR expand (basic.launch).
     code = subprocess.call(to_shell(executable(argv)), shell=True, env=env)
     if code:
