@@ -48,16 +48,13 @@ def plan(quick: bool) -> tuple[list[str], int]:
 
     study = config.load(ROOT / config.PARAMS_FILE)
     runs = list(dict.fromkeys(study.tables.get("main", []))) if quick else list(study.runs)
-    if not quick:
-        return [], 3 + 3 * len(runs)
-    return [f"evaluate@{run}" for run in runs], 2 + 3 * len(runs)
+    return ([f"evaluate@{run}" for run in runs] if quick else []), 3 + 3 * len(runs)
 
 
-def repro(args: list[str], total: int, env: dict[str, str], started: float) -> int:
-    """`dvc repro ARGS`, its output passed through as it comes, with a progress line at each stage."""
+def repro(args: list[str], total: int, env: dict[str, str], started: float, seen: set[str]) -> int:
+    """`dvc repro ARGS`, its output passed through as it comes, with a progress line at each new stage."""
     process = subprocess.Popen(dvc("repro", *args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
-    seen: set[str] = set()
     pending = b""
     while chunk := os.read(process.stdout.fileno(), 65536):  # type: ignore[union-attr]
         sys.stdout.buffer.write(chunk)
@@ -83,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     ensure_dvc(env)
     targets, total = plan(args.quick)
-    code = repro([*extra, *targets], total, env, started)
+    seen: set[str] = set()
+    code = repro([*extra, *targets], total, env, started, seen)
     if code == 0 and args.quick:  # the report alone, over whatever metrics exist
-        code = repro([*extra, "--single-item", "report"], total, env, started)
+        code = repro([*extra, "--single-item", "report"], total, env, started, seen)
     elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - started))
     print(f"study: {'done' if code == 0 else f'failed (dvc repro exit {code})'} in {elapsed}; tables in "
           "results/tables/, notebooks in results/notebooks/", flush=True)

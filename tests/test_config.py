@@ -203,3 +203,17 @@ def test_stage_dry_prints_every_command(tmp_path, raw, capsys):
     assert out.count("deepspeed --num_gpus 8") == 2 * len(raw["runs"])
     assert "# evaluate@basic-siglip-vicuna-13b (profile full)" in out
     assert stage.main(["pretrain", "nope", "--params", str(params)]) == 2
+
+
+def test_full_prepare_names_what_is_missing(tmp_path, raw, monkeypatch, capsys):
+    """Until the data is downloaded, the full profile's prepare stage fails saying what is missing and how to get it."""
+    from basic import prepare
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "profile": "full"}))
+    assert prepare.main([]) == 1
+    err = capsys.readouterr().err
+    assert "the full profile's data is not complete in data/full/" in err
+    assert "[full] LLaVA-Pretrain/blip_laion_cc_sbu_558k.json: not downloaded and verified" in err
+    assert "fetch it with: basic download --manifest full --dest data/full" in err
+    assert not (tmp_path / "data" / "full").exists()  # checked, never created or deleted
