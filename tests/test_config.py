@@ -217,3 +217,20 @@ def test_full_prepare_names_what_is_missing(tmp_path, raw, monkeypatch, capsys):
     assert "[full] LLaVA-Pretrain/blip_laion_cc_sbu_558k.json: not downloaded and verified" in err
     assert "fetch it with: basic download --manifest full --dest data/full" in err
     assert not (tmp_path / "data" / "full").exists()  # checked, never created or deleted
+
+
+def test_stage_never_deletes_full_checkpoints(tmp_path, study, monkeypatch):
+    """The mini backbones stage rebuilds models/backbones, but refuses to delete what `basic checkpoints` fetched."""
+    from basic import stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/backbones/vicuna-7b").mkdir(parents=True)
+    (tmp_path / "models/backbones/checkpoints.json").write_text("{}")
+    with pytest.raises(SystemExit, match="holds the full study's checkpoints"):
+        stage.clean_backbones(study)
+    stage.clean_backbones(dataclasses.replace(study, profile="full"))  # the full profile keeps them
+    assert (tmp_path / "models/backbones/vicuna-7b").is_dir()
+    (tmp_path / "models/backbones/checkpoints.json").unlink()
+    stage.clean_backbones(study)
+    assert not (tmp_path / "models/backbones").exists()
+    assert stage.executable(["basic", "train"])[1:] == ["-m", "basic.cli", "train"]
