@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="stand-in records per benchmark (MMBench x4 rotations)")
     parser.add_argument("--max_new_tokens", type=int, help="answer cap (default: 8 for the stand-in, none otherwise)")
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=Path("results/benchmarks/eval_speed.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_speed.json"))
     parser.add_argument("--note", default="", help="what the checkpoint and data are, for the record")
     args = parser.parse_args()
 
