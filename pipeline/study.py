@@ -1,19 +1,24 @@
 """`make study`: the whole study of params.yaml (mini profile by default) through DVC, from a fresh clone.
 
-    python pipeline/study.py           # dvc repro: every stage of every run, then the report
-    python pipeline/study.py --quick   # only the main table's runs, then the report (other tables: missing)
+    python pipeline/study.py             # every stage of every run, then the report (dvc repro)
+    python pipeline/study.py --quick     # only the main table's seed-0 runs, then the report
+    python pipeline/study.py --jobs 1    # one stage at a time, DVC's own output streamed
 
-Initialises DVC if the checkout has no .dvc/ (e.g. an exported tarball), puts this interpreter's scripts
-first on PATH (the stages call `basic ...`), keeps everything offline, and shows which stage of how many
-is running and the time so far above DVC's and each command's own output. Extra arguments go to `dvc
-repro` (e.g. `--force`, `-k`). Exit code: DVC's.
+Every stage is run by DVC (`dvc repro --single-item <stage>`, in dependency order), so dvc.lock, the cache
+and `dvc status` are exactly what a plain `dvc repro` leaves. DVC runs one stage at a time, but it releases
+its repository lock while a stage's command runs, so the runs' independent stage chains (pretrain ->
+finetune -> evaluate) go side by side, `--jobs` at a time (default: one per CPU; each stage uses one
+thread in the mini profile). With more than one job, each stage's output goes to logs/<stage>.log and
+this script prints one line per stage start and end, with the elapsed time; a failing stage's log tail
+is printed, running stages finish, and nothing new starts. Initialises DVC if the checkout has no .dvc/,
+puts this interpreter's scripts first on PATH and keeps everything offline. Extra arguments go to each
+`dvc repro` (e.g. `--force`). Exit code: 0, or the first failing stage's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import time
@@ -21,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGE_LINE = re.compile(rb"(Running stage|Stage) '([^']+)'")
+LOGS = ROOT / "logs"
 
 
 def environment() -> dict[str, str]:
@@ -41,52 +46,92 @@ def ensure_dvc(env: dict[str, str]) -> None:
     subprocess.run(dvc("init", *([] if scm else ["--no-scm"])), cwd=ROOT, env=env, check=True)
 
 
-def plan(quick: bool) -> tuple[list[str], int]:
-    """dvc repro targets and how many stages they span."""
+def plan(quick: bool) -> list[list[str]]:
+    """The study's stages as chains in dependency order: [prepare], [backbones], one chain per run, [report]."""
     sys.path.insert(0, str(ROOT / "src"))
     from basic import config
 
     study = config.load(ROOT / config.PARAMS_FILE)
-    runs = list(dict.fromkeys(study.tables.get("main", []))) if quick else list(study.runs)
-    return ([f"evaluate@{run}" for run in runs] if quick else []), 3 + 3 * len(runs)
+    if quick:
+        runs = [r for r in dict.fromkeys(study.tables.get("main", [])) if study.runs[r].seed == 0]
+    else:
+        runs = list(study.runs)
+    chains = [[f"{stage}@{run}" for stage in ("pretrain", "finetune", "evaluate")] for run in runs]
+    return [["prepare"], ["backbones"], *chains, ["report"]]
 
 
-def repro(args: list[str], total: int, env: dict[str, str], started: float, seen: set[str]) -> int:
-    """`dvc repro ARGS`, its output passed through as it comes, with a progress line at each new stage."""
-    process = subprocess.Popen(dvc("repro", *args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    pending = b""
-    while chunk := os.read(process.stdout.fileno(), 65536):  # type: ignore[union-attr]
-        sys.stdout.buffer.write(chunk)
-        pending += chunk
-        *lines, pending = re.split(rb"[\r\n]", pending)
-        for line in lines:
-            match = STAGE_LINE.match(line)
-            if match and match.group(2).decode() not in seen:
-                seen.add(match.group(2).decode())
-                elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - started))
-                verb = "running" if match.group(1) == b"Running stage" else "up to date"
-                sys.stdout.buffer.write(f"study: [{len(seen)}/{total}] {match.group(2).decode()} {verb} "
-                                        f"({elapsed} elapsed)\n".encode())
-        sys.stdout.flush()
-    return process.wait()
+class Progress:
+    def __init__(self, total: int):
+        self.total, self.started, self.count = total, time.time(), 0
+
+    def clock(self, since: float | None = None) -> str:
+        return time.strftime("%H:%M:%S", time.gmtime(time.time() - (since or self.started)))
+
+    def say(self, text: str) -> None:
+        print(f"study: {text}", flush=True)
+
+    def start(self, stage: str) -> None:
+        self.count += 1
+        self.say(f"[{self.count}/{self.total}] {stage} ({self.clock()} elapsed)")
+
+
+def repro(stage: str, extra: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    args = dvc("--wait-for-lock", "repro", "--single-item", *extra, stage)
+    if log is None:
+        return subprocess.Popen(args, cwd=ROOT, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_chains(chains: list[list[str]], jobs: int, extra: list[str], env: dict[str, str], progress: Progress) -> int:
+    """Run the chains, `jobs` at a time; each chain's stages in order. Returns the first failure's exit code."""
+    pending = [list(chain) for chain in chains]
+    running: dict[subprocess.Popen, tuple[str, list[str], float]] = {}
+    failure = 0
+    while pending or running:
+        while pending and len(running) < jobs and not failure:
+            chain = pending.pop(0)
+            stage = chain.pop(0)
+            progress.start(stage)
+            log = None if jobs == 1 else LOGS / f"{stage}.log"
+            running[repro(stage, extra, env, log)] = (stage, chain, time.time())
+        if failure and not running:
+            break
+        time.sleep(0.5)
+        for process in [p for p in running if p.poll() is not None]:
+            stage, rest, began = running.pop(process)
+            if process.returncode:
+                failure = failure or process.returncode
+                progress.say(f"{stage} FAILED (exit {process.returncode}) after {progress.clock(began)}")
+                if jobs > 1:
+                    tail = (LOGS / f"{stage}.log").read_text(errors="replace").splitlines()[-40:]
+                    print("\n".join(tail) + f"\nstudy: full log: {LOGS / f'{stage}.log'}", flush=True)
+            else:
+                if jobs > 1:
+                    progress.say(f"{stage} done in {progress.clock(began)}")
+                if rest:
+                    pending.insert(0, rest)  # finish a started run before starting another
+    return failure
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="only the runs of the main table, then the report")
+    p.add_argument("--quick", action="store_true", help="only the main table's seed-0 runs, then the report")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="stages side by side (default: CPUs)")
     args, extra = p.parse_known_args(argv)
     env = environment()
-    started = time.time()
     ensure_dvc(env)
-    targets, total = plan(args.quick)
-    seen: set[str] = set()
-    code = repro([*extra, *targets], total, env, started, seen)
-    if code == 0 and args.quick:  # the report alone, over whatever metrics exist
-        code = repro([*extra, "--single-item", "report"], total, env, started, seen)
-    elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - started))
-    print(f"study: {'done' if code == 0 else f'failed (dvc repro exit {code})'} in {elapsed}; tables in "
-          "results/tables/, notebooks in results/notebooks/", flush=True)
+    groups = plan(args.quick)
+    progress = Progress(sum(len(chain) for chain in groups))
+    first, second, *runs, last = groups
+    code = 0
+    for chains, jobs in (([first], 1), ([second], 1), (runs, max(1, args.jobs)), ([last], 1)):
+        code = run_chains(chains, jobs, extra, env, progress)
+        if code:
+            break
+    progress.say(f"{'done' if code == 0 else f'failed (exit {code})'} in {progress.clock()}; tables in "
+                 "results/tables/, notebooks in results/notebooks/")
     if code == 0 and not args.quick:
         subprocess.run(dvc("status"), cwd=ROOT, env=env)
     return code

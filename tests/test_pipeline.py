@@ -54,9 +54,10 @@ def study(tmp_path_factory):
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "micro study"]):
         subprocess.run(args, cwd=work, env=env, check=True)
-    run = _sh([sys.executable, "pipeline/study.py"], work, env)
+    run = _sh([sys.executable, "pipeline/study.py", "--jobs", "2"], work, env)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    return work, env, run.stdout
+    logs = "".join(log.read_text() for log in sorted((work / "logs").glob("*.log")))  # the side-by-side stages
+    return work, env, run.stdout + logs
 
 
 def test_study_runs_end_to_end(study):
