@@ -55,7 +55,7 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
     if code:
         print(f"basic stage: {stage}{' ' + run if run else ''} failed (exit {code}): {to_shell(argv)}", file=sys.stderr)
         return code
-    if stage in ("pretrain", "finetune"):
+    if stage in ("pretrain", "finetune") and os.environ.get("NODE_RANK", "0") == "0":  # one node writes them
         from basic.report import write_curves
 
         state = config.run_dir(run) / stage / "trainer_state.json"
