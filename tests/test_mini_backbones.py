@@ -43,7 +43,7 @@ def test_metrics_json(backbones):
     metrics = json.loads((backbones / "metrics.json").read_text())
     assert set(metrics["backbones"]) == set(ORDER)
     assert set(metrics["llm_text_qa_accuracy"]) == set(ARCHITECTURES)
-    for name, m in metrics["backbones"].items():
+    for m in metrics["backbones"].values():
         assert m["wall_s"] > 0 and m["seed"] >= 0
         if m["type"] == "llm":
             assert 0 <= m["text_qa_accuracy"] <= 1 and m["text_qa"]["all"]["n"] == 40

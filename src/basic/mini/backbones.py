@@ -46,7 +46,7 @@ ORDER = ("vicuna-13b", "vicuna-7b", "gemma-2b", "phi3-3.8b", "mistral-7b", "clip
 class BackboneSettings:
     llm_steps: int = 600
     llm_batch: int = 16
-    llm_lr: float = 3e-3
+    llm_lr: float = 1e-3
     encoder_steps: int = 150
     encoder_batch: int = 128
     encoder_lr: float = 1e-3

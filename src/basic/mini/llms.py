@@ -8,8 +8,8 @@ rendered in the family's chat format.
 
 Training is built to learn much in little CPU time: the loss (and the LM head) only at the answer
 tokens and the end-of-turn token, right-padded length-grouped batches with no attention mask (under
-causal attention real tokens never see the padding after them), bf16 autocast, a short warmup to a
-high learning rate and cosine decay.
+causal attention real tokens never see the padding after them), bf16 autocast, a short warmup and
+cosine decay.
 """
 
 from __future__ import annotations
@@ -40,13 +40,15 @@ class LLMSpec:
             raise ValueError(f"{self}: the number of layers must be even (BASIC supervises with half of them)")
 
 
-# Shapes keep each real model's proportions: MLP ratio, attention grouping, vicuna-13b > vicuna-7b.
+# Shapes keep each real model's proportions: MLP ratio, attention grouping, vicuna-13b > vicuna-7b. Two layers
+# for the small ones: at 600 steps they reach the text-QA accuracy of four (about 0.55) in half the CPU
+# time; neither learns to bind an attribute to its object in the description at this budget.
 LLM_SPECS: dict[str, LLMSpec] = {
-    "vicuna-7b": LLMSpec("llama", layers=4, hidden=128, heads=4, kv_heads=4, intermediate=344),
-    "vicuna-13b": LLMSpec("llama", layers=6, hidden=160, heads=5, kv_heads=5, intermediate=432),
-    "gemma-2b": LLMSpec("gemma", layers=4, hidden=128, heads=4, kv_heads=1, intermediate=512),
-    "phi3-3.8b": LLMSpec("phi3", layers=4, hidden=128, heads=4, kv_heads=4, intermediate=344),
-    "mistral-7b": LLMSpec("mistral", layers=4, hidden=128, heads=4, kv_heads=2, intermediate=448),
+    "vicuna-7b": LLMSpec("llama", layers=2, hidden=128, heads=4, kv_heads=4, intermediate=344),
+    "vicuna-13b": LLMSpec("llama", layers=4, hidden=160, heads=5, kv_heads=5, intermediate=432),
+    "gemma-2b": LLMSpec("gemma", layers=2, hidden=128, heads=4, kv_heads=1, intermediate=512),
+    "phi3-3.8b": LLMSpec("phi3", layers=2, hidden=128, heads=4, kv_heads=4, intermediate=344),
+    "mistral-7b": LLMSpec("mistral", layers=2, hidden=128, heads=4, kv_heads=2, intermediate=448),
 }
 
 
