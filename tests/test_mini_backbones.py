@@ -14,8 +14,10 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTok
 from basic.data.templates import get_template
 from basic.mini.backbones import ORDER
 from basic.mini.cli import backbones_main, data_main
+from basic.mini.encoders import contrast_batches
 from basic.mini.llms import LLM_SPECS, LLMSpec, build_llm, encode, generation_config, messages, train_llm
 from basic.mini.quality import linear_probe, text_qa_accuracy
+from basic.mini.scenes import SHAPES
 from basic.mini.tokenizer import family_tokenizer
 from basic.testing import FAMILIES
 
@@ -148,3 +150,16 @@ def test_unknown_backbone_and_missing_data_are_clear_errors(tmp_path):
         build_backbones(tmp_path, tmp_path / "out", 0, BackboneSettings(names=("llama-70b",)))
     with pytest.raises(FileNotFoundError, match="basic mini data"):
         build_backbones(tmp_path, tmp_path / "out", 0, BackboneSettings(names=("vicuna-7b",)))
+
+
+def test_hard_contrast_batches_differ_only_in_shapes():
+    captions = [f"a {size} {colour} {shape}" for size in ("small", "large") for colour in ("red", "blue")
+                for shape in SHAPES] + ["a very dark photo"] * 3
+    batches = contrast_batches(captions, 6, np.random.default_rng(0), hard=1.0)
+    for _ in range(5):
+        batch = [captions[i] for i in next(batches)]
+        assert len(set(batch)) == len(batch) == 6
+        assert len({c.rsplit(" ", 1)[0] for c in batch[:4]}) == 1  # one size-and-colour group, all four shapes
+    # No caption differs from another by shapes alone: random batches, still of distinct captions.
+    fallback = next(contrast_batches(captions[:1] + captions[-3:], 8, np.random.default_rng(0), hard=1.0))
+    assert len(fallback) == 2 and 0 in fallback.tolist()

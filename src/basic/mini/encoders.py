@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from basic.mini.optim import adamw_warmup_cosine
+from basic.mini.scenes import SHAPES
 
 TEXT_LENGTH = 40  # captions are at most ~30 tokens
 
@@ -77,7 +78,10 @@ def build_encoder(spec: EncoderSpec, tokenizer: PreTrainedTokenizerFast, image_s
                 "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     torch.manual_seed(seed)
     if spec.kind == "clip":
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=spec.hidden))
+        # Patch and position embeddings drawn at ~1/sqrt(fan-in) as SigLIP's are (CLIP's 0.02 makes AdamW's
+        # first steps rewrite them wholesale; shape came later), and a sharper start temperature (1/50).
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config={**vision, "initializer_range": 0.07},
+                                     projection_dim=spec.hidden, logit_scale_init_value=math.log(50.0)))
         processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                        crop_size={"height": image_size, "width": image_size})
     elif spec.kind == "siglip":
@@ -91,16 +95,42 @@ def build_encoder(spec: EncoderSpec, tokenizer: PreTrainedTokenizerFast, image_s
     return model, processor
 
 
-def train_encoder(model: PreTrainedModel, pixel_values: torch.Tensor, input_ids: torch.Tensor, steps: int,
-                  batch_size: int, lr: float, seed: int, desc: str = "encoder", position: int = 0) -> list[float]:
-    """`steps` AdamW steps of the model's own image-text loss on random batches; returns the losses."""
-    gen = torch.Generator().manual_seed(seed)
+def contrast_batches(captions: list[str], batch_size: int, rng: np.random.Generator, hard: float = 0.75):
+    """Endless batches of image indices with distinct captions. A share `hard` of them gathers groups of
+    images whose captions differ only in their shape words, so that telling them apart takes shapes: in
+    random batches colours separate almost every pair, and the encoders learnt no shape at all."""
+    groups: dict[tuple, list[int]] = {}
+    for i, caption in enumerate(captions):
+        groups.setdefault(tuple(sorted(w for w in caption.split() if w.strip(',."') not in SHAPES)), []).append(i)
+    # Groups are drawn through their images, so big ones (single objects) come up most.
+    members = [i for g in groups.values() if len({captions[j] for j in g}) > 1 for i in g]
+    group_of = {i: g for g in groups.values() for i in g}
+    while True:
+        batch, seen = [], set()
+        hard_batch = bool(members) and rng.random() < hard
+        order = (i for m in rng.permutation(members) for i in rng.permutation(group_of[m])[:16]) if hard_batch \
+            else iter(rng.permutation(len(captions)))
+        for i in order:
+            if captions[i] not in seen:
+                seen.add(captions[i])
+                batch.append(int(i))
+                if len(batch) == batch_size:
+                    break
+        yield torch.tensor(batch)
+
+
+def train_encoder(model: PreTrainedModel, pixel_values: torch.Tensor, input_ids: torch.Tensor, captions: list[str],
+                  steps: int, batch_size: int, lr: float, seed: int, hard: float = 0.75, desc: str = "encoder",
+                  position: int = 0) -> list[float]:
+    """`steps` AdamW steps of the model's own image-text loss on `contrast_batches`; returns the losses.
+    Many small batches beat few large ones here: shape is learnt only after several hundred updates."""
+    batches = contrast_batches(captions, batch_size, np.random.default_rng(seed), hard)
     opt, sched = adamw_warmup_cosine(model, lr, steps, warmup=0.1, weight_decay=0.05, floor=0.0)
     model.train()
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, position=position, leave=True, mininterval=2.0)
     for _ in bar:
-        idx = torch.randint(len(pixel_values), (batch_size,), generator=gen)
+        idx = next(batches)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=input_ids[idx], pixel_values=pixel_values[idx], return_loss=True).loss
         loss.float().backward()
