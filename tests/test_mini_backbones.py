@@ -15,7 +15,15 @@ from basic.data.templates import get_template
 from basic.mini.backbones import ORDER
 from basic.mini.cli import backbones_main, data_main
 from basic.mini.encoders import contrast_batches
-from basic.mini.llms import LLM_SPECS, LLMSpec, build_llm, encode, generation_config, messages, train_llm
+from basic.mini.llms import (
+    LLM_SPECS,
+    LLMSpec,
+    build_llm,
+    encode,
+    generation_config,
+    messages,
+    train_llm,
+)
 from basic.mini.quality import linear_probe, text_qa_accuracy
 from basic.mini.scenes import SHAPES
 from basic.mini.tokenizer import family_tokenizer
@@ -108,6 +116,23 @@ def test_targets_are_the_answers_and_end_of_turn(world, family):
         assert item.ids == tok.apply_chat_template(messages(doc), tokenize=True, return_dict=True)["input_ids"]
         target_text = tok.decode([item.ids[t] for t in item.targets], skip_special_tokens=False)
         assert target_text.replace(" ", "") == "".join(t["answer"] + eot for t in doc["turns"]).replace(" ", "")
+
+
+def _sentences(text: str, sep: str) -> list[str]:
+    return sorted(text.replace(sep, sep.strip() + "\n").split("\n"))
+
+
+def test_pretraining_docs_describe_the_scene_again(world):
+    """Training docs of clear scenes open with a describe turn: the same sentences, objects reordered."""
+    docs = [json.loads(line) for line in (world / "text" / "llm_train.jsonl").read_text().splitlines()]
+    clear = [d for d in docs if d["objects"]]
+    assert clear and all(d["turns"][0]["kind"] == "detail" for d in clear)
+    assert all(t["kind"] != "detail" for d in docs for t in d["turns"][1:])
+    for d in clear:
+        sep = "。" if d["lang"] == "zh" else ". "
+        assert _sentences(d["turns"][0]["answer"], sep) == _sentences(d["description"], sep)
+    evals = [json.loads(line) for line in (world / "text" / "llm_eval.jsonl").read_text().splitlines()]
+    assert all(len(d["turns"]) == 1 and d["turns"][0]["kind"] != "detail" for d in evals)
 
 
 def test_teacher_forced_accuracy_equals_greedy_generation(world):
