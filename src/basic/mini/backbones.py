@@ -47,8 +47,8 @@ class BackboneSettings:
     llm_steps: int = 500
     llm_batch: int = 16
     llm_lr: float = 2e-3
-    encoder_steps: int = 150
-    encoder_batch: int = 128
+    encoder_steps: int = 600
+    encoder_batch: int = 32
     encoder_lr: float = 1e-3
     workers: int = 2
     threads: int = 0  # per worker; 0: the machine's cores divided by the workers
@@ -95,7 +95,7 @@ def _encoder_job(name: str, data: Path, out: Path, seed: int, s: BackboneSetting
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     ids = tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                     return_tensors="pt")["input_ids"]
-    losses = train_encoder(model, pixels, ids, s.encoder_steps, s.encoder_batch, s.encoder_lr, _seed(seed, name),
+    losses = train_encoder(model, pixels, ids, captions, s.encoder_steps, s.encoder_batch, s.encoder_lr, _seed(seed, name),
                            desc=name, position=position)
     probe = datasets.Dataset.from_parquet(str(data / "probe" / "probe.parquet"))
     probe_pixels = processor(images=[im.convert("RGB") for im in probe["image"]], return_tensors="pt")["pixel_values"]
