@@ -53,7 +53,9 @@ def cell(table: pd.DataFrame, row: str, bench: str) -> pd.Series:
 def test_main_table_seeds_deltas_and_paper(results):
     table = report.family_table(results, "main")
     refs = report.references()["main"]
-    assert list(dict.fromkeys(table.benchmark)) == refs["columns"]
+    # The paper's columns, then what the runs were also scored on (TextVQA is not in the paper's Table 1).
+    assert list(dict.fromkeys(table.benchmark)) == refs["columns"] + ["textvqa"]
+    assert table[table.benchmark == "textvqa"].paper.isna().all()
     assert list(dict.fromkeys(table.row)) == [f"{r['method']} {r['llm']} {r['encoder']}" for r in refs["rows"]]
     base, ours = cell(table, "llava-1.5 vicuna-7b clip-l-336", "vqav2"), cell(table, "basic vicuna-7b clip-l-336", "vqav2")
     assert (base.ours, base.seeds, ours.ours, ours.seeds) == (51.0, 2, 56.0, 2)
@@ -85,7 +87,10 @@ def test_cross_model_missing_and_not_run(results):
     assert cell(table, "clip-l-336 gemma-2b llava-1.5", "mmb_en").status == "missing"
     assert cell(table, "siglip vicuna-13b basic", "mmb_en").status == "missing"
     assert cell(table, "siglip vicuna-13b basic", "mmb_en").paper_delta == pytest.approx(1.3)
-    assert len(table) == 10  # five paper rows x (LLaVA-1.5, BASIC)
+    # five paper rows x (LLaVA-1.5, BASIC) x (MMBench-EN + the seven other benchmarks gemma was scored on)
+    assert len(table) == 80 and list(dict.fromkeys(table.benchmark))[0] == "mmb_en"
+    assert cell(table, "clip-l-336 gemma-2b basic", "vqav2").ours == 40.0
+    assert pd.isna(cell(table, "clip-l-336 gemma-2b basic", "vqav2").paper)
 
 
 def test_layer_weights_against_increasing(results):

@@ -38,6 +38,7 @@ from basic import config
 
 REFERENCE_FILE = "reference_numbers.yaml"
 FAMILIES = config.TABLES
+BENCHMARK_ORDER = ["vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizwiz", "textvqa", "pope", "mme"]
 TITLES = {
     "main": "Table 1: main results",
     "loss_ablation": "Table 2: loss ablation (Vicuna-7B)",
@@ -129,6 +130,16 @@ def reference_rows(refs: dict, family: str) -> tuple[list[str], list[dict]]:
     return columns, rows
 
 
+def table_columns(results: Results, family: str) -> list[str]:
+    """The paper's benchmark columns of `family`, then any other benchmark a run of the table was scored on
+    (the paper's Table 3 shows MMBench-EN only; a study may evaluate more, which then has no paper number)."""
+    columns, _ = reference_rows(results.references, family)
+    scored = {bench for name in results.study.tables.get(family, [])
+              for bench, entry in (results.metrics.get(name) or {}).items() if entry.get("status") == "scored"}
+    extra = sorted(scored - set(columns), key=lambda b: (BENCHMARK_ORDER.index(b) if b in BENCHMARK_ORDER else 99, b))
+    return columns + extra
+
+
 def _matches(attrs: dict, row: dict) -> bool:
     return all(attrs.get(k) == v for k, v in row.items() if k != "paper")
 
@@ -151,7 +162,8 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 
 def seed_scores(results: Results, family: str) -> pd.DataFrame:
     """One line per (run, benchmark) of the table: the row it belongs to, its seed, score and status."""
-    columns, ref_rows = reference_rows(results.references, family)
+    _, ref_rows = reference_rows(results.references, family)
+    columns = table_columns(results, family)
     keys = [k for k in ref_rows[0] if k != "paper"]
     lines = []
     for name in results.study.tables.get(family, []):
@@ -180,7 +192,8 @@ def family_table(results: Results, family: str) -> pd.DataFrame:
     """The table `family` (see module docstring): one row per (row, benchmark), paper rows first, in order."""
     if family not in FAMILIES:
         raise ReportError(f"unknown table {family!r} (tables: {', '.join(FAMILIES)})")
-    columns, ref_rows = reference_rows(results.references, family)
+    _, ref_rows = reference_rows(results.references, family)
+    columns = table_columns(results, family)
     keys = [k for k in ref_rows[0] if k != "paper"]
     seeds = seed_scores(results, family)
     rows: list[dict] = []
