@@ -131,11 +131,13 @@ def reference_rows(refs: dict, family: str) -> tuple[list[str], list[dict]]:
 
 
 def table_columns(results: Results, family: str) -> list[str]:
-    """The paper's benchmark columns of `family`, then any other benchmark a run of the table was scored on
-    (the paper's Table 3 shows MMBench-EN only; a study may evaluate more, which then has no paper number)."""
+    """The paper's benchmark columns of `family`, then any other benchmark all the table's evaluated runs were
+    scored on (the paper's Table 3 shows MMBench-EN only; a study may evaluate more: no paper number there)."""
     columns, _ = reference_rows(results.references, family)
-    scored = {bench for name in results.study.tables.get(family, [])
-              for bench, entry in (results.metrics.get(name) or {}).items() if entry.get("status") == "scored"}
+    evaluated = [results.metrics[name] for name in results.study.tables.get(family, []) if name in results.metrics]
+    # Only benchmarks every evaluated run of the table was scored on: a column of "not evaluated" says nothing.
+    scored = set.intersection(*[{b for b, e in m.items() if e.get("status") == "scored"} for m in evaluated]) \
+        if evaluated else set()
     extra = sorted(scored - set(columns), key=lambda b: (BENCHMARK_ORDER.index(b) if b in BENCHMARK_ORDER else 99, b))
     return columns + extra
 

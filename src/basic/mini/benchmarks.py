@@ -507,7 +507,7 @@ pretty_name: mini {name}
 
 The embedded world's stand-in for {real}: {n} rows over generated scenes that never appear in
 training, written by `basic mini data`. Columns mirror the lmms-lab dataset lmms-eval reads for the
-real benchmark; see docs/data_card.md for what carries over and what does not.
+real benchmark; see the data card in README.md for what carries over and what does not.
 """
 
 
