@@ -184,3 +184,13 @@ def test_report_executes_a_notebook(results, tmp_path):
     html = (tmp_path / "nb" / "main.html").read_text()
     assert "Table 1" in html and "data:image/png;base64" in html
     assert report.main(["--params", str(ROOT / "params.yaml"), "--notebooks", str(ROOT / "notebooks"), "--only", "x"]) == 2
+
+
+def test_findings_state_deltas_spread_and_null_results(results):
+    text = report.findings(report.family_table(results, "main"), "main")
+    # vqav2: BASIC 56 vs 51 (seed sd sqrt 8 and sqrt 2 -> SE 2.2: beyond 2 SE? 5 > 4.5, yes); the rest flat at 40.
+    assert "- basic vicuna-7b clip-l-336: mean Δ +5.0 over 1 benchmarks (1 up, 0 down); 1 of 1 beyond twice" in text
+    assert "Paper, same benchmarks: mean Δ +0.7 (1 of 1 up)" in text
+    assert "no signal on gqa, sqa_img, mmb_en, mmb_cn" in text and "(40.0, 40.0" in text
+    ablation = report.findings(report.family_table(results, "loss_ablation"), "loss_ablation")
+    assert "- +DAS -SDS: mean Δ +2.0 over 1 benchmarks (1 up, 0 down); one seed, so no spread" in ablation

@@ -42,7 +42,7 @@ BENCHMARK_ORDER = ["vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizw
 TITLES = {
     "main": "Table 1: main results",
     "loss_ablation": "Table 2: loss ablation (Vicuna-7B)",
-    "cross_model": "Table 3: other LLMs and encoders (MMBench-EN)",
+    "cross_model": "Table 3: other LLMs and encoders (the paper: MMBench-EN only)",
     "layer_weights": "Table 4a: layer-weight schedule",
     "supervision_strength": "Table 4b: supervision strength (patch weights)",
 }
@@ -271,6 +271,34 @@ def markdown(table: pd.DataFrame, family: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def findings(table: pd.DataFrame, family: str) -> str:
+    """What the table shows, computed from it (Markdown): per row, its deltas against the baseline row and
+    whether they exceed twice their standard error from the seed spread, beside the paper's deltas; and the
+    benchmarks on which every run scores the same (no signal). Written so the notebook states a null result."""
+    scored = table[table.ours.notna()]
+    flat = [b for b, g in scored.groupby("benchmark", sort=False) if g.ours.nunique() == 1 and len(g) > 1]
+    lines = [f"**What Table {TITLES[family].split(':')[0].split()[-1]} shows** (Δ vs {_baseline_text(family)}):", ""]
+    for row, g in table[table.ours_delta.notna() & ~table.benchmark.isin(flat)].groupby("row", sort=False):
+        d = g.ours_delta.astype(float)
+        text = f"- {row}: mean Δ {d.mean():+.1f} over {len(d)} benchmarks ({(d > 0).sum()} up, {(d < 0).sum()} down)"
+        se = g.delta_se.dropna().astype(float)
+        if len(se) == len(d) and len(d):
+            beyond = int((d.abs() > 2 * se).sum())
+            text += f"; {beyond} of {len(d)} beyond twice the seed standard error"
+        else:
+            text += "; one seed, so no spread to judge it by"
+        paper = g.paper_delta.dropna().astype(float)
+        if len(paper):
+            text += f". Paper, same benchmarks: mean Δ {paper.mean():+.1f} ({(paper > 0).sum()} of {len(paper)} up)"
+        lines.append(text + ".")
+    if len(lines) == 2:
+        lines.append("- no row has both its own and its baseline's scores yet.")
+    if flat:
+        lines.append(f"- no signal on {', '.join(flat)}: every run scores the same there "
+                     f"({', '.join(_number(scored[scored.benchmark == b].ours.iloc[0]) for b in flat)}).")
+    return "\n".join(lines) + "\n"
+
+
 def _baseline_text(family: str) -> str:
     return ", ".join(f"{k}={'off' if v is False else v}" for k, v in BASELINES[family].items())
 
@@ -403,13 +431,14 @@ def plot_curves(curves: pd.DataFrame):
 
 
 def show(table: pd.DataFrame, family: str | None = None) -> None:
-    """Display the Markdown view in a notebook (print it elsewhere)."""
+    """Display the Markdown view and, for a table of the paper, its findings in a notebook (print elsewhere)."""
+    text = markdown(table, family) + ("\n" + findings(table, family) if family else "")
     try:
         from IPython.display import Markdown, display
 
-        display(Markdown(markdown(table, family)))
+        display(Markdown(text))
     except ImportError:
-        print(markdown(table, family))
+        print(text)
 
 
 def run_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict[str, Any], kernel: str = KERNEL) -> list[Path]:
