@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     progress.say(f"{'done' if code == 0 else f'failed (exit {code})'} in {progress.clock()}; tables in "
                  "results/tables/, notebooks in results/notebooks/")
     if code == 0 and not args.quick:
-        subprocess.run(dvc("status"), cwd=ROOT, env=env)
+        subprocess.run(dvc("status"), cwd=ROOT, env=env, check=False)
     return code
 
 

@@ -88,7 +88,7 @@ def test_cross_model_missing_and_not_run(results):
     assert cell(table, "siglip vicuna-13b basic", "mmb_en").status == "missing"
     assert cell(table, "siglip vicuna-13b basic", "mmb_en").paper_delta == pytest.approx(1.3)
     # five paper rows x (LLaVA-1.5, BASIC) x (MMBench-EN + the seven other benchmarks gemma was scored on)
-    assert len(table) == 80 and list(dict.fromkeys(table.benchmark))[0] == "mmb_en"
+    assert len(table) == 80 and next(iter(dict.fromkeys(table.benchmark))) == "mmb_en"
     assert cell(table, "clip-l-336 gemma-2b basic", "vqav2").ours == 40.0
     assert pd.isna(cell(table, "clip-l-336 gemma-2b basic", "vqav2").paper)
 
