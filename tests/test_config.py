@@ -100,8 +100,8 @@ def test_training_commands_mini(study):
     assert fine_flags["--version"] == "v1"
     assert fine_flags["--pretrain_mm_mlp_adapter"] == "models/basic-vicuna-13b/pretrain/mm_projector.safetensors"
     assert fine_flags["--image_aspect_ratio"] == "pad"
-    evaluate = config.command(study, "evaluate", "llava-gemma-2b")
-    assert evaluate[evaluate.index("--benchmarks") + 1] == "mmb_en"  # the run's own list
+    evaluate = config.command(study, "evaluate", "basic-decreasing-vicuna-7b")
+    assert evaluate[evaluate.index("--benchmarks") + 1] == "vqav2,mmb_en,mmvet"  # the run's own list
     evaluate = config.command(study, "evaluate", "basic-vicuna-13b")
     assert evaluate[evaluate.index("--benchmarks") + 1] == "vqav2,gqa,sqa_img,mmb_en,mmb_cn,mmvet,vizwiz,textvqa"
     baseline = config.command(study, "finetune", "llava-gemma-2b")
