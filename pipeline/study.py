@@ -50,13 +50,14 @@ def plan(quick: bool) -> list[list[str]]:
     """The study's stages as chains in dependency order: [prepare], [backbones], one chain per run, [report]."""
     sys.path.insert(0, str(ROOT / "src"))
     from basic import config
+    from basic.launch import RUN_STAGES
 
     study = config.load(ROOT / config.PARAMS_FILE)
     if quick:
         runs = [r for r in dict.fromkeys(study.tables.get("main", [])) if study.runs[r].seed == 0]
     else:
         runs = list(study.runs)
-    chains = [[f"{stage}@{run}" for stage in ("pretrain", "finetune", "evaluate")] for run in runs]
+    chains = [[f"{stage}@{run}" for stage in RUN_STAGES] for run in runs]
     return [["prepare"], ["backbones"], *chains, ["report"]]
 
 
@@ -87,7 +88,7 @@ def repro(stage: str, extra: list[str], env: dict[str, str], log: Path | None) -
 def run_chains(chains: list[list[str]], jobs: int, extra: list[str], env: dict[str, str], progress: Progress) -> int:
     """Run the chains, `jobs` at a time; each chain's stages in order. Returns the first failure's exit code."""
     pending = [list(chain) for chain in chains]
-    running: dict[subprocess.Popen, tuple[str, list[str], float]] = {}
+    running: dict[subprocess.Popen, tuple[str, list[str], float, Path | None]] = {}
     failure = 0
     while pending or running:
         while pending and len(running) < jobs and not failure:
@@ -95,20 +96,20 @@ def run_chains(chains: list[list[str]], jobs: int, extra: list[str], env: dict[s
             stage = chain.pop(0)
             progress.start(stage)
             log = None if jobs == 1 else LOGS / f"{stage}.log"
-            running[repro(stage, extra, env, log)] = (stage, chain, time.time())
+            running[repro(stage, extra, env, log)] = (stage, chain, time.time(), log)
         if failure and not running:
             break
         time.sleep(0.5)
         for process in [p for p in running if p.poll() is not None]:
-            stage, rest, began = running.pop(process)
+            stage, rest, began, log = running.pop(process)
             if process.returncode:
                 failure = failure or process.returncode
                 progress.say(f"{stage} FAILED (exit {process.returncode}) after {progress.clock(began)}")
-                if jobs > 1:
-                    tail = (LOGS / f"{stage}.log").read_text(errors="replace").splitlines()[-40:]
-                    print("\n".join(tail) + f"\nstudy: full log: {LOGS / f'{stage}.log'}", flush=True)
+                if log:
+                    tail = log.read_text(errors="replace").splitlines()[-40:]
+                    print("\n".join(tail) + f"\nstudy: full log: {log}", flush=True)
             else:
-                if jobs > 1:
+                if log:
                     progress.say(f"{stage} done in {progress.clock(began)}")
                 if rest:
                     pending.insert(0, rest)  # finish a started run before starting another

@@ -29,7 +29,6 @@ from basic.method.config import BasicArguments
 PARAMS_FILE = Path("params.yaml")
 WORLDS = ("mini", "full")
 STAGES = ("backbones", "pretrain", "finetune", "evaluate")
-RUN_STAGES = ("pretrain", "finetune", "evaluate")
 TABLES = ("main", "loss_ablation", "cross_model", "layer_weights", "supervision_strength")
 BASELINE = "llava-1.5"
 METHOD = "basic"

@@ -35,10 +35,10 @@ import pandas as pd
 import yaml
 
 from basic import config
+from basic.eval.benchmarks import benchmark_map
 
 REFERENCE_FILE = "reference_numbers.yaml"
 FAMILIES = config.TABLES
-BENCHMARK_ORDER = ["vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizwiz", "textvqa", "pope", "mme"]
 TITLES = {
     "main": "Table 1: main results",
     "loss_ablation": "Table 2: loss ablation (Vicuna-7B)",
@@ -138,7 +138,8 @@ def table_columns(results: Results, family: str) -> list[str]:
     # Only benchmarks every evaluated run of the table was scored on: a column of "not evaluated" says nothing.
     scored = set.intersection(*[{b for b, e in m.items() if e.get("status") == "scored"} for m in evaluated]) \
         if evaluated else set()
-    extra = sorted(scored - set(columns), key=lambda b: (BENCHMARK_ORDER.index(b) if b in BENCHMARK_ORDER else 99, b))
+    order = list(benchmark_map("full"))  # the benchmark map's order (the full map holds the mini one's)
+    extra = sorted(scored - set(columns), key=lambda b: (order.index(b) if b in order else len(order), b))
     return columns + extra
 
 

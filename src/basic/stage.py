@@ -6,8 +6,9 @@
 
 The command comes from `basic.config.command` (so DVC's `cmd` stays one short line per stage and
 `params.yaml` stays the only place a setting lives); it is printed, then run with this Python's scripts
-first on PATH and the profile's `env` set. After a training stage the run's training curves (loss, lm_loss, das, sds per logging step)
-are copied from trainer_state.json to results/curves/<run>/<stage>.json, which dvc.yaml declares as plots.
+first on PATH and the profile's `env` set. After a training stage the run's training curves (loss, lm_loss,
+das, sds per logging step) are copied from trainer_state.json to results/curves/<run>/<stage>.json, which
+dvc.yaml declares as plots.
 """
 
 from __future__ import annotations
