@@ -32,7 +32,8 @@ class WorldSizes:
     image_size: int = 64
     train_images: int = 4000       # LLaVA-558K stand-in captions; each also gets one LLaVA-665K record
     text_conversations: int = 600  # text-only records of the instruction mix
-    llm_docs: int = 20000          # LLM pretraining documents (a scene in words, described again, 3-5 QA turns)
+    llm_docs: int = 6000           # LLM pretraining documents (a scene in words, described again, 3-5 QA turns);
+                                   # the backbones' default 300 steps x 16 read 4,800 of them
     llm_eval: int = 600            # held-out text QA for the LLM quality metric
     bench_questions: int = 300     # per benchmark (MMBench: base questions, circular copies extra)
     probe_images: int = 1000       # held-out single-object images (60% fit, 40% test)
