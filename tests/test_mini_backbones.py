@@ -3,6 +3,7 @@ families' real architectures and chat formats, the quality metrics, and the trai
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -188,3 +189,21 @@ def test_hard_contrast_batches_differ_only_in_shapes():
     # No caption differs from another by shapes alone: random batches, still of distinct captions.
     fallback = next(contrast_batches(captions[:1] + captions[-3:], 8, np.random.default_rng(0), hard=1.0))
     assert len(fallback) == 2 and 0 in fallback.tolist()
+
+
+def test_budget_benchmark_trains_each_budget(world, tmp_path):
+    """benchmarks/backbone_budget.py: one entry per budget, with each backbone's time and quality."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_budget.py"
+    spec = importlib.util.spec_from_file_location("backbone_budget", path)
+    budget = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(budget)
+    out = tmp_path / "budget.json"
+    result = budget.main(["--data", str(world), "--names", "vicuna-7b", "clip-l-336", "--budgets", "2:1", "3:2",
+                          "--workers", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    assert [(r["llm_steps"], r["encoder_steps"]) for r in result["runs"]] == [(2, 1), (3, 2)]
+    for run in result["runs"]:
+        assert 0 <= run["backbones"]["vicuna-7b"]["text_qa_accuracy"] <= 1
+        assert 0 <= run["backbones"]["clip-l-336"]["pooled/shape"] <= 1
+    with pytest.raises(SystemExit):
+        budget.main(["--budgets", "300"])
