@@ -415,6 +415,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     train(*parse_args(argv))
+    # Tear the process group down together before exit: a rank that exits (or destroys its group) while
+    # another is still saving can abort in Gloo's threads (SIGABRT, "terminate called without an active
+    # exception", pytorch/pytorch#190489), failing a finished run. Only on success: after an error the
+    # other ranks may never reach the barrier.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
