@@ -44,8 +44,8 @@ ORDER = ("vicuna-13b", "vicuna-7b", "gemma-2b", "phi3-3.8b", "mistral-7b", "clip
 
 @dataclass(frozen=True)
 class BackboneSettings:
-    # Measured on vicuna-7b / clip-l-336: 300 LLM steps answer as well as 500 (text QA 0.55 vs 0.49, same
-    # seed) and 400 encoder steps probe as well as 600 (shape 0.41-0.45 either way), at 60-65% of the time.
+    # benchmarks/backbone_budget.py (vicuna-7b, clip-l-336, seed 0): 300 LLM / 400 encoder steps score as
+    # 500 / 600 do (text QA 0.553 vs 0.558, CLIP shape probe 0.455 vs 0.470) in 60% of the time.
     llm_steps: int = 300
     llm_batch: int = 16
     llm_lr: float = 2e-3
