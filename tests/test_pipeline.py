@@ -4,16 +4,15 @@ parameter, which must rerun that run's stages and the report and nothing else.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from basic import config
 
@@ -32,28 +31,22 @@ def _ran(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def _study_script():
+    spec = importlib.util.spec_from_file_location("study_script", ROOT / "pipeline" / "study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A copy of the checkout (what git tracks or would track), micro profile, two runs, one table, run once."""
-    work = tmp_path_factory.mktemp("study")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    for name in files:
-        source = ROOT / name
-        if source.is_file() and not name.startswith(("results/", "dvc.lock")):
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, work / name)
-    params = config.read(ROOT / "params.yaml")
-    params["profile"] = "micro"
-    params["runs"] = {name: params["runs"][name] for name in RUNS}
-    params["tables"] = {"main": list(RUNS)}
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    work = _study_script().scratch_copy(tmp_path_factory.mktemp("study") / "work", "micro", list(RUNS),
+                                        {"main": list(RUNS)})
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(work / "src"),
            "DVC_NO_ANALYTICS": "1",
            "DVC_SITE_CACHE_DIR": str(work / ".dvc-site"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "micro study"]):
-        subprocess.run(args, cwd=work, env=env, check=True)
     run = _sh([sys.executable, "pipeline/study.py", "--jobs", "2"], work, env)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     logs = "".join(log.read_text() for log in sorted((work / "logs").glob("*.log")))  # the side-by-side stages
@@ -98,3 +91,16 @@ def test_one_runs_parameter_reruns_only_that_run(study):
     metrics = _sh(["dvc", "metrics", "diff", "--all", "--json"], work, env)
     assert metrics.returncode == 0, metrics.stderr
     assert "results/metrics/basic-vicuna-7b.json" in json.loads(metrics.stdout)
+
+
+def test_quick_copy_keeps_the_main_tables_seed0_runs_on_the_quick_profile(tmp_path):
+    """`study.py --quick`'s copy: its own git repository, profile quick, the main table's four seed-0 runs."""
+    script = _study_script()
+    runs = script.main_runs(config.read(ROOT / "params.yaml"))
+    assert runs == ["llava-vicuna-7b", "basic-vicuna-7b", "llava-vicuna-13b", "basic-vicuna-13b"]
+    work = script.scratch_copy(tmp_path / "quick", "quick", runs, {"main": runs})
+    study = config.load(work / "params.yaml")
+    assert study.profile == "quick" and list(study.runs) == runs and study.tables == {"main": runs}
+    assert set(study.active.backbones["names"]) == {study.runs[r].llm for r in runs} | {study.runs[r].encoder for r in runs}
+    assert (work / ".git").is_dir() and (work / "dvc.yaml").is_file() and not (work / "results").exists()
+    assert not subprocess.run(["git", "status", "--porcelain"], cwd=work, capture_output=True, text=True).stdout
