@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch + torchvision: the pair that installs from this machine's disk and that lmms-eval accepts.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup study test clean-venv
+.PHONY: setup study quick test clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,9 @@ setup: $(BIN)/.installed
 
 study: setup
 	$(BIN)/python pipeline/study.py
+
+quick: setup  # the main table on the small quick profile, in build/quick/ (about 5 minutes)
+	$(BIN)/python pipeline/study.py --quick
 
 test: setup
 	$(BIN)/python -m pytest -q
