@@ -1,9 +1,11 @@
-"""benchmarks/gpu_check.py: its FLOPs model, and a CPU smoke run of the real code path (tiny shapes)."""
+"""benchmarks/gpu_check.py: its FLOPs model and a CPU smoke run of the real code path (tiny shapes); the
+workspace of benchmarks/launch_gpu_check.py (its GPU run itself needs CUDA)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +50,23 @@ def test_smoke_run_trains_baseline_and_basic_through_the_engine_on_cpu(tmp_path)
     assert basic["status"] == "ok", basic
     assert {"das", "sds", "lm_loss"} <= set(basic["losses_last"]) and basic["basic_layers"] == 2
     assert "step_time_ratio" in report["basic_vs_baseline"]["stage1"] and proc.returncode == 0
+
+
+def test_launch_gpu_check_workspace_launches_both_stages_as_the_full_profile_does(tmp_path):
+    """benchmarks/launch_gpu_check.py (run on a GPU): its copy's commands are the deepspeed launches of
+    `profile: full` (ZeRO-2, then ZeRO-3; bf16, tf32, gradient checkpointing) on the quick world."""
+    spec = importlib.util.spec_from_file_location("launch_gpu_check", ROOT / "benchmarks" / "launch_gpu_check.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    quick = tmp_path / "quick"
+    (quick / "data" / "quick" / "llava").mkdir(parents=True)
+    (quick / "models" / "backbones" / "vicuna-7b").mkdir(parents=True)
+    work = launch.workspace(tmp_path / "work", quick)
+    dry = subprocess.run([sys.executable, "-m", "basic.cli", "stage", "--dry"], cwd=work, capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(work / "src")}).stdout
+    commands = {line: next_line for line, next_line in zip(dry.splitlines(), dry.splitlines()[1:])}
+    for stage, zero in (("pretrain", "zero2"), ("finetune", "zero3")):
+        command = commands[f"# {stage}@{launch.RUN} (profile quick)"]
+        assert command.startswith("deepspeed --num_gpus 1 ") and command.endswith(f"--deepspeed pipeline/{zero}.json")
+        assert "--bf16 True --tf32 True --gradient_checkpointing True" in command
+        assert "--data_path data/quick/llava/" in command and "--basic_das_weight 1.0" in command
