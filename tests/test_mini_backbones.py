@@ -191,12 +191,17 @@ def test_hard_contrast_batches_differ_only_in_shapes():
     assert len(fallback) == 2 and 0 in fallback.tolist()
 
 
+def _benchmark(name: str):
+    """The script benchmarks/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_budget_benchmark_trains_each_budget(world, tmp_path):
     """benchmarks/backbone_budget.py: one entry per budget, with each backbone's time and quality."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "backbone_budget.py"
-    spec = importlib.util.spec_from_file_location("backbone_budget", path)
-    budget = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(budget)
+    budget = _benchmark("backbone_budget")
     out = tmp_path / "budget.json"
     result = budget.main(["--data", str(world), "--names", "vicuna-7b", "clip-l-336", "--budgets", "2:1", "3:2",
                           "--workers", "1", "--out", str(out)])
@@ -207,3 +212,17 @@ def test_budget_benchmark_trains_each_budget(world, tmp_path):
         assert 0 <= run["backbones"]["clip-l-336"]["pooled/shape"] <= 1
     with pytest.raises(SystemExit):
         budget.main(["--budgets", "300"])
+
+
+def test_binding_benchmark_reports_accuracy_by_object_count(world, tmp_path):
+    """benchmarks/llm_binding.py: one point per chunk, with the held-out accuracy per number of objects."""
+    binding = _benchmark("llm_binding")
+    out = tmp_path / "binding.json"
+    assert binding.main(["--tokenizer", str(world / "tokenizer"), "--steps", "4", "--every", "2", "--batch", "4",
+                         "--docs", "60", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [p["step"] for p in result["points"]] == [2, 4] and result["eval_docs"] > 0
+    for point in result["points"]:
+        assert 0 <= point["all"] <= 1 and any(key.startswith("objects/") for key in point)
+    docs = binding.documents(binding._scenes(0, "llm_train", "t", 20), ("colour",), "short", 0)
+    assert docs and all(d["turns"][0]["kind"] == "colour" and d["turns"][0]["style"] == "short" for d in docs)
