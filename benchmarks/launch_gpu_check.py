@@ -33,6 +33,9 @@ PRECISION = {"bf16": True, "tf32": True, "gradient_checkpointing": True}  # the 
 
 def workspace(dest: Path, quick: Path) -> Path:
     """`dest` with the code, the quick world and backbones, and params.yaml launching like `profile: full`."""
+    for needed in (quick / "data" / "quick", quick / "models" / "backbones"):
+        if not needed.is_dir():
+            raise SystemExit(f"launch_gpu_check: {needed} is missing: run `python pipeline/study.py --quick` first")
     for name in ("src", "pipeline"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(quick / "data" / "quick", dest / "data" / "quick")
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
+    if not torch.cuda.is_available():
+        raise SystemExit("launch_gpu_check: needs a CUDA GPU (docs/full_study.md, section 7)")
     result = {"check": "launch_gpu_check", "run": RUN, "card": torch.cuda.get_device_name(0),
               "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                            "deepspeed": deepspeed.__version__}, "precision": PRECISION}
