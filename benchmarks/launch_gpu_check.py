@@ -6,7 +6,7 @@ a few training questions. Writes launch_gpu_check.json (exit codes, wall times, 
 DAS and SDS terms, the answers) and both stages' logs.
 
     python pipeline/study.py --quick          # here: builds build/quick/{data/quick,models/backbones}
-    python benchmarks/launch_gpu_check.py --out-dir "$OUT"   # on the GPU machine
+    CHECK=benchmarks/launch_gpu_check.py bash benchmarks/gpu_check.sh --out-dir "$OUT"   # on the GPU machine
 
 It works in a temporary copy (src/, pipeline/, params.yaml with the quick profile switched to the full
 profile's launcher and precision flags), so the checkout is never touched.
@@ -51,8 +51,14 @@ def workspace(dest: Path, quick: Path) -> Path:
     return dest
 
 
+def environment(work: Path) -> dict[str, str]:
+    """This environment with the copy's src/ first on the path (the wheels' /tmp/site stays behind it)."""
+    path = [str(work / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def run_stage(work: Path, stage: str, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(work / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = environment(work)
     start = time.time()
     with (out / f"{stage}.log").open("w") as log:
         code = subprocess.call([sys.executable, "-m", "basic.cli", "stage", stage, RUN], cwd=work, env=env,
@@ -117,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = workspace(Path(tmp) / "work", args.quick)
         result["commands"] = subprocess.run([sys.executable, "-m", "basic.cli", "stage", "--dry"], cwd=work,
-                                            env={**os.environ, "PYTHONPATH": str(work / "src")},
-                                            capture_output=True, text=True).stdout.splitlines()
+                                            env=environment(work), capture_output=True, text=True,
+                                            check=True).stdout.splitlines()
         for stage in ("pretrain", "finetune"):
             result[stage] = run_stage(work, stage, args.out_dir)
             if result[stage]["exit"]:

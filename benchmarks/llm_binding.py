@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from basic.mini import language
-from basic.mini.llms import LLM_SPECS, build_llm, encode, train_llm
+from basic.mini.llms import LLM_SPECS, build_llm, encode, spec_dict, train_llm
 from basic.mini.quality import text_qa_accuracy
 from basic.mini.tokenizer import family_tokenizer
 from basic.mini.world import _scenes
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                        **{key: round(v["accuracy"], 3) for key, v in quality.items() if key.startswith(("all", "objects/"))}})
         print(json.dumps(points[-1]), flush=True)
     result = {"benchmark": "llm_binding", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "spec": LLM_SPECS[args.name].__dict__, "train_docs": len(train), "eval_docs": len(held_out), "points": points}
+              "spec": spec_dict(args.name), "train_docs": len(train), "eval_docs": len(held_out), "points": points}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
