@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTok
 from basic.data.templates import get_template
 from basic.mini.backbones import ORDER
 from basic.mini.cli import backbones_main, data_main
-from basic.mini.encoders import contrast_batches
+from basic.mini.encoders import contrast_batches, mixed_batches, object_batches, pixel_digest
 from basic.mini.llms import (
     LLM_SPECS,
     LLMSpec,
@@ -26,7 +26,7 @@ from basic.mini.llms import (
     train_llm,
 )
 from basic.mini.quality import linear_probe, text_qa_accuracy
-from basic.mini.scenes import SHAPES
+from basic.mini.scenes import COLOURS, SHAPES, SIZES
 from basic.mini.tokenizer import family_tokenizer
 from basic.testing import FAMILIES
 
@@ -46,7 +46,7 @@ def world(tmp_path_factory) -> Path:
 def backbones(world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mini") / "backbones"
     assert backbones_main(["--data", str(world), "--out", str(out), "--llm-steps", "3", "--llm-batch", "8",
-                           "--encoder-steps", "2", "--encoder-batch", "16", "--workers", "1", "--threads", "1"]) == 0
+                           "--clip-steps", "2", "--siglip-steps", "2", "--encoder-batch", "16", "--workers", "1", "--threads", "1"]) == 0
     return out
 
 
@@ -189,6 +189,32 @@ def test_hard_contrast_batches_differ_only_in_shapes():
     # No caption differs from another by shapes alone: random batches, still of distinct captions.
     fallback = next(contrast_batches(captions[:1] + captions[-3:], 8, np.random.default_rng(0), hard=1.0))
     assert len(fallback) == 2 and 0 in fallback.tolist()
+
+
+def test_object_batches_are_single_objects_with_distinct_captions():
+    images, captions = next(object_batches(20, np.random.default_rng(0), 32))
+    assert len(images) == len(set(captions)) == 20 and images[0].size == (32, 32)
+    words = [caption.split() for caption in captions]
+    assert all(w[0] == "a" and w[1] in SIZES and w[2] in COLOURS and w[3] in SHAPES for w in words)
+    for g in range(0, 20, len(SHAPES)):  # groups of one size and colour in every shape
+        assert len({(w[1], w[2]) for w in words[g:g + 4]}) == 1 and {w[3] for w in words[g:g + 4]} == set(SHAPES)
+    # More than there are distinct captions: capped, not an endless loop.
+    _, captions = next(object_batches(1000, np.random.default_rng(0), 32))
+    assert len(captions) == len(set(captions)) == len(SIZES) * len(COLOURS) * len(SHAPES)
+    # Re-rendering a held-out (probe) image is an error, never a silent overlap.
+    with pytest.raises(AssertionError, match="equals a probe image"):
+        next(object_batches(20, np.random.default_rng(0), 32, frozenset({pixel_digest(images[3])})))
+
+
+def test_mixed_batches_draw_both_sources():
+    pixel_values, input_ids = torch.zeros(8, 3, 4, 4), torch.arange(8)[:, None].repeat(1, 5)
+    captions = [f"caption {i}" for i in range(8)]
+    objects = iter(lambda: ([None] * 4, ["x"] * 4), None)
+    batches = mixed_batches(pixel_values, input_ids, captions, objects, lambda texts: torch.full((len(texts), 5), -1),
+                            lambda images: torch.ones(len(images), 3, 4, 4), 4, np.random.default_rng(0), 0.5)
+    kinds = [int(next(batches)[1][0, 0]) == -1 for _ in range(40)]
+    assert 10 < sum(kinds) < 30  # about half object batches, half scene batches
+    assert all(len(next(batches)[0]) == 4 for _ in range(5))
 
 
 def _benchmark(name: str):

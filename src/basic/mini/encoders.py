@@ -1,20 +1,23 @@
 """The two mini vision encoders: a CLIP (contrastive) and a SigLIP (sigmoid) model trained on image-caption pairs.
 
 Both are the real transformers classes (`CLIPModel`, `SiglipModel`) trained with their own
-`return_loss=True` objectives on the LLaVA-558K stand-in (training images and their captions), and
-saved whole, with image processor and tokenizer, as the hub checkpoints are; LLaVA keeps only the
-vision tower. The text towers read the world's tokenizer, dressed as each original does it: CLIP adds
+`return_loss=True` objectives, and saved whole, with image processor and tokenizer, as the hub checkpoints are; LLaVA keeps only the
+vision tower. Their image-caption pairs are the LLaVA-558K stand-in's (training scenes and captions) and,
+for most batches, freshly rendered single-object scenes with distinct captions (`object_batches`), as CLIP
+and SigLIP were pretrained on their own corpora, not on LLaVA's. The text towers read the world's tokenizer, dressed as each original does it: CLIP adds
 a start token and pools at the first end-of-text token; SigLIP pads to a fixed length and pools the
 last position.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, processors
 from tqdm.auto import tqdm
 from transformers import (
@@ -29,9 +32,10 @@ from transformers import (
 )
 
 from basic.mini.optim import adamw_warmup_cosine
-from basic.mini.scenes import SHAPES
+from basic.mini.language import caption
+from basic.mini.scenes import COLOURS, SHAPES, SIZES, SceneSampler, render
 
-TEXT_LENGTH = 40  # captions are at most ~30 tokens
+TEXT_LENGTH = 32  # the longest caption (four objects and a sign) is 27 tokens, 29 with the special ones
 
 
 @dataclass(frozen=True)
@@ -119,20 +123,62 @@ def contrast_batches(captions: list[str], batch_size: int, rng: np.random.Genera
         yield torch.tensor(batch)
 
 
-def train_encoder(model: PreTrainedModel, pixel_values: torch.Tensor, input_ids: torch.Tensor, captions: list[str],
-                  steps: int, batch_size: int, lr: float, seed: int, hard: float = 0.75, desc: str = "encoder",
+def object_batches(batch_size: int, rng: np.random.Generator, image_size: int,
+                   held_out: frozenset[str] = frozenset()):
+    """Endless batches of freshly drawn single-object scenes, as (images, captions): `batch_size // 4`
+    distinct (size, colour) pairs, each drawn once in every shape ("a large red circle", "a large red
+    square", ...), at its own place. Every image's hardest rivals, its shape siblings, share its batch, so
+    the contrastive loss can only fall by telling shapes apart: what teaches the encoders shape (on scene
+    captions alone their shape probe stayed near 0.45). `held_out`: `pixel_digest`s of the probe images;
+    rendering one of them again is an error."""
+    sampler = SceneSampler(rng, "encoder-object-", text_prob=0.0)
+    pairs = [(size, colour) for size in SIZES for colour in COLOURS]
+    groups = min(max(1, batch_size // len(SHAPES)), len(pairs))
+    while True:
+        images, captions = [], []
+        for k in rng.permutation(len(pairs))[:groups]:
+            size, colour = pairs[int(k)]
+            for shape in SHAPES:
+                scene = sampler.sample(n_objects=1, shape=shape, colour=colour, size=size)
+                image = render(scene, image_size)
+                if pixel_digest(image) in held_out:
+                    raise AssertionError(f"encoder training image {scene.id} equals a probe image")
+                images.append(image)
+                captions.append(caption(scene, rng))
+        yield images, captions
+
+
+def pixel_digest(image: Image.Image) -> str:
+    return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
+
+
+def mixed_batches(pixel_values: torch.Tensor, input_ids: torch.Tensor, captions: list[str], objects, tokenize,
+                  process, batch_size: int, rng: np.random.Generator, object_share: float, hard: float = 0.75):
+    """Endless (pixel_values, input_ids) batches: a share `object_share` from `objects` (`object_batches`,
+    processed and tokenised here), the rest from the scene-caption pairs by `contrast_batches`."""
+    scenes = contrast_batches(captions, batch_size, rng, hard)
+    while True:
+        if rng.random() < object_share:
+            images, texts = next(objects)
+            yield process(images), tokenize(texts)
+        else:
+            idx = next(scenes)
+            yield pixel_values[idx], input_ids[idx]
+
+
+def train_encoder(model: PreTrainedModel, batches, steps: int, lr: float, desc: str = "encoder",
                   position: int = 0) -> list[float]:
-    """`steps` AdamW steps of the model's own image-text loss on `contrast_batches`; returns the losses.
-    Many small batches beat few large ones here: shape is learnt only after several hundred updates."""
-    batches = contrast_batches(captions, batch_size, np.random.default_rng(seed), hard)
+    """`steps` AdamW steps of the model's own image-text loss on `batches` ((pixel_values, input_ids)
+    pairs, e.g. `mixed_batches`); returns the losses. Many small batches beat few large ones here: shape
+    is learnt only after about a thousand updates."""
     opt, sched = adamw_warmup_cosine(model, lr, steps, warmup=0.1, weight_decay=0.05, floor=0.0)
     model.train()
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, position=position, leave=True, mininterval=2.0)
     for _ in bar:
-        idx = next(batches)
+        pixel_values, input_ids = next(batches)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=input_ids[idx], pixel_values=pixel_values[idx], return_loss=True).loss
+            loss = model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True).loss
         loss.float().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

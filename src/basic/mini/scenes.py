@@ -116,7 +116,7 @@ class SceneSampler:
                            "the world is too small for this many held-out scenes")
 
     def _draw(self, n_objects: int | None, text: bool | None, quality: str | None,
-              shape: str | None = None, colour: str | None = None) -> Scene:
+              shape: str | None = None, colour: str | None = None, size: str | None = None) -> Scene:
         rng = self.rng
         has_text = bool(rng.random() < self.text_prob) if text is None else text
         sign_row = int(rng.choice([0, GRID - 1])) if has_text else None
@@ -127,15 +127,16 @@ class SceneSampler:
         objects = []
         for k, idx in enumerate(chosen):
             row, col = cells[int(idx)]
-            size = SIZES[int(rng.integers(len(SIZES)))]
-            r = RADIUS[size]
+            drawn_size = SIZES[int(rng.integers(len(SIZES)))]  # drawn even when forced: same stream either way
+            size_k = size if (size and k == 0) else drawn_size
+            r = RADIUS[size_k]
             slack = 1 / (2 * GRID) - r - 0.015  # keep the shape inside its cell
             x = (col + 0.5) / GRID + float(rng.uniform(-slack, slack))
             y = (row + 0.5) / GRID + float(rng.uniform(-slack, slack))
             name = colour if (colour and k == 0) else str(rng.choice(list(COLOURS)))
             rgb = tuple(int(np.clip(v + rng.integers(-18, 19), 0, 255)) for v in COLOURS[name])
             objects.append(Obj(shape=shape if (shape and k == 0) else str(rng.choice(SHAPES)),
-                               colour=name, size=size, row=row, col=col,
+                               colour=name, size=size_k, row=row, col=col,
                                x=round(x, 4), y=round(y, 4), rgb=rgb))
         u = rng.random()
         q = quality or ("dark" if u < self.dark_prob else

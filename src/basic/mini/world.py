@@ -36,7 +36,7 @@ class WorldSizes:
                                    # the backbones' default 300 steps x 16 read 4,800 of them
     llm_eval: int = 600            # held-out text QA for the LLM quality metric
     bench_questions: int = 300     # per benchmark (MMBench: base questions, circular copies extra)
-    probe_images: int = 1000       # held-out single-object images (60% fit, 40% test)
+    probe_images: int = 2000       # held-out single-object images (60% fit, 40% test)
     vocab_size: int = 2048
     max_objects: int = 4
 
