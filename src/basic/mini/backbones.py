@@ -51,7 +51,7 @@ class BackboneSettings:
     llm_steps: int = 300
     llm_batch: int = 16
     llm_lr: float = 2e-3
-    clip_steps: int = 1500
+    clip_steps: int = 1300
     siglip_steps: int = 1900  # SigLIP (sigmoid loss, batch 32) learns shape later than CLIP
     encoder_batch: int = 32
     encoder_lr: float = 1e-3
@@ -108,21 +108,16 @@ def _encoder_job(name: str, data: Path, out: Path, seed: int, s: BackboneSetting
     def process(batch: list[Image.Image]) -> torch.Tensor:
         return processor(images=batch, return_tensors="pt")["pixel_values"]
 
-    def tokenize(texts: list[str], padding: str = "max_length") -> torch.Tensor:
-        return tokenizer(texts, padding=padding, max_length=TEXT_LENGTH, truncation=True,
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                          return_tensors="pt")["input_ids"]
-
-    # CLIP's causal text tower pools at the first end-of-text token, so padding short captions only to the
-    # longest in the batch changes nothing but the cost; SigLIP pools the last position of a fixed length.
-    object_padding = "longest" if spec.kind == "clip" else "max_length"
 
     probe = datasets.Dataset.from_parquet(str(data / "probe" / "probe.parquet"))
     probe_images = [im.convert("RGB") for im in probe["image"]]
     rng = np.random.default_rng(_seed(seed, name))
     objects = object_batches(s.encoder_batch, rng, size, frozenset(pixel_digest(im) for im in probe_images))
-    batches = mixed_batches(process(images), tokenize(captions), captions, objects,
-                            lambda texts: tokenize(texts, object_padding), process, s.encoder_batch, rng,
-                            s.encoder_object_share)
+    batches = mixed_batches(process(images), tokenize(captions), captions, objects, tokenize, process,
+                            s.encoder_batch, rng, s.encoder_object_share)
     steps = s.clip_steps if spec.kind == "clip" else s.siglip_steps
     losses = train_encoder(model, batches, steps, s.encoder_lr, desc=name, position=position)
     probe_pixels = process(probe_images)

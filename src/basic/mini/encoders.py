@@ -35,7 +35,7 @@ from basic.mini.optim import adamw_warmup_cosine
 from basic.mini.language import caption
 from basic.mini.scenes import COLOURS, SHAPES, SIZES, SceneSampler, render
 
-TEXT_LENGTH = 32  # the longest caption (four objects and a sign) is 27 tokens, 29 with the special ones
+TEXT_LENGTH = 40  # the longest caption (four objects and a sign) is 27 tokens, 29 with the special ones
 
 
 @dataclass(frozen=True)

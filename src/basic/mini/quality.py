@@ -65,4 +65,4 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
     opt.step(closure)
     with torch.no_grad():
-        return float((probe(test_x).argmax(-1) == test_y).float().mean())
+        return (probe(test_x).argmax(-1) == test_y).sum().item() / len(test_y)  # exact: 720/800 is 0.9
