@@ -1,13 +1,14 @@
 """Quality against training budget of the mini backbones: `basic mini backbones` at several step counts, JSON out.
 
     python benchmarks/backbone_budget.py [--data data/mini] [--names vicuna-7b clip-l-336]
-                                         [--budgets 300:400 500:600] [--out JSON]
+                                         [--budgets 300:1300 500:1900] [--out JSON]
 
-Each budget `LLM_STEPS:ENCODER_STEPS` (the encoder steps for CLIP and SigLIP alike) trains the named backbones with `basic.mini.backbones.build_backbones`
-(the code the pipeline's backbones stage runs, same seed and workers) into a temporary directory and records
-each backbone's wall time and held-out quality (LLM text-QA accuracy, encoder linear probes). The committed
-result is the measurement behind the LLM default (300 steps: 500 bought no quality); it predates the encoders'
-single-object batches, so its encoder numbers are those of the older recipe (scene captions only).
+Each budget `LLM_STEPS:ENCODER_STEPS` (the encoder steps for CLIP and SigLIP alike) trains the named
+backbones with `basic.mini.backbones.build_backbones` (the code the pipeline's backbones stage runs, same
+seed and workers) into a temporary directory and records each backbone's wall time and held-out quality
+(LLM text-QA accuracy, encoder linear probes). The committed result is the measurement behind the LLM
+default (300 steps: 500 bought no quality); it predates the encoders' single-object batches, so its
+encoder numbers are those of the older recipe (scene captions only).
 Needs the world (`basic mini data --out data/mini`, or the pipeline's prepare stage).
 """
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/mini"))
     parser.add_argument("--names", nargs="+", default=["vicuna-7b", "clip-l-336"])
-    parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[(300, 400), (500, 600)])
+    parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[(300, 1300), (500, 1900)])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=BackboneSettings.workers, help="as `basic mini backbones`")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backbone_budget.json"))

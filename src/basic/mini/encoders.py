@@ -1,12 +1,12 @@
 """The two mini vision encoders: a CLIP (contrastive) and a SigLIP (sigmoid) model trained on image-caption pairs.
 
 Both are the real transformers classes (`CLIPModel`, `SiglipModel`) trained with their own
-`return_loss=True` objectives, and saved whole, with image processor and tokenizer, as the hub checkpoints are; LLaVA keeps only the
-vision tower. Their image-caption pairs are the LLaVA-558K stand-in's (training scenes and captions) and,
-for most batches, freshly rendered single-object scenes with distinct captions (`object_batches`), as CLIP
-and SigLIP were pretrained on their own corpora, not on LLaVA's. The text towers read the world's tokenizer, dressed as each original does it: CLIP adds
-a start token and pools at the first end-of-text token; SigLIP pads to a fixed length and pools the
-last position.
+`return_loss=True` objectives, and saved whole, with image processor and tokenizer, as the hub
+checkpoints are; LLaVA keeps only the vision tower. Their image-caption pairs are, for most batches,
+freshly rendered single objects (`object_batches`), and otherwise the LLaVA-558K stand-in's scenes and
+captions: CLIP and SigLIP, too, were pretrained on corpora of their own, not on LLaVA's. The text towers
+read the world's tokenizer, dressed as each original does it: CLIP adds a start token and pools at the
+first end-of-text token; SigLIP pads to a fixed length and pools the last position.
 """
 
 from __future__ import annotations
@@ -149,6 +149,7 @@ def object_batches(batch_size: int, rng: np.random.Generator, image_size: int,
 
 
 def pixel_digest(image: Image.Image) -> str:
+    """sha256 of an image's RGB pixels (PNG bytes would depend on the encoder's settings)."""
     return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
 
 
