@@ -31,10 +31,10 @@ from basic.mini import language
 from basic.mini.llms import LLM_SPECS, build_llm, encode, spec_dict, train_llm
 from basic.mini.quality import text_qa_accuracy
 from basic.mini.tokenizer import family_tokenizer
-from basic.mini.world import _scenes
+from basic.mini.world import TRAIN_SCENES, _scenes
 
 ROOT = Path(__file__).resolve().parents[1]
-CLEAR = {"text_prob": 0.3, "dark_prob": 0.0, "blurry_prob": 0.0}
+CLEAR = {**TRAIN_SCENES, "dark_prob": 0.0, "blurry_prob": 0.0}  # the training scenes, none too dark or blurry
 
 
 def documents(scenes, kinds: tuple[str, ...], style: str, seed: int) -> list[dict]:
