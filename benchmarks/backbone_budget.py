@@ -1,7 +1,7 @@
 """Quality against training budget of the mini backbones: `basic mini backbones` at several step counts, JSON out.
 
     python benchmarks/backbone_budget.py [--data data/mini] [--names vicuna-7b clip-l-336]
-                                         [--budgets 300:1300 500:1900] [--out JSON]
+                                         [--budgets 300:2000 500:2600] [--out JSON]
 
 Each budget `LLM_STEPS:ENCODER_STEPS` (the encoder steps for CLIP and SigLIP alike) trains the named
 backbones with `basic.mini.backbones.build_backbones` (the code the pipeline's backbones stage runs, same
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/mini"))
     parser.add_argument("--names", nargs="+", default=["vicuna-7b", "clip-l-336"])
-    parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[(300, 1300), (500, 1900)])
+    parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[(300, 2000), (500, 2600)])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=BackboneSettings.workers, help="as `basic mini backbones`")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backbone_budget.json"))

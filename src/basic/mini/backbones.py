@@ -51,8 +51,8 @@ class BackboneSettings:
     llm_steps: int = 300
     llm_batch: int = 16
     llm_lr: float = 2e-3
-    clip_steps: int = 1300
-    siglip_steps: int = 1900  # SigLIP (sigmoid loss, batch 32) learns shape later than CLIP
+    clip_steps: int = 2000
+    siglip_steps: int = 2600  # SigLIP (sigmoid loss, batch 32) learns shape later and less evenly than CLIP
     encoder_batch: int = 32
     encoder_lr: float = 1e-3
     encoder_object_share: float = 0.85  # of the encoder batches: fresh single-object scenes (object_batches)

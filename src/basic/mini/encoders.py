@@ -31,7 +31,7 @@ from transformers import (
     SiglipModel,
 )
 
-from basic.mini.optim import adamw_warmup_cosine
+from basic.mini.optim import EAGER, adamw_warmup_cosine
 from basic.mini.language import caption
 from basic.mini.scenes import COLOURS, SHAPES, SIZES, SceneSampler, render
 
@@ -96,6 +96,7 @@ def build_encoder(spec: EncoderSpec, tokenizer: PreTrainedTokenizerFast, image_s
         processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
     else:
         raise ValueError(f"unknown encoder kind {spec.kind!r}; known: clip, siglip")
+    model.set_attn_implementation(EAGER)
     return model, processor
 
 

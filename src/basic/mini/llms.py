@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from basic.data.templates import get_template
-from basic.mini.optim import adamw_warmup_cosine
+from basic.mini.optim import EAGER, adamw_warmup_cosine
 from basic.testing import FAMILIES
 
 
@@ -69,7 +69,9 @@ def build_llm(spec: LLMSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> P
     if spec.family == "mistral":
         kwargs["sliding_window"] = None  # Mistral-7B-Instruct-v0.2 (the template's version) has none
     torch.manual_seed(seed)
-    return model_cls(config_cls(**kwargs))
+    model = model_cls(config_cls(**kwargs))
+    model.set_attn_implementation(EAGER)
+    return model
 
 
 def generation_config(tokenizer: PreTrainedTokenizerFast, family: str) -> GenerationConfig:
