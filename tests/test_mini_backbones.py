@@ -250,5 +250,13 @@ def test_binding_benchmark_reports_accuracy_by_object_count(world, tmp_path):
     assert [p["step"] for p in result["points"]] == [2, 4] and result["eval_docs"] > 0
     for point in result["points"]:
         assert 0 <= point["all"] <= 1 and any(key.startswith("objects/") for key in point)
+    # The hop-by-hop auxiliary losses train too; they need colour questions and three layers or more.
+    circuit = tmp_path / "circuit.json"
+    assert binding.main(["--tokenizer", str(world / "tokenizer"), "--steps", "2", "--every", "2", "--batch", "4",
+                         "--docs", "60", "--circuit", "prev,query,match", "--out", str(circuit)]) == 0
+    assert json.loads(circuit.read_text())["args"]["circuit"] == "prev,query,match"
+    for bad in (["--circuit", "attend"], ["--circuit", "prev", "--kinds", "shape"], ["--circuit", "prev", "--name", "gemma-2b"]):
+        with pytest.raises(SystemExit):
+            binding.main(["--tokenizer", str(world / "tokenizer"), *bad])
     docs = binding.documents(binding._scenes(0, "llm_train", "t", 20), ("colour",), "short", 0)
     assert docs and all(d["turns"][0]["kind"] == "colour" and d["turns"][0]["style"] == "short" for d in docs)
