@@ -8,7 +8,8 @@ backbones with `basic.mini.backbones.build_backbones` (the code the pipeline's b
 seed and workers) into a temporary directory and records each backbone's wall time and held-out quality
 (LLM text-QA accuracy, encoder linear probes). The committed result is the measurement behind the LLM
 default (300 steps: 500 bought no quality); it predates the encoders' single-object batches, so its
-encoder numbers are those of the older recipe (scene captions only).
+encoder numbers are those of the older recipe (scene captions only), and all of it ran with SDPA attention
+(the backbones now train eager, see basic.mini.optim).
 Needs the world (`basic mini data --out data/mini`, or the pipeline's prepare stage).
 """
 

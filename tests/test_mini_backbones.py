@@ -70,6 +70,7 @@ def test_llms_load_with_auto_classes_and_chat(backbones, name):
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     assert type(model).__name__ == ARCHITECTURES[name]
+    assert model.config._attn_implementation == "sdpa"  # trained eager; BASIC's attention capture needs SDPA
     assert model.config.num_hidden_layers % 2 == 0
     assert "<image>" not in tok.get_vocab()
     family = LLM_SPECS[name].family
@@ -95,7 +96,7 @@ def test_vicuna_13b_is_deeper_and_wider(backbones):
 def test_encoders_load_with_auto_classes(backbones, world, name, cls):
     model = AutoModel.from_pretrained(backbones / name)
     processor = AutoProcessor.from_pretrained(backbones / name)
-    assert type(model).__name__ == cls
+    assert type(model).__name__ == cls and model.config.vision_config._attn_implementation == "sdpa"
     from PIL import Image
     image = Image.open(next((world / "images" / "train").glob("*.png")))
     inputs = processor(images=[image], text=["a large red circle"], padding="max_length", return_tensors="pt")
