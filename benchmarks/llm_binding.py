@@ -31,6 +31,7 @@ question kind and one description format.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -40,8 +41,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from basic.mini import language
-from basic.mini.llms import LLM_SPECS, build_llm, collate, encode, length_grouped_batches, spec_dict, train_llm
-from basic.mini.optim import adamw_warmup_cosine
+from basic.mini.llms import LLM_SPECS, build_llm, encode, spec_dict, train_llm
 from basic.mini.quality import text_qa_accuracy
 from basic.mini.scenes import SHAPES
 from basic.mini.tokenizer import family_tokenizer
@@ -69,28 +69,25 @@ CIRCUIT_TERMS = ("prev", "query", "match")
 
 
 def circuit_loss(model, items, out, shape_ids: set[int], terms: tuple[str, ...]) -> torch.Tensor:
-    """The `--circuit` auxiliary losses (see the module docstring) for one batch's model output `out`."""
-    prev, query, match = ([], [], []), ([], [], []), []
+    """The `--circuit` auxiliary losses (see the module docstring) for one batch's base-model output `out`."""
+    prev, query, match = [], [], []
     for row, item in enumerate(items):
         answer = item.targets[0] - 1  # the position that predicts the answer
         shapes = [i for i in range(answer) if item.ids[i] in shape_ids]
         asked, described = shapes[-1], shapes[:-1]  # the question's shape word comes last
-        for i in described:
-            for part, value in zip(prev, (row, i, item.ids[i - 1])):
-                part.append(value)
-        for part, value in zip(query, (row, answer, item.ids[asked])):
-            part.append(value)
+        prev += [(row, i, item.ids[i - 1]) for i in described]
+        query.append((row, answer, item.ids[asked]))
         match.append((row, answer, [i for i in described if item.ids[i] == item.ids[asked]]))
 
-    def lens(hidden, rows, cols, targets):
-        logits = model.lm_head(model.model.norm(hidden[torch.tensor(rows), torch.tensor(cols)].float()))
-        return torch.nn.functional.cross_entropy(logits, torch.tensor(targets))
+    def lens(hidden, triples):
+        rows, cols, targets = (torch.tensor(column) for column in zip(*triples))
+        return torch.nn.functional.cross_entropy(model.lm_head(model.model.norm(hidden[rows, cols].float())), targets)
 
     loss = torch.zeros(())
     if "prev" in terms:
-        loss = loss + lens(out.hidden_states[1], *prev)
+        loss = loss + lens(out.hidden_states[1], prev)
     if "query" in terms:
-        loss = loss + lens(out.hidden_states[2], *query)
+        loss = loss + lens(out.hidden_states[2], query)
     if "match" in terms:
         attention = out.attentions[2][:, 0].float()
         loss = loss - torch.stack([torch.log(attention[r, a, cols].sum() + 1e-6) for r, a, cols in match]).mean()
@@ -103,30 +100,6 @@ def shape_token_ids(tokenizer) -> set[int]:
     if any(len(i) != 1 for i in ids):
         raise ValueError(f"--circuit needs one token per shape word; got {dict(zip(SHAPES, ids))}")
     return {i[0] for i in ids}
-
-
-def train_circuit(model, items, steps: int, batch_size: int, lr: float, seed: int, pad: int,
-                  terms: tuple[str, ...], shape_ids: set[int]) -> list[float]:
-    """`train_llm`'s loop (answer-token loss, AdamW, warmup and cosine) plus `circuit_loss`."""
-    rng = np.random.default_rng(seed)
-    opt, sched = adamw_warmup_cosine(model, lr, steps, 0.06, weight_decay=0.01)
-    model.train()
-    losses, batches = [], []
-    for _ in range(steps):
-        batches = batches or length_grouped_batches(items, batch_size, rng)
-        batch = [items[i] for i in batches.pop()]
-        ids, rows, cols, targets = collate(batch, pad)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.model(input_ids=ids, output_hidden_states=True, output_attentions="match" in terms)
-        loss = torch.nn.functional.cross_entropy(model.lm_head(out.last_hidden_state[rows, cols].float()), targets)
-        (loss + circuit_loss(model, batch, out, shape_ids, terms)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    return losses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     train = encode(documents(train_scenes, kinds, args.style, args.seed), tokenizer, spec.family)
     held_out = encode(documents(eval_scenes, kinds, args.style, args.seed + 1), tokenizer, spec.family)
     model = build_llm(spec, tokenizer, args.seed)
+    aux_loss = None
+    if terms:
+        aux_loss = functools.partial(circuit_loss, shape_ids=shape_token_ids(tokenizer), terms=terms)
     start, points = time.time(), []
     for chunk in range(args.steps // args.every):
-        if terms:
-            losses = train_circuit(model, train, args.every, args.batch, args.lr, args.seed + chunk, pad, terms,
-                                   shape_token_ids(tokenizer))
-        else:
-            losses = train_llm(model, train, args.every, args.batch, args.lr, args.seed + chunk, pad, desc=args.name)
+        losses = train_llm(model, train, args.every, args.batch, args.lr, args.seed + chunk, pad, desc=args.name,
+                           aux_loss=aux_loss)
         quality = text_qa_accuracy(model, held_out, pad)
         points.append({"step": (chunk + 1) * args.every, "train_s": round(time.time() - start, 1),
                        "loss": round(float(np.mean(losses[-20:])), 4),

@@ -41,7 +41,7 @@ from basic.mini.scenes import COLOURS, SHAPES
 from basic.mini.tokenizer import family_tokenizer
 
 GOALS = {"llm_text_qa_accuracy": 0.70, "encoder_probe_accuracy": 0.90}
-# Longest first, so that two workers finish together.
+# Longest first, roughly (the encoders, then the LLMs by size), so that two workers finish close together.
 ORDER = ("siglip", "clip-l-336", "vicuna-13b", "vicuna-7b", "gemma-2b", "phi3-3.8b", "mistral-7b")
 
 

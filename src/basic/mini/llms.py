@@ -15,6 +15,7 @@ cosine decay. Answering needs copying words from the scene description; the pret
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -155,8 +156,11 @@ def collate(items: list[Encoded], pad_id: int):
 
 
 def train_llm(model: PreTrainedModel, items: list[Encoded], steps: int, batch_size: int, lr: float,
-              seed: int, pad_id: int, warmup: float = 0.06, desc: str = "llm", position: int = 0) -> list[float]:
-    """Train on the answer tokens of `items` for `steps` AdamW steps; returns the loss per step."""
+              seed: int, pad_id: int, warmup: float = 0.06, desc: str = "llm", position: int = 0,
+              aux_loss: Callable | None = None) -> list[float]:
+    """Train on the answer tokens of `items` for `steps` AdamW steps; returns the answer loss per step.
+    `aux_loss(model, batch_items, output)`, if given, is added to it, with the base model's output carrying
+    hidden states and attentions (benchmarks/llm_binding.py's circuit terms)."""
     rng = np.random.default_rng(seed)
     opt, sched = adamw_warmup_cosine(model, lr, steps, warmup, weight_decay=0.01)
     model.train()
@@ -166,12 +170,14 @@ def train_llm(model: PreTrainedModel, items: list[Encoded], steps: int, batch_si
     for _ in bar:
         if not batches:
             batches = length_grouped_batches(items, batch_size, rng)
-        ids, rows, cols, targets = collate([items[i] for i in batches.pop()], pad_id)
+        batch = [items[i] for i in batches.pop()]
+        ids, rows, cols, targets = collate(batch, pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            hidden = model.model(input_ids=ids).last_hidden_state
-        logits = model.lm_head(hidden[rows, cols].float())
+            out = model.model(input_ids=ids, output_hidden_states=aux_loss is not None,
+                              output_attentions=aux_loss is not None)
+        logits = model.lm_head(out.last_hidden_state[rows, cols].float())
         loss = torch.nn.functional.cross_entropy(logits, targets)
-        loss.backward()
+        (loss + aux_loss(model, batch, out) if aux_loss else loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
