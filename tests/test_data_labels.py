@@ -1,10 +1,10 @@
-"""Label masks per template: exactly the answers and their end-of-turn token are supervised, decoded back."""
+"""Label masks per template: exactly what a model generates (answer lead, answer, end of turn) is supervised."""
 
 from __future__ import annotations
 
 import pytest
 
-from basic.data.labels import IGNORE_INDEX, SkipSample, encode, render
+from basic.data.labels import IGNORE_INDEX, SkipSample, answer_lead, encode, render
 from basic.data.templates import IMAGE_TOKEN, VICUNA_SYSTEM, get_template
 from basic.model import load_tokenizer
 
@@ -55,12 +55,10 @@ def test_exactly_the_answers_and_end_of_turn_are_supervised(template_name, token
     conversations = CAPTION if template_name == "plain" else ROUNDS
     encoded = encode_with(template_name, tokenizer, conversations)
     end = template.end_of_turn_for(tokenizer)
-    answers = [turn["value"] + end for turn in conversations if turn["from"] == "gpt"]
-    runs = supervised_runs(encoded, tokenizer)
-    assert len(runs) == len(answers)
-    for run, answer in zip(runs, answers):
-        # a byte-level token may carry the space that separates the answer from the prompt
-        assert run in (answer, " " + answer), (run, answer)
+    lead = answer_lead(template, tokenizer)
+    assert lead == (" " if template_name == "v1" else "")  # v1: "ASSISTANT:" prompts, "ASSISTANT: red" answers
+    answers = [lead + turn["value"] + end for turn in conversations if turn["from"] == "gpt"]
+    assert supervised_runs(encoded, tokenizer) == answers
     image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     image_positions = [i for i, t in enumerate(encoded.input_ids) if t == image_token]
     assert len(image_positions) == N_IMAGE_TOKENS
@@ -77,7 +75,27 @@ def test_plain_and_v1_render_llavas_exact_prompts(tokenizers):
         f"<s>{VICUNA_SYSTEM} USER: <image>\nwhat colour is the shape ? ASSISTANT: red</s>"
         "USER: how many objects are there ? ASSISTANT: two large objects</s>"
     )
-    assert [text[a:b] for a, b in spans] == ["red</s>", "two large objects</s>"]
+    assert [text[a:b] for a, b in spans] == [" red</s>", " two large objects</s>"]
+
+
+@pytest.mark.parametrize("template_name", sorted(set(CASES) - {"plain"}))
+@pytest.mark.parametrize("answer", ["B", "red", "紫色", "unanswerable"])
+def test_supervision_starts_where_the_generation_prompt_ends(template_name, answer, tokenizers):
+    """Everything a model must generate after the prompt is a target: with v1, a byte-level tokenizer
+    writes "ASSISTANT: B" as ":", "Ġ", "B", and an unsupervised "Ġ" would tell the model, as input, that
+    the answer is not "ĠA" (the mini LLMs' multiple-choice accuracy was inflated so)."""
+    tokenizer = tokenizers[CASES[template_name]]
+    template = get_template(template_name)
+    question = [{"from": "human", "value": "which option ?"}]
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "which option ?"}],
+                                           chat_template=template.jinja, add_generation_prompt=True, tokenize=False)
+    text, spans = render(template, tokenizer, question + [{"from": "gpt", "value": answer}], has_image=False)
+    assert text.startswith(prompt) and spans[0][0] == len(prompt)
+    encoded = encode_with(template_name, tokenizer, question + [{"from": "gpt", "value": answer}], has_image=False)
+    prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    first = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
+    assert encoded.input_ids[:prompt_tokens] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert first == prompt_tokens
 
 
 def test_text_only_sample_has_no_image_tokens(tokenizers):
@@ -85,7 +103,7 @@ def test_text_only_sample_has_no_image_tokens(tokenizers):
     conversation = [{"from": "human", "value": "how many objects are there ?"}, {"from": "gpt", "value": "two"}]
     encoded = encode_with("v1", tokenizer, conversation, has_image=False)
     assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) not in encoded.input_ids
-    assert supervised_runs(encoded, tokenizer) in (["two</s>"], [" two</s>"])
+    assert supervised_runs(encoded, tokenizer) == [" two</s>"]
 
 
 def test_truncation_cuts_text_never_image_tokens(tokenizers):
@@ -96,7 +114,7 @@ def test_truncation_cuts_text_never_image_tokens(tokenizers):
     cut = encode_with("v1", tokenizer, ROUNDS, max_length=first_answer_end + 2)  # second answer cut away
     assert cut.input_ids == full.input_ids[: first_answer_end + 2]
     assert cut.labels == full.labels[: first_answer_end + 2]
-    assert supervised_runs(cut, tokenizer) in (["red</s>"], [" red</s>"])
+    assert supervised_runs(cut, tokenizer) == [" red</s>"]
 
     image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     image_end = max(i for i, t in enumerate(full.input_ids) if t == image_token) + 1

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
+from basic.data.labels import ROLES
 from basic.data.templates import get_template
 from basic.mini.backbones import ORDER
 from basic.mini.cli import backbones_main, data_main
@@ -21,8 +22,8 @@ from basic.mini.llms import (
     LLMSpec,
     build_llm,
     encode,
+    conversation,
     generation_config,
-    messages,
     train_llm,
 )
 from basic.mini.quality import linear_probe, text_qa_accuracy
@@ -107,6 +108,10 @@ def test_encoders_load_with_auto_classes(backbones, world, name, cls):
     assert vision.hidden_states[-2].shape[1] in (patches, patches + 1)  # SigLIP has no CLS token
 
 
+def messages(doc: dict) -> list[dict]:
+    return [{"role": ROLES[turn["from"]], "content": turn["value"]} for turn in conversation(doc)]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_targets_are_the_answers_and_end_of_turn(world, family):
     from transformers import PreTrainedTokenizerFast
@@ -116,33 +121,30 @@ def test_targets_are_the_answers_and_end_of_turn(world, family):
     eot = get_template(FAMILIES[family][2]).end_of_turn_for(tok)
     for doc, item in zip(docs, encode(docs, tok, family)):
         assert item.ids == tok.apply_chat_template(messages(doc), tokenize=True, return_dict=True)["input_ids"]
+        # the first target is the first token after the generation prompt (the answer lead included)
+        prompt = tok.apply_chat_template(messages(doc)[:1], add_generation_prompt=True, tokenize=True,
+                                         return_dict=True)["input_ids"]
+        assert item.ids[: len(prompt)] == prompt and item.targets[0] == len(prompt)
         target_text = tok.decode([item.ids[t] for t in item.targets], skip_special_tokens=False)
         assert target_text.replace(" ", "") == "".join(t["answer"] + eot for t in doc["turns"]).replace(" ", "")
 
 
-def _sentences(text: str, sep: str) -> list[str]:
-    return sorted(text.replace(sep, sep.strip() + "\n").split("\n"))
-
-
-def test_pretraining_docs_describe_the_scene_again(world):
-    """Training docs of clear scenes open with a describe turn: the same sentences, objects reordered."""
+def test_pretraining_docs_are_question_turns(world):
     docs = [json.loads(line) for line in (world / "text" / "llm_train.jsonl").read_text().splitlines()]
-    clear = [d for d in docs if d["objects"]]
-    assert clear and all(d["turns"][0]["kind"] == "detail" for d in clear)
-    assert all(t["kind"] != "detail" for d in docs for t in d["turns"][1:])
-    for d in clear:
-        sep = "。" if d["lang"] == "zh" else ". "
-        assert _sentences(d["turns"][0]["answer"], sep) == _sentences(d["description"], sep)
+    assert docs and all(1 <= len(d["turns"]) <= 5 for d in docs)
+    assert {t["style"] for d in docs for t in d["turns"]} == {"short", "mc", "vizwiz"}
     evals = [json.loads(line) for line in (world / "text" / "llm_eval.jsonl").read_text().splitlines()]
-    assert all(len(d["turns"]) == 1 and d["turns"][0]["kind"] != "detail" for d in evals)
+    assert all(len(d["turns"]) == 1 for d in evals)
 
 
-def test_teacher_forced_accuracy_equals_greedy_generation(world):
-    """The metric's one-pass shortcut gives exactly what greedy decoding would."""
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_teacher_forced_accuracy_equals_greedy_generation(world, family):
+    """The metric's one-pass shortcut gives exactly what greedy decoding from the generation prompt would
+    (llama: the v1 template, whose answers follow "ASSISTANT:" after a space)."""
     from transformers import PreTrainedTokenizerFast
 
     docs = [json.loads(line) for line in (world / "text" / "llm_eval.jsonl").read_text().splitlines()[:16]]
-    spec = LLMSpec("mistral", layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128)
+    spec = LLMSpec(family, layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128)
     tok = family_tokenizer(PreTrainedTokenizerFast.from_pretrained(world / "tokenizer"), spec.family)
     model = build_llm(spec, tok, seed=0)
     items = encode(docs, tok, spec.family)
@@ -152,10 +154,10 @@ def test_teacher_forced_accuracy_equals_greedy_generation(world):
     gen = generation_config(tok, spec.family)
     hits = []
     for doc, item in zip(docs, items):
-        prompt_len = item.targets[0]
-        out = model.generate(torch.tensor([item.ids[:prompt_len]]), generation_config=gen,
-                             max_new_tokens=len(item.targets))
-        new = out[0, prompt_len:].tolist()
+        prompt = tok.apply_chat_template(messages(doc)[:1], add_generation_prompt=True, return_tensors="pt",
+                                         return_dict=True)["input_ids"]
+        out = model.generate(prompt, generation_config=gen, max_new_tokens=len(item.targets))
+        new = out[0, prompt.shape[1]:].tolist()
         hits.append(new[:len(item.targets)] == [item.ids[t] for t in item.targets])
     assert accuracy == pytest.approx(np.mean(hits))
 

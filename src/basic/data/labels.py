@@ -3,7 +3,11 @@
 The conversation is rendered once with the template's Jinja (`basic.data.templates`), with each assistant
 answer wrapped in private-use sentinel characters. Removing the sentinels gives the exact text and the
 character span of every answer; each span is extended by the template's end-of-turn text, which is
-supervised with the answer (LLaVA supervises `</s>`). The full text is then tokenized once with
+supervised with the answer (LLaVA supervises `</s>`), and back over the text the template writes between
+its generation prompt and the answer (`answer_lead`: v1's space after "ASSISTANT:"). A model prompted for
+generation has to produce that text itself, and where the tokenizer keeps it a token of its own (a
+byte-level BPE writes " B" as "Ġ", "B"), leaving it unsupervised would show the model, as input, a token
+that tells the answer apart (after "Ġ" the letter is never "A", which is "ĠA"). The full text is then tokenized once with
 `return_offsets_mapping`, and a token is supervised exactly when its characters overlap an answer span.
 Because text and labels come from the same tokenization, LLaVA's "tokenization mismatch" failure (whole
 samples silently masked when per-round token counts disagree) cannot occur.
@@ -54,8 +58,21 @@ def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
     return messages
 
 
+def answer_lead(template: ChatTemplate, tokenizer) -> str:
+    """The text `template` writes after its generation prompt and before an answer ('' for most templates)."""
+    user = [{"role": "user", "content": "?"}]
+    prompt = tokenizer.apply_chat_template(user, chat_template=template.jinja, add_generation_prompt=True, tokenize=False)
+    turn = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": ANSWER_OPEN}],
+                                         chat_template=template.jinja, tokenize=False)
+    before = turn[: turn.index(ANSWER_OPEN)]
+    if not before.startswith(prompt):
+        raise ValueError(f"template {template.name!r}: its generation prompt {prompt[-30:]!r} is not how it "
+                         f"renders an answer's turn ({before[-30:]!r})")
+    return before[len(prompt):]
+
+
 def render(template: ChatTemplate, tokenizer, conversations: list[dict], has_image: bool) -> tuple[str, list[tuple[int, int]]]:
-    """The conversation's text under `template` and the character spans to supervise (answer + end of turn)."""
+    """The conversation's text under `template` and the character spans to supervise (lead + answer + end of turn)."""
     marked = tokenizer.apply_chat_template(
         to_messages(conversations, has_image), chat_template=template.jinja, tokenize=False
     )
@@ -77,14 +94,18 @@ def render(template: ChatTemplate, tokenizer, conversations: list[dict], has_ima
     n_answers = sum(turn["from"] == "gpt" for turn in conversations)
     if len(spans) != n_answers:
         raise ValueError(f"template {template.name!r} rendered {len(spans)} of {n_answers} answers")
+    lead = answer_lead(template, tokenizer)
     supervised = []
     for start, end in spans:
+        if text[start - len(lead) : start] != lead:
+            raise ValueError(f"template {template.name!r} does not put {lead!r} before an answer: "
+                             f"found {text[max(0, start - len(lead) - 10) : start]!r}")
         if text[end : end + len(end_of_turn)] != end_of_turn:
             raise ValueError(
                 f"template {template.name!r} does not end an answer with its end_of_turn {end_of_turn!r}: "
                 f"found {text[end : end + len(end_of_turn) + 10]!r}"
             )
-        supervised.append((start, end + len(end_of_turn)))
+        supervised.append((start - len(lead), end + len(end_of_turn)))
     return text, supervised
 
 

@@ -9,9 +9,7 @@
   conversations (no `image` key) over scenes given in words. English only, as LLaVA-665K is.
 - `text_docs`: what the mini LLMs are pretrained on: a scene described in words (English or Chinese)
   followed by question-answer turns in the LLaVA prompt styles; rendered later in each family's chat
-  format. Training documents may open with a "describe the picture" turn whose answer describes the
-  scene again, objects in another order: continuing it is copying attribute words from the object they
-  belong to, the circuit every question about the scene needs, with many supervised tokens.
+  format.
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ DETAIL_PROMPTS = (
     "Describe the image in detail.", "Describe the following image.",
     "What do you see in this picture? Describe everything.", "Write a detailed description of the given image.",
 )
-DETAIL_PROMPTS_ZH = ("详细描述这张图片。", "描述一下这张图片。", "图中有什么？请详细描述。")
 # Share of each instruction type among image records (the rest of the mix is text-only, see finetune_records).
 FINETUNE_MIX = {"conversation": 0.25, "vqa": 0.35, "mc": 0.15, "detail": 0.15, "vizwiz": 0.10}
 OPEN_KINDS = ("colour", "shape", "count", "exist", "position", "relation", "size", "text")
@@ -102,18 +99,13 @@ def finetune_records(scenes: list[Scene], text_scenes: list[Scene], rng: np.rand
     return [records[int(i)] for i in order]
 
 
-def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int, detail: bool = False) -> dict:
+def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int) -> dict:
     """A scene in words followed by `n_turns` question-answer turns: the LLM pretraining unit.
 
     Styles: `short` and `mc` in both languages; `vizwiz` (English) adds the "respond with
-    'Unanswerable'" line and, when the description cannot answer, expects "unanswerable"; `detail`
-    (first, when asked for and the scene is clear): describe the scene again.
+    'Unanswerable'" line and, when the description cannot answer, expects "unanswerable".
     """
     turns = []
-    if detail and scene.quality == "clear":
-        prompts = DETAIL_PROMPTS if lang == "en" else DETAIL_PROMPTS_ZH
-        turns.append({"prompt": prompts[int(rng.integers(len(prompts)))], "answer": describe(scene, lang, rng),
-                      "kind": "detail", "style": "detail"})
     for _ in range(n_turns):
         u = rng.random()
         if scene.quality != "clear" or (lang == "en" and u < 0.15):
@@ -131,14 +123,13 @@ def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int, de
             "description": describe(scene, lang, rng), "turns": turns}
 
 
-def text_docs(scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1),
-              detail: bool = False) -> list[dict]:
+def text_docs(scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1)) -> list[dict]:
     """One `text_doc` per scene; language: Chinese for half the clear scenes; `turns` = (min, max)
-    question turns, after a `detail` turn if asked for."""
+    question turns."""
     docs = []
     for s in scenes:
         lang = "zh" if (s.quality == "clear" and rng.random() < 0.5) else "en"
-        docs.append(text_doc(s, rng, lang, int(rng.integers(turns[0], turns[1] + 1)), detail))
+        docs.append(text_doc(s, rng, lang, int(rng.integers(turns[0], turns[1] + 1))))
     return [d for d in docs if d["turns"]]
 
 

@@ -6,11 +6,10 @@ sqrt(d)-scaled embeddings, multi-query attention; phi3-3.8b: Phi-3; mistral-7b: 
 attention). They are pretrained on `text_docs` (a scene in words, then question-answer turns)
 rendered in the family's chat format.
 
-Training is built to learn much in little CPU time: the loss (and the LM head) only at the answer
-tokens and the end-of-turn token, right-padded length-grouped batches with no attention mask (under
-causal attention real tokens never see the padding after them), bf16 autocast, a short warmup and
-cosine decay. Answering needs copying words from the scene description; the pretraining documents'
-"describe the picture" turn (see `corpora.text_doc`) supervises exactly that on many tokens.
+Training is built to learn much in little CPU time: the loss (and the LM head) only at the tokens a
+model generates (answers and end of turn, supervised as the LLaVA stages supervise them), right-padded
+length-grouped batches with no attention mask (under causal attention real tokens never see the padding
+after them), bf16 autocast, a short warmup and cosine decay.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
+from basic.data.labels import render, supervised_mask
 from basic.data.templates import get_template
 from basic.mini.optim import EAGER, adamw_warmup_cosine
 from basic.testing import FAMILIES
@@ -96,36 +96,24 @@ class Encoded:
     objects: int = 0  # objects in the scene (0: too dark or blurry to tell)
 
 
-def messages(doc: dict) -> list[dict]:
+def conversation(doc: dict) -> list[dict]:
+    """`doc` as LLaVA conversation turns: the description opens the first question."""
     out = []
     for i, turn in enumerate(doc["turns"]):
         user = f"{doc['description']}\n{turn['prompt']}" if i == 0 else turn["prompt"]
-        out += [{"role": "user", "content": user}, {"role": "assistant", "content": turn["answer"]}]
+        out += [{"from": "human", "value": user}, {"from": "gpt", "value": turn["answer"]}]
     return out
 
 
 def encode(docs: list[dict], tokenizer: PreTrainedTokenizerFast, family: str) -> list[Encoded]:
-    """Render `docs` in `family`'s chat format and mark each answer's tokens (with end of turn) as targets."""
-    _, _, template, _ = FAMILIES[family]
-    eot = get_template(template).end_of_turn_for(tokenizer)
-    texts, spans = [], []
-    for doc in docs:
-        msgs = messages(doc)
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-        cursor, doc_spans = 0, []
-        for user, answer in zip(msgs[::2], msgs[1::2]):
-            start = text.find(user["content"], cursor)
-            start = text.find(answer["content"] + eot, start + len(user["content"]))
-            if start < 0:
-                raise ValueError(f"text doc {doc['id']}: answer {answer['content']!r} not found in its rendering")
-            cursor = start + len(answer["content"]) + len(eot)
-            doc_spans.append((start, cursor))
-        texts.append(text)
-        spans.append(doc_spans)
-    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    """Render `docs` in `family`'s chat format and mark the tokens to generate (answers with end of turn) as
+    targets, exactly as the LLaVA stages supervise them (`basic.data.labels`)."""
+    template = get_template(FAMILIES[family][2])
+    texts, spans = zip(*(render(template, tokenizer, conversation(doc), has_image=False) for doc in docs))
+    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     out = []
     for doc, ids, offsets, doc_spans in zip(docs, enc["input_ids"], enc["offset_mapping"], spans):
-        targets = [t for t, (a, b) in enumerate(offsets) if t > 0 and any(a < e and b > s for s, e in doc_spans)]
+        targets = [t for t, keep in enumerate(supervised_mask(offsets, doc_spans)) if keep and t > 0]
         out.append(Encoded(ids, targets, [t["kind"] for t in doc["turns"]], doc["lang"], doc.get("objects", 0)))
     return out
 

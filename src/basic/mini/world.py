@@ -32,8 +32,8 @@ class WorldSizes:
     image_size: int = 64
     train_images: int = 4000       # LLaVA-558K stand-in captions; each also gets one LLaVA-665K record
     text_conversations: int = 600  # text-only records of the instruction mix
-    llm_docs: int = 6000           # LLM pretraining documents (a scene in words, described again, 3-5 QA turns);
-                                   # the backbones' default 300 steps x 16 read 4,800 of them
+    llm_docs: int = 8000           # LLM pretraining documents (a scene in words, 3-5 QA turns): one pass
+                                   # of the backbones' default 500 steps x 16
     llm_eval: int = 600            # held-out text QA for the LLM quality metric
     bench_questions: int = 300     # per benchmark (MMBench: base questions, circular copies extra)
     probe_images: int = 2000       # held-out single-object images (60% fit, 40% test)
@@ -104,7 +104,7 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     # --- corpora
     pretrain = pretrain_records(train, stream_rng(seed, "train_images", 1))
     finetune = finetune_records(train, text_only, stream_rng(seed, "train_images", 2))
-    docs = text_docs(llm_train, stream_rng(seed, "llm_train", 1), turns=(3, 5), detail=True)
+    docs = text_docs(llm_train, stream_rng(seed, "llm_train", 1), turns=(3, 5))
     eval_docs = text_docs(llm_eval, stream_rng(seed, "llm_eval", 1), turns=(1, 1))
     for path, obj in ((out / "llava" / "pretrain.json", pretrain), (out / "llava" / "finetune.json", finetune)):
         _write_json(path, obj)
