@@ -6,10 +6,11 @@
 Each budget `LLM_STEPS:ENCODER_STEPS` (the encoder steps for CLIP and SigLIP alike) trains the named
 backbones with `basic.mini.backbones.build_backbones` (the code the pipeline's backbones stage runs, same
 seed and workers) into a temporary directory and records each backbone's wall time and held-out quality
-(LLM text-QA accuracy, encoder linear probes). The committed result is the measurement behind the LLM
-default (300 steps: 500 bought no quality); it predates the encoders' single-object batches, so its
-encoder numbers are those of the older recipe (scene captions only), and all of it ran with SDPA attention
-(the backbones now train eager, see basic.mini.optim).
+(LLM text-QA accuracy, encoder linear probes). The committed result is the measurement behind an older
+LLM default (300 steps: 500 bought no quality); it predates the encoders' single-object batches (its
+encoder numbers are those of captions only), eager attention (basic.mini.optim), the pretraining documents
+without a describe turn, and the fix of the labels' answer lead (basic.data.labels.answer_lead), before
+which the Vicuna stand-ins' text-QA accuracy was inflated (vicuna-7b: 0.55 read, 0.25 honest).
 Needs the world (`basic mini data --out data/mini`, or the pipeline's prepare stage).
 """
 
