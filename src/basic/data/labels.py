@@ -7,8 +7,9 @@ supervised with the answer (LLaVA supervises `</s>`), and back over the text the
 its generation prompt and the answer (`answer_lead`: v1's space after "ASSISTANT:"). A model prompted for
 generation has to produce that text itself, and where the tokenizer keeps it a token of its own (a
 byte-level BPE writes " B" as "Ġ", "B"), leaving it unsupervised would show the model, as input, a token
-that tells the answer apart (after "Ġ" the letter is never "A", which is "ĠA"). The full text is then tokenized once with
-`return_offsets_mapping`, and a token is supervised exactly when its characters overlap an answer span.
+that tells answers apart (after "Ġ" the letter is never "A", which is "ĠA"). The full text is then
+tokenized once with `return_offsets_mapping`, and a token is supervised exactly when its characters
+overlap an answer span.
 Because text and labels come from the same tokenization, LLaVA's "tokenization mismatch" failure (whole
 samples silently masked when per-round token counts disagree) cannot occur.
 
