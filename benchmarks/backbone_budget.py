@@ -6,11 +6,10 @@
 Each budget `LLM_STEPS:ENCODER_STEPS` (the encoder steps for CLIP and SigLIP alike) trains the named
 backbones with `basic.mini.backbones.build_backbones` (the code the pipeline's backbones stage runs, same
 seed and workers) into a temporary directory and records each backbone's wall time and held-out quality
-(LLM text-QA accuracy, encoder linear probes). The committed result is the measurement behind an older
-LLM default (300 steps: 500 bought no quality); it predates the encoders' single-object batches (its
-encoder numbers are those of captions only), eager attention (basic.mini.optim), the pretraining documents
-without a describe turn, and the fix of the labels' answer lead (basic.data.labels.answer_lead), before
-which the Vicuna stand-ins' text-QA accuracy was inflated (vicuna-7b: 0.55 read, 0.25 honest).
+(LLM text-QA accuracy, encoder linear probes). The committed result (`--names vicuna-7b mistral-7b
+--budgets 300:2000 500:2000 800:2000`, LLMs only, the current recipe and metric) is the measurement behind
+the LLM default: text QA vicuna-7b 0.39 / 0.43 / 0.44 and mistral-7b 0.40 / 0.42 / 0.41 at 300 / 500 / 800
+steps (64 / 100 / 160 s and 34 / 53 / 81 s on one core each): beyond 500 steps more steps buy ~nothing.
 Needs the world (`basic mini data --out data/mini`, or the pipeline's prepare stage).
 """
 
