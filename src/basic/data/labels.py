@@ -20,6 +20,7 @@ through the image placeholders; a sample left without any supervised token is sk
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from basic.data.templates import IMAGE_TOKEN, ChatTemplate
@@ -59,6 +60,7 @@ def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
     return messages
 
 
+@functools.lru_cache(maxsize=16)  # one per (template, tokenizer): render() asks for it on every sample
 def answer_lead(template: ChatTemplate, tokenizer) -> str:
     """The text `template` writes after its generation prompt and before an answer ('' for most templates)."""
     user = [{"role": "user", "content": "?"}]
