@@ -60,6 +60,8 @@ def test_metrics_json(backbones):
         if m["type"] == "llm":
             assert 0 <= m["text_qa_accuracy"] <= 1 and m["text_qa"]["all"]["n"] == 40
             assert {"lang/en", "lang/zh"} <= set(m["text_qa"])
+            styles = {k: v["n"] for k, v in m["text_qa"].items() if k.startswith("style/")}
+            assert set(styles) <= {"style/short", "style/mc", "style/vizwiz"} and sum(styles.values()) == 40
         else:
             assert set(m["probe"]) == {"pooled/colour", "pooled/shape", "patches/colour", "patches/shape"}
     assert set(metrics["goals_met"]) == {"llm_text_qa_accuracy", "encoder_probe_accuracy"}

@@ -21,7 +21,8 @@ from basic.mini.llms import Encoded, collate
 
 @torch.no_grad()
 def text_qa_accuracy(model: PreTrainedModel, items: list[Encoded], pad_id: int, batch_size: int = 64) -> dict:
-    """Exact-match accuracy of greedy answers: overall, per question kind and per language."""
+    """Exact-match accuracy of greedy answers: overall, per question kind, prompt style, language and number
+    of objects."""
     model.eval()
     hits: dict[str, list[bool]] = defaultdict(list)
     order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
@@ -38,6 +39,7 @@ def text_qa_accuracy(model: PreTrainedModel, items: list[Encoded], pad_id: int, 
             hits["all"].append(ok)
             hits[f"lang/{it.lang}"].append(ok)
             hits[f"kind/{it.kinds[0]}"].append(ok)
+            hits[f"style/{it.styles[0]}"].append(ok)
             hits[f"objects/{it.objects}"].append(ok)
     return {key: {"accuracy": float(np.mean(v)), "n": len(v)} for key, v in sorted(hits.items())}
 
