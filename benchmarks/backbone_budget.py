@@ -7,9 +7,10 @@ Each budget `LLM_STEPS:ENCODER_STEPS` (the encoder steps for CLIP and SigLIP ali
 backbones with `basic.mini.backbones.build_backbones` (the code the pipeline's backbones stage runs, same
 seed and workers) into a temporary directory and records each backbone's wall time and held-out quality
 (LLM text-QA accuracy, encoder linear probes). The committed result (`--names vicuna-7b mistral-7b
---budgets 300:2000 500:2000 800:2000`, LLMs only, the current recipe and metric) is the measurement behind
-the LLM default: text QA vicuna-7b 0.39 / 0.43 / 0.44 and mistral-7b 0.40 / 0.42 / 0.41 at 300 / 500 / 800
-steps (64 / 100 / 160 s and 34 / 53 / 81 s on one core each): beyond 500 steps more steps buy ~nothing.
+--budgets 300:2000 500:2000 800:2000 2000:2000`, LLMs only, the current recipe and metric) is the measurement
+behind the LLM default: text QA vicuna-7b 0.39 / 0.43 / 0.44 / 0.44 and mistral-7b 0.40 / 0.42 / 0.41 / 0.45
+at 300 / 500 / 800 / 2,000 steps (67 / 108 / 180 / 426 s and 36 / 56 / 85 / 206 s on one core each): beyond
+500 steps more steps buy ~nothing, even four times as many.
 Needs the world (`basic mini data --out data/mini`, or the pipeline's prepare stage).
 """
 
