@@ -24,14 +24,14 @@ shape word; `match`, head 0 of the third layer attends from the answer position 
 shape words equal to the asked one (-log of their attention mass). With all three, binding forms within
 a few hundred steps (committed run, 600 steps, 72 s of training: all 0.70 / 0.92 / 0.90 at steps 200 / 400
 / 600; 2 / 3 / 4 objects 0.95 / 0.88 / 0.84 at the end); with any two of them it does not (issue 4's
-notes). Result: benchmarks/results/llm_binding_circuit.json.
+notes). Result: benchmarks/results/llm_binding_circuit.json. The text-QA pretraining of `basic mini
+backbones` has no such terms: they are specific to one question kind and one description format.
 
 Asking four kinds instead of one (`--kinds colour,shape,size,position --steps 600 --out
 benchmarks/results/llm_binding_four_kinds.json`, English short answers as above) takes away even the one-object
 case: the model must first read which attribute is asked, then find a word of that type. One object 0.22 / 0.40
 / 0.51 at steps 200 / 400 / 600 (one kind: 1.00 from step 200), all 0.26 / 0.33 / 0.35: each content-dependent
-hop costs a plateau of its own. The text-QA pretraining of `basic mini backbones` has no such terms: they are specific to one
-question kind and one description format.
+hop costs a plateau of its own.
 """
 
 from __future__ import annotations
