@@ -92,9 +92,9 @@ class Encoded:
     ids: list[int]
     targets: list[int]
     kinds: list[str]  # question kind of each answer (evaluation breaks accuracy down by it)
+    styles: list[str]  # prompt style of each answer's question (short, mc, vizwiz), likewise
     lang: str
     objects: int = 0  # objects in the scene (0: too dark or blurry to tell)
-    styles: tuple[str, ...] = ()  # prompt style of each question (short, mc, vizwiz)
 
 
 def conversation(doc: dict) -> list[dict]:
@@ -115,8 +115,8 @@ def encode(docs: list[dict], tokenizer: PreTrainedTokenizerFast, family: str) ->
     out = []
     for doc, ids, offsets, doc_spans in zip(docs, enc["input_ids"], enc["offset_mapping"], spans):
         targets = [t for t, keep in enumerate(supervised_mask(offsets, doc_spans)) if keep and t > 0]
-        out.append(Encoded(ids, targets, [t["kind"] for t in doc["turns"]], doc["lang"], doc.get("objects", 0),
-                           tuple(t["style"] for t in doc["turns"])))
+        out.append(Encoded(ids, targets, [t["kind"] for t in doc["turns"]], [t["style"] for t in doc["turns"]],
+                           doc["lang"], doc.get("objects", 0)))
     return out
 
 
