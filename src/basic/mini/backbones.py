@@ -42,7 +42,8 @@ from basic.mini.tokenizer import family_tokenizer
 
 GOALS = {"llm_text_qa_accuracy": 0.70, "encoder_probe_accuracy": 0.90}
 # The order jobs start in, so that two workers finish close together: the two long poles (SigLIP, the 13B
-# stand-in, ~3.5 min each) first, one per worker, then the rest longest first (measured job times, seed 0).
+# stand-in, ~3.5 min each) first, one per worker, then the rest in the order whose greedy two-worker schedule
+# of the measured job times (seed 0) ends soonest.
 ORDER = ("siglip", "vicuna-13b", "vicuna-7b", "clip-l-336", "gemma-2b", "phi3-3.8b", "mistral-7b")
 
 
