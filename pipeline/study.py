@@ -39,8 +39,8 @@ BIN = Path(sys.executable).parent
 QUICK = ROOT / "build" / "quick"
 
 sys.path.insert(0, str(ROOT / "src"))
-from basic import config  # noqa: E402
-from basic.launch import RUN_STAGES  # noqa: E402
+from basic.pipeline import config  # noqa: E402
+from basic.pipeline.submit import RUN_STAGES  # noqa: E402
 
 
 def environment(root: Path) -> dict[str, str]:

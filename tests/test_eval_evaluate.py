@@ -23,7 +23,7 @@ from PIL import Image
 from basic.eval.benchmarks import PAPER_BENCHMARKS, select
 from basic.eval.evaluate import EvaluationError, collect, main
 from basic.eval.judge import RuleJudge
-from basic.eval.testing import save_tiny_llava, write_benchmark_fixtures
+from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 from basic.mini.benchmarks import SPLITS
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from PIL import Image
 
 from basic.data.images import expand2square
 from basic.eval.plugin import BasicLlava, cut_at_stops
-from basic.eval.testing import save_tiny_llava
+from basic.testing.eval import save_tiny_llava
 
 TASK, SPLIT = "t", "test"
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from basic import launch as L
+from basic.pipeline import launch as L
+from basic.pipeline import submit
 
 REPO = Path(__file__).resolve().parents[1]
 # LLaVA-1.5's scripts/v1_5/pretrain.sh flags (7B), as the full profile passes them to the engine.
@@ -106,7 +107,7 @@ def test_bad_specs_are_refused_naming_the_field():
         L.LaunchSpec(nodes=0)
     with pytest.raises(L.LaunchError, match="launcher 'python' runs one process"):
         L.LaunchSpec(launcher="python", gpus_per_node=8)
-    with pytest.raises(L.LaunchError, match=r"launch\.full: unknown key\(s\) gpus"):
+    with pytest.raises(L.LaunchError, match=r"launch\.full\.gpus: unknown key"):
         L.LaunchSpec.from_dict({"gpus": 8}, where="launch.full")
     with pytest.raises(L.LaunchError, match="stage 'sft'"):
         L.train_command(L.LaunchSpec(), "sft", [])
@@ -211,16 +212,15 @@ def test_command_line_prints_the_command_and_the_script(capsys, monkeypatch):
 
 
 def test_the_whole_study_is_submitted_at_once_through_basic_stage(tmp_path, fake_sbatch, capsys, monkeypatch):
-    """`basic launch study`: every run of params.yaml (here switched to the full profile) as three chained
+    """`basic submit`: every run of params.yaml (here switched to the full profile) as three chained
     jobs that run what dvc.yaml runs (`basic stage`), all runs side by side."""
     sbatch, log = fake_sbatch
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text().replace("\nprofile: mini", "\nprofile: full"))
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PATH", f"{sbatch.parent}:{os.environ['PATH']}")
-    assert L.main(["study", "--params", str(params), "--slurm", "--partition", "gpu",
-                   "--log-dir", str(tmp_path / "logs")]) == 0
-    from basic import config
+    assert submit.main(["--params", str(params), "--partition", "gpu", "--log-dir", str(tmp_path / "logs")]) == 0
+    from basic.pipeline import config
 
     runs = list(config.load(params).runs)
     calls = log.read_text().splitlines()
@@ -233,5 +233,5 @@ def test_the_whole_study_is_submitted_at_once_through_basic_stage(tmp_path, fake
     out = capsys.readouterr().out
     assert f"dvc commit -f pretrain@{first} finetune@{first} evaluate@{first}" in out
 
-    assert L.main(["study", "--params", str(params), "--runs", "no-such-run", "--print"]) == 2
+    assert submit.main(["--params", str(params), "--runs", "no-such-run", "--print"]) == 2
     assert "no run named 'no-such-run'" in capsys.readouterr().err

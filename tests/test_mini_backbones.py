@@ -29,7 +29,7 @@ from basic.mini.llms import (
 from basic.mini.quality import linear_probe, text_qa_accuracy
 from basic.mini.scenes import COLOURS, SHAPES, SIZES
 from basic.mini.tokenizer import family_tokenizer
-from basic.testing import FAMILIES
+from basic.families import FAMILIES
 
 ARCHITECTURES = {"vicuna-7b": "LlamaForCausalLM", "vicuna-13b": "LlamaForCausalLM", "gemma-2b": "GemmaForCausalLM",
                  "phi3-3.8b": "Phi3ForCausalLM", "mistral-7b": "MistralForCausalLM"}

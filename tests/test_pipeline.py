@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from basic import config
+from basic.pipeline import config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

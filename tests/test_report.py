@@ -1,4 +1,4 @@
-"""Table logic of basic.report on small synthetic metrics (the committed results/ come from real runs only)."""
+"""Table logic of basic.pipeline.report on small synthetic metrics (the committed results/ come from real runs only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from basic import config, report
+from basic.pipeline import config, report
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = ("vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizwiz", "textvqa")

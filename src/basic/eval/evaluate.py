@@ -195,7 +195,7 @@ def collect(benchmarks: list[Benchmark], output: Path, judges: dict[str, str], t
 
 # ---- command line -------------------------------------------------------------------------------------
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="basic evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="HF LLaVA checkpoint directory (the engine's stage 2)")
     parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write (results/metrics/<run>.json)")
@@ -217,7 +217,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "each other; torch's default for the full profile)")
     parser.add_argument("--limit", type=int, help="first N documents per task (smoke tests only: not a real score)")
     parser.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs override, e.g. max_new_tokens=32")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, dict]:

@@ -21,23 +21,29 @@ def _add_fields(parser: argparse.ArgumentParser, cls, skip=()) -> None:
                             help=f"(default: {default})")
 
 
-def data_main(argv: list[str] | None = None) -> int:
-    from basic.mini.world import WorldSizes, build_world
+def data_parser() -> argparse.ArgumentParser:
+    from basic.mini.world import WorldSizes
 
     parser = argparse.ArgumentParser(prog="basic mini data", description="Generate the embedded world: scenes, "
                                      "LLaVA-format corpora, the eight mini benchmarks, probe set and tokenizer.")
     parser.add_argument("--out", type=Path, default=Path("data/mini"), help="output directory (default: data/mini)")
     parser.add_argument("--seed", type=int, default=0)
     _add_fields(parser, WorldSizes)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def data_main(argv: list[str] | None = None) -> int:
+    from basic.mini.world import WorldSizes, build_world
+
+    args = data_parser().parse_args(argv)
     sizes = WorldSizes(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldSizes)})
     manifest = build_world(args.out, args.seed, sizes)
     print(json.dumps({"out": str(args.out), "seed": args.seed, "counts": manifest["counts"]}, indent=1))
     return 0
 
 
-def backbones_main(argv: list[str] | None = None) -> int:
-    from basic.mini.backbones import ORDER, BackboneSettings, build_backbones
+def backbones_parser() -> argparse.ArgumentParser:
+    from basic.mini.backbones import ORDER, BackboneSettings
 
     parser = argparse.ArgumentParser(prog="basic mini backbones", description="Pretrain the two mini vision "
                                      "encoders and five mini LLMs; write them and metrics.json.")
@@ -46,7 +52,13 @@ def backbones_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--names", nargs="+", default=list(ORDER), choices=ORDER, help="backbones to build (default: all)")
     _add_fields(parser, BackboneSettings, skip=("names",))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def backbones_main(argv: list[str] | None = None) -> int:
+    from basic.mini.backbones import BackboneSettings, build_backbones
+
+    args = backbones_parser().parse_args(argv)
     settings = BackboneSettings(**{f.name: (tuple(args.names) if f.name == "names" else getattr(args, f.name))
                                    for f in dataclasses.fields(BackboneSettings)})
     metrics = build_backbones(args.data, args.out, args.seed, settings)

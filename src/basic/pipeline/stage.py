@@ -4,7 +4,7 @@
     basic stage pretrain|finetune|evaluate RUN # basic train under the profile's launcher | basic evaluate
     basic stage --dry [STAGE [RUN]]            # print the commands of the active profile, run nothing
 
-The command comes from `basic.config.command` (so DVC's `cmd` stays one short line per stage and
+The command comes from `basic.pipeline.config.command` (so DVC's `cmd` stays one short line per stage and
 `params.yaml` stays the only place a setting lives); it is printed, then run with this Python's scripts
 first on PATH and the profile's `env` set. After a training stage the run's training curves (loss, lm_loss,
 das, sds per logging step) are copied from trainer_state.json to results/curves/<run>/<stage>.json, which
@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from basic import config
-from basic.launch import to_shell
+from basic.pipeline import config
+from basic.pipeline.launch import to_shell
 
 
 def executable(argv: list[str]) -> list[str]:
@@ -51,13 +51,13 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
         clean_backbones(study)
     env = {**os.environ, **study.active.env,
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    # Through the shell, so that a multi-node launch's $NODE_RANK and $MASTER_ADDR expand (basic.launch).
+    # Through the shell, so that a multi-node launch's $NODE_RANK and $MASTER_ADDR expand (basic.pipeline.launch).
     code = subprocess.call(to_shell(executable(argv)), shell=True, env=env)
     if code:
         print(f"basic stage: {stage}{' ' + run if run else ''} failed (exit {code}): {to_shell(argv)}", file=sys.stderr)
         return code
     if stage in ("pretrain", "finetune") and os.environ.get("NODE_RANK", "0") == "0":  # one node writes them
-        from basic.report import write_curves
+        from basic.pipeline.report import write_curves
 
         state = config.run_dir(run) / stage / "trainer_state.json"
         write_curves(state, config.curves_file(run, stage))

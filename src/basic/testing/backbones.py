@@ -17,14 +17,6 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
-    GemmaConfig,
-    GemmaForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Phi3Config,
-    Phi3ForCausalLM,
     PreTrainedTokenizerFast,
     SiglipImageProcessor,
     SiglipVisionConfig,
@@ -32,6 +24,7 @@ from transformers import (
 )
 
 from basic.data.templates import TEMPLATES
+from basic.families import FAMILIES, SPECIAL_TOKENS
 
 _CORPUS = (
     "a red circle sits left of a blue square . the green triangle is small . what colour is the shape ? "
@@ -41,17 +34,6 @@ _CORPUS = (
     "yes no unanswerable A B C D 0 1 2 3 4 5 6 7 8 9 红色 的 圆 形 蓝 绿 这 是 什么 颜色 ? 。"
 )
 
-# family -> (config class, model class, chat template, special tokens: bos, eos, unk, pad)
-FAMILIES = {
-    "llama": (LlamaConfig, LlamaForCausalLM, "v1", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
-    "mistral": (MistralConfig, MistralForCausalLM, "mistral", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
-    "gemma": (GemmaConfig, GemmaForCausalLM, "gemma", dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>")),
-    "phi3": (Phi3Config, Phi3ForCausalLM, "phi3", dict(bos="<s>", eos="<|endoftext|>", unk="<unk>", pad="<|endoftext|>")),
-}
-SPECIAL_TOKENS = [
-    "<unk>", "<s>", "</s>", "<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>",
-    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>", "[INST]", "[/INST]",
-]
 
 
 def tiny_tokenizer(family: str = "llama", vocab_size: int = 320) -> PreTrainedTokenizerFast:
@@ -126,4 +108,4 @@ def save_tiny_vision(kind: str, out_dir: str | Path, image_size: int = 16, patch
     return out
 
 
-__all__ = ["FAMILIES", "save_tiny_llm", "save_tiny_vision", "tiny_llm_config", "tiny_tokenizer"]
+__all__ = ["save_tiny_llm", "save_tiny_vision", "tiny_llm_config", "tiny_tokenizer"]

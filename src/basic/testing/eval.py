@@ -2,7 +2,7 @@
 
 `save_tiny_llava` writes the checkpoint format of docs/interfaces.md (LlavaForConditionalGeneration +
 LlavaProcessor with the family's chat template, `image_aspect_ratio`, end-of-turn ids in the generation
-config's eos) with vanilla transformers and `basic.testing`'s tiny backbones, so the plugin is proven on
+config's eos) with vanilla transformers and `basic.testing.backbones`'s tiny backbones, so the plugin is proven on
 any HF LLaVA directory. `write_benchmark_fixtures` writes a few questions of every mini benchmark with the
 embedded world's own generator, laid out like `data/mini/benchmarks/`.
 """
@@ -23,7 +23,8 @@ from transformers import (
 )
 
 from basic.data.templates import IMAGE_TOKEN, TEMPLATES
-from basic.testing import FAMILIES, save_tiny_vision, tiny_llm_config, tiny_tokenizer
+from basic.families import FAMILIES
+from basic.testing.backbones import save_tiny_vision, tiny_llm_config, tiny_tokenizer
 
 
 def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_ratio: str = "pad",

@@ -15,8 +15,8 @@ same `MASTER_ADDR` (node 0's host). `sbatch_script` wraps a command in `pipeline
 stages with `afterok` dependencies, so independent runs of the study run on different nodes at once.
 
 Command line: `basic launch train --stage pretrain --launcher deepspeed --gpus-per-node 8 -- <train flags>`
-prints (`--print`), runs, or submits (`--slurm ...`) the command; `basic launch study` submits every run of
-params.yaml at once (`study_jobs`: `basic stage <stage> <run>` per job, a run's stages chained).
+prints (`--print`), runs, or submits (`--slurm ...`) the command; `basic submit` (basic.pipeline.submit)
+submits every run of params.yaml at once.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from string import Template
 from typing import Any
+
+from basic.schema import check_keys
 
 LAUNCHERS = ("deepspeed", "torchrun", "accelerate", "python")
 STAGES = ("pretrain", "finetune")
@@ -44,14 +46,6 @@ SBATCH_TEMPLATE = Path("pipeline/slurm/stage.sbatch")
 
 class LaunchError(ValueError):
     """A launch spec or request that cannot work; the message names the field."""
-
-
-def _strict(cls, data: Mapping[str, Any], where: str):
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise LaunchError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(names))})")
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,7 @@ class LaunchSpec:
         data = dict(data)
         if "deepspeed" in data:
             data["deepspeed"] = {**DEEPSPEED_CONFIGS, **(data["deepspeed"] or {})}
-        return _strict(cls, data, where)
+        return cls(**check_keys(data, [f.name for f in fields(cls)], where, error=LaunchError))
 
     @property
     def world_size(self) -> int:
@@ -194,7 +188,7 @@ class SlurmSpec:
         for key in ("directives", "setup"):
             if key in data:
                 data[key] = tuple(data[key])
-        return _strict(cls, data, where)
+        return cls(**check_keys(data, [f.name for f in fields(cls)], where, error=LaunchError))
 
 
 class _Template(Template):
@@ -269,26 +263,6 @@ def submit_runs(runs: Mapping[str, Sequence[Job]], slurm: SlurmSpec, sbatch: str
     return ids
 
 
-RUN_STAGES = ("pretrain", "finetune", "evaluate")
-
-
-def study_jobs(params: str | Path = "params.yaml", runs: Sequence[str] | None = None) -> dict[str, list[Job]]:
-    """Every run of params.yaml (or `runs`) as SLURM jobs, in its active profile: the run's pretrain, finetune
-    and evaluate stages, each running `basic stage <stage> <run>` (what dvc.yaml runs: basic.config resolves
-    the launch line, and the stage writes its training curves). Data and backbones must be in place."""
-    from basic import config  # config builds its commands with this module: import it only when needed
-
-    study = config.load(params)
-    spec = study.active.launch
-    jobs = {}
-    for run in runs or list(study.runs):
-        study.run(run)  # unknown names fail here, naming the runs there are
-        jobs[run] = [Job(stage, ("basic", "stage", stage, run, "--params", str(params)),
-                         spec if stage != "evaluate" else replace(spec, nodes=1), gpus=spec.launcher != "python")
-                     for stage in RUN_STAGES]
-    return jobs
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -296,9 +270,8 @@ def study_jobs(params: str | Path = "params.yaml", runs: Sequence[str] | None = 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="basic launch", description=__doc__.split("\n\n")[0],
                                 epilog="Everything after `--` goes to the launched module.")
-    p.add_argument("what", choices=("train", "evaluate", "lmms-eval", "study"),
-                   help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval; "
-                        "study: submit every run of params.yaml to SLURM at once (stages chained)")
+    p.add_argument("what", choices=("train", "evaluate", "lmms-eval"),
+                   help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval")
     p.add_argument("--stage", choices=STAGES, help="training stage (train only)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="deepspeed",
                    help="train: process launcher (lmms-eval: accelerate, or python for one process)")
@@ -309,12 +282,17 @@ def _parser() -> argparse.ArgumentParser:
                    "under pipeline/); 'none' for none")
     p.add_argument("--module", default=TRAIN_MODULE, help=f"training module (default {TRAIN_MODULE})")
     p.add_argument("--print", action="store_true", help="print the command (or sbatch script) and exit")
-    p.add_argument("--params", default="params.yaml", help="study: the study's params, in their active profile "
-                   "(default %(default)s)")
-    p.add_argument("--runs", nargs="+", help="study: only these runs")
-    g = p.add_argument_group("SLURM (submit instead of running here)")
-    g.add_argument("--slurm", action="store_true")
+    g = add_slurm_arguments(p)
+    g.add_argument("--slurm", action="store_true", help="submit instead of running here")
     g.add_argument("--job-name")
+    g.add_argument("--after", action="append", default=[], metavar="JOB_ID", help="start after these jobs succeed")
+    g.add_argument("--no-wait", action="store_true", help="return once submitted (default: wait for the job)")
+    return p
+
+
+def add_slurm_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The cluster options of `SlurmSpec` (shared by `basic launch --slurm` and `basic submit`)."""
+    g = p.add_argument_group("SLURM")
     g.add_argument("--partition")
     g.add_argument("--account")
     g.add_argument("--qos")
@@ -325,39 +303,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--setup", action="append", default=[], metavar="SHELL_LINE")
     g.add_argument("--log-dir", default="logs/slurm")
     g.add_argument("--template", default=str(SBATCH_TEMPLATE))
-    g.add_argument("--after", action="append", default=[], metavar="JOB_ID", help="start after these jobs succeed")
-    g.add_argument("--no-wait", action="store_true", help="return once submitted (default: wait for the job)")
-    return p
+    return g
 
 
-def _slurm_spec(args: argparse.Namespace) -> SlurmSpec:
+def slurm_spec(args: argparse.Namespace) -> SlurmSpec:
     return SlurmSpec(args.partition, args.account, args.qos, args.time, args.cpus_per_task, args.mem,
                      log_dir=args.log_dir, directives=tuple(args.sbatch_directive), setup=tuple(args.setup),
                      template=args.template)
-
-
-def _submit_study(args: argparse.Namespace) -> int:
-    from basic import config
-
-    try:
-        jobs = study_jobs(args.params, args.runs)
-        if args.print:  # the plan: each job's command and the launch line it resolves to
-            study = config.load(args.params)
-            for run, stages in jobs.items():
-                for job in stages:
-                    print(f"# {run}.{job.name} ({study.profile}): {job.spec.nodes} node(s) x {job.spec.gpus_per_node} GPUs")
-                    print(f"{to_shell(job.command)}\n#   -> {to_shell(config.command(study, job.name, run))}")
-            return 0
-    except config.ConfigError as e:
-        raise LaunchError(str(e)) from None
-    slurm = _slurm_spec(args)
-    ids = submit_runs(jobs, slurm)
-    for run, stages in jobs.items():
-        print(f"{run}: " + ", ".join(f"{job.name} {job_id}" for job, job_id in zip(stages, ids[run])))
-    names = " ".join(f"{stage}@{run}" for run in jobs for stage in RUN_STAGES)
-    print("When the jobs have finished (squeue -u $USER), record their outputs in DVC and make the tables:\n"
-          f"  dvc commit -f {names}\n  dvc repro report")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,8 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv[:split])
     rest = argv[split + 1:]
     try:
-        if args.what == "study":
-            return _submit_study(args)
         if args.what == "train":
             if not args.stage:
                 raise LaunchError("train needs --stage pretrain|finetune")
@@ -388,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LaunchError("more than one node: run this on every node with NODE_RANK and MASTER_ADDR set "
                                   "(see --print), or submit with --slurm")
             return subprocess.call(command)
-        slurm = _slurm_spec(args)
+        slurm = slurm_spec(args)
         name = args.job_name or (f"basic-{args.stage}" if args.what == "train" else f"basic-{args.what}")
         script = sbatch_script(command, spec, slurm, name)
         if args.print:

@@ -2,7 +2,7 @@
 
 Pure functions the notebooks call (notebooks/*.ipynb only load, call and show):
 
-- `load(params, metrics_dir)` -> `Results`: the study (basic.config), every run's metrics JSON
+- `load(params, metrics_dir)` -> `Results`: the study (basic.pipeline.config), every run's metrics JSON
   (`{benchmark: {score, n, split, scored_by, status}}`, written by `basic evaluate`) and the reference
   numbers (`reference_numbers.yaml`, this package's copy of the paper's tables).
 - `family_table(results, family)`: one table of the paper (main, loss_ablation, cross_model,
@@ -34,7 +34,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from basic import config
+from basic.pipeline import config
 from basic.eval.benchmarks import benchmark_map
 
 REFERENCE_FILE = "reference_numbers.yaml"
@@ -78,7 +78,7 @@ class Results:
 
 
 def references() -> dict:
-    return yaml.safe_load((resources.files("basic") / REFERENCE_FILE).read_text(encoding="utf-8"))
+    return yaml.safe_load((resources.files("basic.pipeline") / REFERENCE_FILE).read_text(encoding="utf-8"))
 
 
 def load_metrics(metrics_dir: str | Path) -> dict[str, dict[str, dict]]:
