@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from basic.pipeline import config, report
+from basic.pipeline import config, report, stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = ("vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizwiz", "textvqa")
@@ -149,7 +149,7 @@ def test_curves_from_trainer_state(tmp_path):
                {"step": 2, "train_runtime": 3.2, "train_loss": 1.7}]
     state = tmp_path / "trainer_state.json"
     state.write_text(json.dumps({"global_step": 2, "log_history": history}))
-    out = report.write_curves(state, tmp_path / "curves" / "basic-x" / "pretrain.json")
+    out = stage.write_curves(state, tmp_path / "curves" / "basic-x" / "pretrain.json")
     points = json.loads(out.read_text())
     assert points == [{k: v for k, v in h.items()} for h in history[:2]]
     (tmp_path / "curves" / "llava-x").mkdir()
@@ -160,8 +160,8 @@ def test_curves_from_trainer_state(tmp_path):
     das = summary[(summary.run == "basic-x") & (summary.term == "das")].iloc[0]
     assert (das.points, das["first"], das["last"]) == (2, 0.5, 0.3)
     assert "| basic-x | pretrain | das | 2 | 0.5 | 0.3 |" in report.frame_markdown(summary)
-    with pytest.raises(report.ReportError, match="no trainer state"):
-        report.curves_from_state(tmp_path / "nope.json")
+    with pytest.raises(SystemExit, match="no trainer state"):
+        stage.curves_from_state(tmp_path / "nope.json")
 
 
 def test_figures_draw(results):

@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from basic.pipeline import config
+from basic.pipeline.stage import CURVE_TERMS
 from basic.eval.benchmarks import benchmark_map
 
 REFERENCE_FILE = "reference_numbers.yaml"
@@ -54,7 +55,6 @@ BASELINES: dict[str, dict[str, Any]] = {
     "layer_weights": {"layer_weights": "increasing"},
     "supervision_strength": {"patch_weights": "attention"},
 }
-CURVE_TERMS = ("loss", "lm_loss", "das", "sds")
 NOTEBOOKS = Path("notebooks")
 NOTEBOOKS_OUT = Path("results/notebooks")
 TABLES_DIR = Path("results/tables")
@@ -371,25 +371,6 @@ def plot_family(table: pd.DataFrame, seeds: pd.DataFrame | None = None, title: s
 
 # ---------------------------------------------------------------------------------------------------------
 # Training curves
-
-
-def curves_from_state(state_file: str | Path) -> list[dict]:
-    """The training log lines (those with a `loss`) of a trainer_state.json: step, epoch and the loss terms."""
-    path = Path(state_file)
-    if not path.is_file():
-        raise ReportError(f"{path}: no trainer state (the training stage writes it)")
-    history = json.loads(path.read_text(encoding="utf-8")).get("log_history")
-    if not isinstance(history, list):
-        raise ReportError(f"{path}: no log_history list")
-    keep = ("step", "epoch", *CURVE_TERMS, "learning_rate", "grad_norm")
-    return [{k: line[k] for k in keep if k in line} for line in history if "loss" in line]
-
-
-def write_curves(state_file: str | Path, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(curves_from_state(state_file), indent=1) + "\n", encoding="utf-8")
-    return out
 
 
 def load_curves(curves_dir: str | Path = config.CURVES_DIR, runs: list[str] | None = None) -> pd.DataFrame:

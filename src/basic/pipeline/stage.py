@@ -14,6 +14,7 @@ dvc.yaml declares as plots.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,28 @@ from pathlib import Path
 
 from basic.pipeline import config
 from basic.pipeline.launch import to_shell
+
+
+CURVE_TERMS = ("loss", "lm_loss", "das", "sds")
+
+
+def curves_from_state(state_file: str | Path) -> list[dict]:
+    """The training log lines (those with a `loss`) of a trainer_state.json: step, epoch and the loss terms."""
+    path = Path(state_file)
+    if not path.is_file():
+        raise SystemExit(f"basic stage: {path}: no trainer state (the training stage writes it)")
+    history = json.loads(path.read_text(encoding="utf-8")).get("log_history")
+    if not isinstance(history, list):
+        raise SystemExit(f"basic stage: {path}: no log_history list")
+    keep = ("step", "epoch", *CURVE_TERMS, "learning_rate", "grad_norm")
+    return [{k: line[k] for k in keep if k in line} for line in history if "loss" in line]
+
+
+def write_curves(state_file: str | Path, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(curves_from_state(state_file), indent=1) + "\n", encoding="utf-8")
+    return out
 
 
 def executable(argv: list[str]) -> list[str]:
@@ -57,8 +80,6 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
         print(f"basic stage: {stage}{' ' + run if run else ''} failed (exit {code}): {to_shell(argv)}", file=sys.stderr)
         return code
     if stage in ("pretrain", "finetune") and os.environ.get("NODE_RANK", "0") == "0":  # one node writes them
-        from basic.pipeline.report import write_curves
-
         state = config.run_dir(run) / stage / "trainer_state.json"
         write_curves(state, config.curves_file(run, stage))
     return 0
