@@ -36,16 +36,36 @@ _CORPUS = (
 
 
 
-def tiny_tokenizer(family: str = "llama", vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with `family`'s special tokens and chat template (deterministic)."""
+TOKENIZER_KINDS = ("byte_bpe", "word", "sentencepiece")
+
+
+def tiny_tokenizer(family: str = "llama", vocab_size: int = 320, kind: str = "byte_bpe") -> PreTrainedTokenizerFast:
+    """A tokenizer with `family`'s special tokens and chat template (deterministic), of one of three kinds:
+    `byte_bpe` (GPT-2 style byte-level BPE, as the mini LLMs use), `word` (whole words, no byte-level
+    decoder: transformers cannot build its stop-string criterion for it), `sentencepiece` (Llama-2 style
+    Unigram with the `▁` word marker)."""
     _, _, template, tokens = FAMILIES[family]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+    if kind == "byte_bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    elif kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    elif kind == "sentencepiece":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>",
+                                          show_progress=False)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {', '.join(TOKENIZER_KINDS)}")
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=tokens["bos"], eos_token=tokens["eos"], unk_token=tokens["unk"],

@@ -20,6 +20,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedTokenizerFast,
 )
 
 from basic.data.templates import IMAGE_TOKEN, TEMPLATES
@@ -28,13 +29,15 @@ from basic.testing.backbones import save_tiny_vision, tiny_llm_config, tiny_toke
 
 
 def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_ratio: str = "pad",
-                    seed: int = 0, hidden: int = 32, layers: int = 4, image_size: int = 16) -> Path:
+                    seed: int = 0, hidden: int = 32, layers: int = 4, image_size: int = 16,
+                    tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
     """Write a random tiny LLaVA checkpoint (CLIP encoder + `family` LLM) to `out_dir`; returns it.
 
-    `image_size` / 4 squared is the number of image tokens (CLIP patch size 4)."""
+    `image_size` / 4 squared is the number of image tokens (CLIP patch size 4). `tokenizer`: another
+    tokenizer with `family`'s special tokens (default: the byte-level BPE of basic.testing.backbones)."""
     out = Path(out_dir)
     vision_dir = save_tiny_vision("clip", out / "_vision", image_size=image_size)
-    tokenizer = tiny_tokenizer(family)
+    tokenizer = tokenizer or tiny_tokenizer(family)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
