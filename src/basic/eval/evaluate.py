@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from basic.distributed import free_port
 from basic.eval.benchmarks import PAPER_BENCHMARKS, Benchmark, select
 
 DEFAULT_DATA = "data/mini"  # where the shipped mini task YAMLs expect the data, relative to the project root
@@ -96,9 +96,7 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
         # Explicit flags, so a stale `accelerate config` file cannot change the process layout.
         # --multi_gpu is accelerate's torchrun launcher, gloo on CPU (its --cpu needs MPI for several
         # processes). A free port, so that two evaluations on one machine do not collide on 29500.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                    str(args.num_processes), "--num_machines", "1", "--main_process_port", str(port),
                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval"]
