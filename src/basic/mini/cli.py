@@ -51,17 +51,35 @@ def backbones_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("models/backbones"), help="(default: models/backbones)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--names", nargs="+", default=list(ORDER), choices=ORDER, help="backbones to build (default: all)")
+    parser.add_argument("--prebuilt", type=Path, help="a shipped artifact of the backbones (basic.mini.prebuilt): "
+                        "unpacked and verified when it was built from the same world, settings, code and library "
+                        "versions, else the backbones are built")
+    parser.add_argument("--pack", type=Path, help="after building, write the backbones to this artifact")
     _add_fields(parser, BackboneSettings, skip=("names",))
     return parser
 
 
 def backbones_main(argv: list[str] | None = None) -> int:
+    from basic.mini import prebuilt
     from basic.mini.backbones import BackboneSettings, build_backbones
 
     args = backbones_parser().parse_args(argv)
     settings = BackboneSettings(**{f.name: (tuple(args.names) if f.name == "names" else getattr(args, f.name))
                                    for f in dataclasses.fields(BackboneSettings)})
+    parts = prebuilt.inputs(args.data, args.seed, dataclasses.asdict(settings))
+    if args.prebuilt and args.prebuilt.is_file():
+        record = prebuilt.read_record(args.prebuilt)
+        if record["fingerprint"] == prebuilt.fingerprint(parts):
+            prebuilt.unpack(args.prebuilt, args.out)
+            print(f"basic mini backbones: unpacked {len(record['files'])} verified files of {args.prebuilt} into "
+                  f"{args.out} (built from this world, settings and code; rebuild: docs/pipeline.md)")
+            return 0
+        print(f"basic mini backbones: {args.prebuilt} was built from another {', '.join(prebuilt.differences(record, parts))}"
+              f"; building the backbones instead (several minutes; `--pack {args.prebuilt}` refreshes the artifact)")
     metrics = build_backbones(args.data, args.out, args.seed, settings)
+    if args.pack:
+        prebuilt.pack(args.out, args.pack, parts)
+        print(f"basic mini backbones: wrote {args.pack}")
     summary = {k: metrics[k] for k in ("wall_s", "goals_met", "llm_text_qa_accuracy", "encoder_probe_min_accuracy")}
     print(json.dumps(summary, indent=1))
     return 0

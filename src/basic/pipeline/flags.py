@@ -34,7 +34,8 @@ TRAIN_ARGUMENTS = (
 )
 # The mini commands' options beyond their settings dataclass (basic.mini.cli).
 MINI_DATA = ({"out": "Path", "seed": "int"}, ("basic.mini.world", "WorldSizes"), ())
-MINI_BACKBONES = ({"data": "Path", "out": "Path", "seed": "int", "names": "list[str]"},
+MINI_BACKBONES = ({"data": "Path", "out": "Path", "seed": "int", "names": "list[str]", "prebuilt": "Path",
+                   "pack": "Path"},
                   ("basic.mini.backbones", "BackboneSettings"), ("names",))
 
 _SCALARS = {"bool": bool, "int": int, "float": float, "str": str, "Path": str, "None": type(None)}
