@@ -2,16 +2,18 @@
 
     basic evaluate --checkpoint models/<run>/finetune --out results/metrics/<run>.json \\
         [--profile mini|full] [--benchmarks vqav2,gqa,...] [--data data/mini] [--batch_size 8] \\
-        [--num_processes N] [--log_dir DIR]
+        [--num_processes N] [--log_dir DIR] [--prompt_variant llava_v15|lmms_eval]
 
 Steps: (1) judged benchmarks whose LLM judge cannot be reached are recorded `unscored` with the reason and
 not run; (2) the package's task YAMLs are copied to `<log_dir>/tasks` with the mini data paths pointing at
-`--data`; (3) lmms-eval runs once, as its own command line (`python -m lmms_eval`, or under
+`--data` and the prompt variant's prompt, generation settings and scoring written in (basic.eval.prompts);
+(3) lmms-eval runs once, as its own command line (`python -m lmms_eval`, or under
 `accelerate launch` for N processes) with `--model basic_llava` and per-sample logs in
 `<log_dir>/lmms_eval`; (4) every requested result is checked, because lmms-eval exits 0 when evaluation
 fails, and a missing one fails this command naming the task; (5) `--out` gets
-`{benchmark: {score, n, split, scored_by, status, task, [reason | submission]}}` with status `scored`,
-`pending` (server-scored: submission file written) or `unscored` (judge unreachable: reason).
+`{benchmark: {score, n, split, scored_by, status, task, prompt_variant, [reason | submission]}}` with status
+`scored`, `pending` (server-scored: submission file written, in the server's format, basic.eval.submissions)
+or `unscored` (judge unreachable: reason).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from basic.eval import prompts, submissions
 from basic.eval.benchmarks import PAPER_BENCHMARKS, Benchmark, select
 
 DEFAULT_DATA = "data/mini"  # where the shipped mini task YAMLs expect the data, relative to the project root
@@ -58,13 +61,28 @@ _Loader.add_constructor("!function", lambda loader, node: _Function(loader.const
 _Dumper.add_representer(_Function, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
 
 
-def render_tasks(data_root: Path, out_dir: Path) -> Path:
-    """Copy the package's task YAMLs to `out_dir`, pointing their `data/mini/...` files at `data_root`."""
+def _apply_variant(config: dict, variant: str) -> None:
+    """Write `variant`'s prompt switch, generation settings and scoring into a task template that names its
+    benchmark in lmms_eval_specific_kwargs (the tasks that include it inherit them)."""
+    kwargs = (config.get("lmms_eval_specific_kwargs") or {}).get("default") or {}
+    if "benchmark" not in kwargs:
+        return
+    kwargs["variant"] = variant
+    chosen = prompts.protocol(kwargs["benchmark"], variant)
+    config["generation_kwargs"] = dict(chosen.generation_kwargs)
+    if chosen.process_results and "process_results" in config:
+        config["process_results"] = _Function(f"basic.eval.tasks.utils.{chosen.process_results}")
+
+
+def render_tasks(data_root: Path, out_dir: Path, variant: str = prompts.DEFAULT_VARIANT) -> Path:
+    """Copy the package's task YAMLs to `out_dir`, pointing their `data/mini/...` files at `data_root` and
+    setting the prompt `variant`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for source in resources.files("basic.eval.tasks").iterdir():
         if not source.name.endswith(".yaml"):
             continue
         config = yaml.load(source.read_text(encoding="utf-8"), Loader=_Loader)
+        _apply_variant(config, variant)
         files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
         for split, path in files.items():
             if not str(path).startswith(DEFAULT_DATA + "/"):
@@ -114,10 +132,11 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
     return command
 
 
-def run_lmms_eval(command: list[str], log_file: Path, threads: int | None = None) -> str:
+def run_lmms_eval(command: list[str], log_file: Path, threads: int | None = None,
+                  extra_env: dict[str, str] | None = None) -> str:
     """Run `command`, echoing and saving its output; returns the output's tail for error messages."""
     tail: deque[str] = deque(maxlen=30)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in every lmms-eval process
     with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
@@ -217,6 +236,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "each other; torch's default for the full profile)")
     parser.add_argument("--limit", type=int, help="first N documents per task (smoke tests only: not a real score)")
     parser.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs override, e.g. max_new_tokens=32")
+    parser.add_argument("--prompt_variant", default=prompts.DEFAULT_VARIANT, choices=prompts.VARIANTS,
+                        help="prompts, generation settings and answer post-processing: llava_v15 (LLaVA-1.5's own "
+                             "evaluation, the default) or lmms_eval (lmms-eval 0.7.3's defaults); docs/evaluation.md")
     return parser.parse_args(argv)
 
 
@@ -229,7 +251,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
     output = log_dir / "lmms_eval"
     for stale in (output, log_dir / "tasks"):  # results are found by globbing, so start clean
         shutil.rmtree(stale, ignore_errors=True)
-    tasks_dir = render_tasks(args.data, log_dir / "tasks")
+    tasks_dir = render_tasks(args.data, log_dir / "tasks", args.prompt_variant)
+    # The VQAv2 upload covers every test2015 question: the question file must be there before hours of generation.
+    extra_env = {}
+    if any(b.task == "basic_vqav2_testdev" for b in benchmarks):
+        test2015 = submissions.vqav2_test2015_file(args.data)
+        try:
+            submissions.read_question_ids(test2015)
+        except submissions.SubmissionError as e:
+            raise EvaluationError(f"vqav2: {e}") from None
+        extra_env[submissions.VQAV2_TEST2015_ENV] = str(test2015.resolve())
 
     entries: dict[str, dict] = {}
     judges: dict[str, str] = {}
@@ -257,11 +288,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
         command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, output)
         started = time.perf_counter()
         threads = args.threads or (1 if args.profile == "mini" else None)
-        tail = run_lmms_eval(command, log_dir / "lmms_eval.log", threads)
+        tail = run_lmms_eval(command, log_dir / "lmms_eval.log", threads, extra_env)
         print(f"basic evaluate: lmms-eval took {time.perf_counter() - started:.1f} s", file=sys.stderr)
         entries.update(collect(to_run, output, judges, tail))
 
-    ordered = {b.name: entries[b.name] for b in benchmarks}
+    ordered = {b.name: {**entries[b.name], "prompt_variant": args.prompt_variant} for b in benchmarks}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
