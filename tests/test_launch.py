@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,8 +148,9 @@ def test_sbatch_script_runs_one_launcher_per_node_with_its_rank(tmp_path):
         (bin_dir / name).chmod(stat.S_IRWXU)
     (tmp_path / ".venv/bin").mkdir(parents=True)
     (tmp_path / ".venv/bin/activate").write_text("")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[001-002]",
-           "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "t", "SLURM_CPUS_ON_NODE": "64"}
+    # the venv's `basic` on PATH, as the setup line's `source .venv/bin/activate` would put it
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_JOB_NODELIST": "gpu-[001-002]", "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "t", "SLURM_CPUS_ON_NODE": "64"}
     env.pop("SLURM_CPUS_PER_TASK", None)
     (bin_dir / "srun").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/srun\n'
                                   'for n in 0 1; do SLURM_NODEID=$n "${@: -3}"; done\n')

@@ -254,7 +254,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
     tasks_dir = render_tasks(args.data, log_dir / "tasks", args.prompt_variant)
     # The VQAv2 upload covers every test2015 question: the question file must be there before hours of generation.
     extra_env = {}
-    if any(b.task == "basic_vqav2_testdev" for b in benchmarks):
+    if any(b.name == "vqav2" and b.scored_by == "server" for b in benchmarks):
         test2015 = submissions.vqav2_test2015_file(args.data)
         try:
             submissions.read_question_ids(test2015)
