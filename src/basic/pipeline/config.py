@@ -210,7 +210,7 @@ def _profile(data: Any, path: str) -> Profile:
 
 def _command_flags(profile: Profile, path: str) -> None:
     """The data, backbones and evaluate blocks: the options of the commands they are passed to."""
-    from basic.eval.evaluate import build_parser as evaluate_parser  # argparse and yaml only: cheap
+    from basic.eval.options import build_parser as evaluate_parser  # argparse and yaml only: cheap
 
     if profile.world == "mini":
         flags_.check(profile.data, flags_.mini_data_options(), f"{path}.data", ConfigError)

@@ -10,18 +10,26 @@ parallel on one node: `basic evaluate --num_processes N` (which starts `accelera
 itself and writes the metrics JSON), or plain lmms-eval through `lmms_eval_command`.
 
 On more than one node, every node runs the same command with its own `NODE_RANK` (0..nodes-1) and the
-same `MASTER_ADDR` (node 0's host). `sbatch_script` wraps a command in `pipeline/slurm/stage.sbatch`
-(one task per node, both variables set from SLURM) and `submit` hands it to `sbatch`, chaining a run's
-stages with `afterok` dependencies, so independent runs of the study run on different nodes at once.
+same `MASTER_ADDR` (node 0's host). The DeepSpeed launcher also needs the job's nodes as a hostfile
+(`host slots=<GPUs>` per line, node-rank order): its command reads `--hostfile $BASIC_HOSTFILE` and, with
+`--no_ssh`, starts only its own node's workers (without a hostfile it sees only localhost and refuses more
+than one node). `write_hostfile` writes one from an explicit host list or from SLURM's allocation
+(`scontrol show hostnames`); `basic launch hostfile` is its command line. torchrun and accelerate need no
+hostfile. `sbatch_script` wraps a command in `pipeline/slurm/stage.sbatch` (one task per node with all
+its CPUs, `NODE_RANK`, `MASTER_ADDR` and `BASIC_HOSTFILE` set from SLURM) and `submit` hands it to
+`sbatch`, chaining a run's stages with `afterok` dependencies, so independent runs of the study run on
+different nodes at once.
 
 Command line: `basic launch train --stage pretrain --launcher deepspeed --gpus-per-node 8 -- <train flags>`
 prints (`--print`), runs, or submits (`--slurm ...`) the command; `basic submit` (basic.pipeline.submit)
 submits every run of params.yaml at once.
+`basic launch hostfile --nodes 2 --gpus-per-node 8 [--hosts gpu-1 gpu-2] [--out FILE]` writes a hostfile.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -41,6 +49,8 @@ TRAIN_MODULE = "basic.train"
 EVAL_MODULE = "lmms_eval"
 NODE_RANK = "$NODE_RANK"
 MASTER_ADDR = "$MASTER_ADDR"
+HOSTFILE_ENV = "BASIC_HOSTFILE"
+HOSTFILE = f"${HOSTFILE_ENV}"
 SBATCH_TEMPLATE = Path("pipeline/slurm/stage.sbatch")
 
 
@@ -93,8 +103,9 @@ def launcher_argv(spec: LaunchSpec, module: str) -> list[str]:
         return ["python", "-m", module]
     if spec.launcher == "deepspeed":
         argv = ["deepspeed", "--num_gpus", str(spec.gpus_per_node), "--master_port", str(spec.master_port)]
-        if multi:  # each node launches its own workers; no ssh/pdsh from node 0
-            argv += ["--num_nodes", str(spec.nodes), "--node_rank", NODE_RANK, "--master_addr", MASTER_ADDR, "--no_ssh"]
+        if multi:  # each node launches its own workers (no ssh/pdsh from node 0), the hostfile says how many nodes
+            argv += ["--hostfile", HOSTFILE, "--num_nodes", str(spec.nodes), "--node_rank", NODE_RANK,
+                     "--master_addr", MASTER_ADDR, "--no_ssh"]
         return argv + ["--module", module]
     if spec.launcher == "torchrun":
         argv = ["torchrun", "--nnodes", str(spec.nodes), "--nproc_per_node", str(spec.gpus_per_node),
@@ -109,6 +120,41 @@ def launcher_argv(spec: LaunchSpec, module: str) -> list[str]:
     if multi:
         argv += ["--machine_rank", NODE_RANK, "--main_process_ip", MASTER_ADDR]
     return argv + ["-m", module]
+
+
+def slurm_hosts(nodelist: str | None = None) -> list[str]:
+    """The hosts of the SLURM allocation (`$SLURM_JOB_NODELIST` expanded by `scontrol show hostnames`)."""
+    nodelist = nodelist or os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise LaunchError("no hosts given and SLURM_JOB_NODELIST is not set: pass the hosts (--hosts) or run "
+                          "inside a SLURM allocation")
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise LaunchError(f"scontrol show hostnames {nodelist} failed: {e}") from None
+    return out.stdout.split()
+
+
+def hostfile_text(spec: LaunchSpec, hosts: Sequence[str] | None = None) -> str:
+    """DeepSpeed's hostfile of `spec`'s nodes: one `host slots=<GPUs per node>` line each, in node-rank order;
+    the hosts are `hosts`, else SLURM's allocation, and must be `spec.nodes` distinct names."""
+    hosts = list(hosts) if hosts else slurm_hosts()
+    if len(hosts) != spec.nodes or len(set(hosts)) != len(hosts):
+        raise LaunchError(f"hostfile: {len(hosts)} hosts ({', '.join(hosts)}) for nodes={spec.nodes}; "
+                          "give one distinct host per node")
+    return "".join(f"{host} slots={spec.gpus_per_node}\n" for host in hosts)
+
+
+def write_hostfile(path: str | Path, spec: LaunchSpec, hosts: Sequence[str] | None = None) -> Path:
+    """Write `hostfile_text(spec, hosts)` to `path`, through a temporary name, so that nodes writing it at
+    once cannot tear it."""
+    text = hostfile_text(spec, hosts)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def train_command(spec: LaunchSpec, stage: str, train_args: Sequence[str], module: str = TRAIN_MODULE) -> list[str]:
@@ -209,7 +255,8 @@ def sbatch_script(command: Sequence[str], spec: LaunchSpec, slurm: SlurmSpec, jo
     per_node = f"export NODE_RANK=$SLURM_NODEID; exec {to_shell(command)}"
     try:
         return _Template(template.read_text()).substitute(
-            job_name=job_name, nodes=spec.nodes, time=slurm.time, log_dir=slurm.log_dir,
+            job_name=job_name, nodes=spec.nodes, slots=spec.gpus_per_node, time=slurm.time, log_dir=slurm.log_dir,
+            hostfile_dir=shlex.quote(str(Path(workdir).resolve() / slurm.log_dir)),
             directives="\n".join(f"#SBATCH {d}" for d in directives),
             workdir=shlex.quote(str(Path(workdir).resolve())), setup="\n".join(slurm.setup),
             command=shlex.quote(per_node))
@@ -270,8 +317,9 @@ def submit_runs(runs: Mapping[str, Sequence[Job]], slurm: SlurmSpec, sbatch: str
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="basic launch", description=__doc__.split("\n\n")[0],
                                 epilog="Everything after `--` goes to the launched module.")
-    p.add_argument("what", choices=("train", "evaluate", "lmms-eval"),
-                   help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval")
+    p.add_argument("what", choices=("train", "evaluate", "lmms-eval", "hostfile"),
+                   help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval; "
+                        "hostfile: write the DeepSpeed hostfile of a multi-node run (--hosts, else the SLURM allocation)")
     p.add_argument("--stage", choices=STAGES, help="training stage (train only)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="deepspeed",
                    help="train: process launcher (lmms-eval: accelerate, or python for one process)")
@@ -282,6 +330,8 @@ def _parser() -> argparse.ArgumentParser:
                    "under pipeline/); 'none' for none")
     p.add_argument("--module", default=TRAIN_MODULE, help=f"training module (default {TRAIN_MODULE})")
     p.add_argument("--print", action="store_true", help="print the command (or sbatch script) and exit")
+    p.add_argument("--hosts", nargs="+", help="hostfile: the nodes in node-rank order (default: scontrol show hostnames)")
+    p.add_argument("--out", help="hostfile: where to write it (default: print it)")
     g = add_slurm_arguments(p)
     g.add_argument("--slurm", action="store_true", help="submit instead of running here")
     g.add_argument("--job-name")
@@ -318,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv[:split])
     rest = argv[split + 1:]
     try:
+        if args.what == "hostfile":
+            spec = LaunchSpec("deepspeed", args.gpus_per_node, args.nodes, args.master_port)
+            if args.out:
+                print(write_hostfile(args.out, spec, args.hosts))
+            else:
+                print(hostfile_text(spec, args.hosts), end="")
+            return 0
         if args.what == "train":
             if not args.stage:
                 raise LaunchError("train needs --stage pretrain|finetune")
@@ -336,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if spec.nodes > 1:
                 raise LaunchError("more than one node: run this on every node with NODE_RANK and MASTER_ADDR set "
-                                  "(see --print), or submit with --slurm")
+                                  f"(and, for deepspeed, {HOSTFILE_ENV}: `basic launch hostfile`; see --print), "
+                                  "or submit with --slurm")
             return subprocess.call(command)
         slurm = slurm_spec(args)
         name = args.job_name or (f"basic-{args.stage}" if args.what == "train" else f"basic-{args.what}")
