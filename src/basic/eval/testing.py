@@ -4,7 +4,7 @@
 LlavaProcessor with the family's chat template, `image_aspect_ratio`, end-of-turn ids in the generation
 config's eos) with vanilla transformers and `basic.testing`'s tiny backbones, so the plugin is proven on
 any HF LLaVA directory. `write_benchmark_fixtures` writes a few questions of every mini benchmark with the
-embedded world's own generator, laid out like `data/mini/benchmarks/`.
+embedded world's own generator, laid out like `data/mini/benchmarks/` (with the scenes file the analysis reads).
 """
 
 from __future__ import annotations
@@ -64,12 +64,16 @@ def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_rat
 def write_benchmark_fixtures(data_root: str | Path, n: int = 4, seed: int = 0, image_size: int = 32) -> Path:
     """`<data_root>/benchmarks/<bench>/<split>.parquet` for the eight benchmarks, `n` questions each, written by
     the embedded world's own generator (basic.mini.benchmarks), as `basic mini data` writes them."""
+    import json
+
     from basic.mini import benchmarks
-    from basic.mini.scenes import SceneSampler
+    from basic.mini.scenes import SceneSampler, annotations
 
     rng = np.random.default_rng(seed)
     sampler = SceneSampler(rng, "eval")
     for name in ("vqav2", "gqa", "sqa_img", "mmb", "mmvet", "vizwiz", "textvqa"):
         for bench, rows in benchmarks.build(name, sampler, rng, n, image_size).items():
             benchmarks.write(Path(data_root) / "benchmarks" / bench, bench, rows)
+    scenes = Path(data_root) / "benchmarks" / "scenes.jsonl"
+    scenes.write_text("".join(json.dumps(r) + "\n" for r in annotations(sampler.drawn, image_size)), encoding="utf-8")
     return Path(data_root)
