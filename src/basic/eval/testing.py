@@ -27,13 +27,15 @@ from basic.testing import FAMILIES, save_tiny_vision, tiny_llm_config, tiny_toke
 
 
 def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_ratio: str = "pad",
-                    seed: int = 0, hidden: int = 32, layers: int = 4, image_size: int = 16) -> Path:
+                    seed: int = 0, hidden: int = 32, layers: int = 4, image_size: int = 16,
+                    vocab_size: int = 320) -> Path:
     """Write a random tiny LLaVA checkpoint (CLIP encoder + `family` LLM) to `out_dir`; returns it.
 
-    `image_size` / 4 squared is the number of image tokens (CLIP patch size 4)."""
+    `image_size` / 4 squared is the number of image tokens (CLIP patch size 4); a `vocab_size` of 600 gives
+    the tokenizer whole-word tokens ("Ġred", "Ġtop", ...)."""
     out = Path(out_dir)
     vision_dir = save_tiny_vision("clip", out / "_vision", image_size=image_size)
-    tokenizer = tiny_tokenizer(family)
+    tokenizer = tiny_tokenizer(family, vocab_size=vocab_size)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
