@@ -14,7 +14,17 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from basic.eval import analysis
 from basic.eval.testing import save_tiny_llava, write_benchmark_fixtures
-from basic.mini.scenes import BACKGROUND, MIXED, SIGN, Obj, Scene, annotations, patch_labels, pixel_key, render
+from basic.mini.scenes import (
+    BACKGROUND,
+    MIXED,
+    SIGN,
+    Obj,
+    Scene,
+    annotations,
+    patch_labels,
+    pixel_key,
+    render,
+)
 from basic.model import projector_of
 from basic.testing import tiny_tokenizer
 
@@ -126,15 +136,18 @@ def test_analysis_json(world, tmp_path):
                         "grounded_background_fraction"):
                 assert stats[key] is None or 0.0 <= stats[key] <= 1.0, (key, stats)
             assert sum(share for _, share in stats["top_tokens"]) <= 1.0 + 1e-5  # rounded to 6 digits
-    assert summary["initial_meaningful_per_576"] == pytest.approx(576 * summary["initial_meaningful_fraction"], abs=0.01)
+    per_576 = 576 * summary["initial_meaningful_fraction"]
+    assert summary["initial_meaningful_per_576"] == pytest.approx(per_576, abs=0.01)
     replacement = {r["task"]: r for r in result["replacement"]}
     assert replacement["all"]["questions"] == 6 and sum(replacement[t]["questions"] for t in TASKS.split(",")) == 6
     example = result["examples"][0]
     assert len(result["examples"]) == 2 and example["grid"] == 4 and len(example["labels"]) == 16
-    assert len(example["matches"]["cosine"]) == 5 and all(len(layer) == 16 for layer in example["matches"]["logit_lens"])
+    assert len(example["matches"]["cosine"]) == 5
+    assert all(len(layer) == 16 for layer in example["matches"]["logit_lens"])
     assert example["image_png"] and example["question"].endswith("Answer the question using a single word or phrase.")
     again = _analyse(world, tmp_path / "b.json")
-    assert again == {**result, "setup": {**result["setup"], "checkpoint": again["setup"]["checkpoint"]}}  # deterministic
+    # deterministic: the same numbers and matches again
+    assert again == {**result, "setup": {**result["setup"], "checkpoint": again["setup"]["checkpoint"]}}
 
 
 def test_a_projector_that_outputs_a_word_matches_that_word(world, tmp_path):
@@ -157,7 +170,8 @@ def test_a_projector_that_outputs_the_end_token_matches_it(world, tmp_path):
     eos = tiny_tokenizer("llama", vocab_size=600).eos_token_id
     result = _analyse(world, tmp_path / "eos.json", _word_projector(world, eos, "eos"))
     initial = result["layers"][0]["cosine"]
-    assert initial["eos_fraction"] == 1.0 and initial["meaningful_fraction"] == 0.0 and initial["grounded_fraction"] == 0.0
+    assert initial["eos_fraction"] == 1.0 and initial["meaningful_fraction"] == 0.0
+    assert initial["grounded_fraction"] == 0.0
     assert result["summary"]["initial_eos_fraction"] == 1.0
 
 
@@ -173,7 +187,7 @@ def test_errors_name_what_is_missing(world, tmp_path):
     try:
         out = subprocess.run([sys.executable, "-m", "basic.cli", "analyze", "--checkpoint", str(world["checkpoint"]),
                               "--data", str(world["data"]), "--out", str(tmp_path / "x.json"), "--tasks", TASKS],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, check=False)
     finally:
         moved.rename(scenes)
     assert out.returncode == 1 and "scenes.jsonl: missing" in out.stderr

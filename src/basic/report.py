@@ -10,13 +10,13 @@ Pure functions the notebooks call (notebooks/*.ipynb only load, call and show):
   one row per (table row, benchmark): our score (mean over the seeds of that setting), its spread (sd) and
   seed count, the paper's score, and both deltas against the table's baseline row. A table's runs are
   matched to the paper's rows by what they are (method, LLM, encoder, which losses, schedules, k), never by
-  name; a run that matches no row of the paper gets its own row; a run without metrics is reported `missing` (a benchmark missing from its
-  metrics: `not evaluated`), never dropped.
+  name; a run that matches no row of the paper gets its own row; a run without metrics is reported
+  `missing` (a benchmark missing from its metrics: `not evaluated`), never dropped.
 - `markdown(table)`, `write_table(table, dir, name)`: Markdown and CSV; `plot_family(table)`: a seaborn figure.
 - `curves_from_state`, `write_curves`, `load_curves`, `curves_summary`, `plot_curves`: training curves
   (LM, DAS and SDS terms) from the trainer's log history.
-- `load_analysis`, `analysis_frame`, `analysis_table`, `analysis_markdown`, `analysis_findings`,
-  `plot_analysis`, `plot_patches`: the paper's visual-embedding analysis (section 3) from results/analysis/
+- `load_analysis`, `analysis_frame`, `analysis_table`, `analysis_markdown`, `write_analysis_table`,
+  `analysis_findings`, `plot_analysis`, `plot_patches`: the paper's visual-embedding analysis (section 3) from results/analysis/
   (`basic analyze`): per-layer curves of the meaningful, grounded and end-token shares with the seed spread,
   the initial counts beside the paper's 74 / 576 and 217 / 576, the replacement test, example patches.
 
@@ -523,7 +523,8 @@ ANALYSIS_COLUMNS = {  # summary key -> column of the analysis table
 }
 
 
-def analysis_table(study: config.Study, analyses: dict[str, dict], refs: dict, runs: list[str] | None = None) -> pd.DataFrame:
+def analysis_table(study: config.Study, analyses: dict[str, dict], refs: dict,
+                   runs: list[str] | None = None) -> pd.DataFrame:
     """One line per row (setting) of the analysed runs: the seeds, images and patches, each summary number as mean
     and sd over the seeds (`<column>` and `<column> sd`), and the paper's meaningful initial count for its own
     settings (`paper / 576`)."""
@@ -565,6 +566,16 @@ def analysis_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_analysis_table(table: pd.DataFrame, out_dir: str | Path, name: str = "analysis") -> tuple[Path, Path]:
+    """`<name>.csv` (every number, sd columns included) and `<name>.md` (`analysis_markdown`) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / f"{name}.csv", out / f"{name}.md"
+    table.to_csv(csv, index=False, float_format="%.6g")
+    md.write_text(analysis_markdown(table), encoding="utf-8")
+    return csv, md
+
+
 def _delta(a: pd.Series, b: pd.Series, column: str) -> tuple[float, float | None]:
     """a - b of a column, and the standard error of that difference from the seed spreads (None: one seed)."""
     d = float(a[column]) - float(b[column])
@@ -593,9 +604,11 @@ def analysis_findings(table: pd.DataFrame, frame: pd.DataFrame, refs: dict) -> s
         ours = table[(table.method == config.METHOD) & (table.llm == base.llm) & (table.layers == "half")]
         for _, row in ours.iterrows():
             d, se = _delta(row, base, "meaningful initial / 576")
-            text = (f"- {row.row} vs {base.row}: meaningful initial embeddings {_pm(row['meaningful initial / 576'], None, 1)}"
-                    f" vs {_pm(base['meaningful initial / 576'], None, 1)} of 576, Δ {_judged(d, se, 1)}; paper "
-                    f"{counts[config.METHOD]} vs {counts[config.BASELINE]}, Δ {counts[config.METHOD] - counts[config.BASELINE]:+d}.")
+            paper = counts[config.METHOD] - counts[config.BASELINE]
+            text = (f"- {row.row} vs {base.row}: meaningful initial embeddings "
+                    f"{_pm(row['meaningful initial / 576'], None, 1)} vs {_pm(base['meaningful initial / 576'], None, 1)} "
+                    f"of 576, Δ {_judged(d, se, 1)}; paper {counts[config.METHOD]} vs {counts[config.BASELINE]}, "
+                    f"Δ {paper:+d}.")
             if pd.notna(row["grounded initial"]) and pd.notna(base["grounded initial"]):
                 d, se = _delta(row, base, "grounded initial")
                 text += f" Grounded initial embeddings: Δ {_judged(d, se, 3)}."
@@ -659,7 +672,8 @@ def plot_patches(analysis: dict, images: int = 3, layers: list[int] | None = Non
     examples = analysis["examples"][:images]
     n_layers = analysis["setup"]["llm_layers"]
     layers = layers if layers is not None else sorted({0, max(1, n_layers // 2), n_layers})
-    fig, axes = plt.subplots(len(examples), len(layers), figsize=(3.3 * len(layers), 3.5 * len(examples)), squeeze=False)
+    fig, axes = plt.subplots(len(examples), len(layers), figsize=(3.3 * len(layers), 3.5 * len(examples)),
+                             squeeze=False)
     for r, example in enumerate(examples):
         image = Image.open(io.BytesIO(base64.b64decode(example["image_png"]))).convert("RGB")
         grid = example["grid"]

@@ -426,7 +426,8 @@ def analyse(args: argparse.Namespace) -> dict:
             record[reading] = layer_stats(ids, meaningful, eos, words, grounding, tokenizer)
         layers.append(record)
     def agreement(others: list[str], idx: list[int]) -> dict[str, float]:
-        return {"exact_match": round(sum(normalise(collected.answers[i]) == normalise(others[i]) for i in idx) / len(idx), 6),
+        same = sum(normalise(collected.answers[i]) == normalise(others[i]) for i in idx)
+        return {"exact_match": round(same / len(idx), 6),
                 "token_f1": round(sum(token_f1(collected.answers[i], others[i]) for i in idx) / len(idx), 6)}
 
     replacement = []
@@ -460,8 +461,8 @@ def analyse(args: argparse.Namespace) -> dict:
             "blank_answer": collected.blank[i], "grid": grid,
             "image_png": _png(collected.images[i]),
             "labels": item.labels.flatten().tolist() if item.labels is not None else None,
-            "matches": {reading: [[token_text(tokenizer, t) for t in layer.tolist()] for layer in collected.ids[reading][i]]
-                        for reading in READINGS},
+            "matches": {reading: [[token_text(tokenizer, t) for t in layer.tolist()]
+                                  for layer in collected.ids[reading][i]] for reading in READINGS},
         })
     result = {
         "summary": summary,

@@ -137,7 +137,8 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     check_disjoint(train_keys, held_out)
     # The scene of every benchmark image, keyed by its pixels: the ground truth of the embedding analysis.
     scenes_path = out / "benchmarks" / "scenes.jsonl"
-    _write_jsonl(scenes_path, annotations([s for sampler in samplers.values() for s in sampler.drawn], sizes.image_size))
+    drawn = [s for sampler in samplers.values() for s in sampler.drawn]
+    _write_jsonl(scenes_path, annotations(drawn, sizes.image_size))
     files.append(scenes_path)
     probe_rows = _probe_rows(probe, sizes.image_size)
     train_images = {sha256(p.read_bytes()) for p in files if p.suffix == ".png"}
