@@ -7,8 +7,9 @@ N held-out images (default: 300 at mini scale, as many as the tasks have; 30 at 
 go through the model with their benchmark prompt: lmms-eval's own task (its documents, `doc_to_visual`,
 `doc_to_text` and generation settings; mini: the package's mini tasks over `--data`, full: any lmms-eval
 task, by default `coco2017_cap_val`, whose prompt asks for a caption), and the prompt, image padding and
-encoding of the evaluation model (`basic.eval.plugin.BasicLlava`); one forward pass of the model, no
-attention weights. Read at the image positions, for the initial embeddings (the projector's output) and
+encoding of the evaluation model (`basic.eval.plugin.BasicLlava`). The hidden states are read, through
+forward hooks, from the evaluation's own pass over the prompt (the first forward pass of its generation; no
+attention weights, any attention kernel). Read at the image positions, for the initial embeddings (the projector's output) and
 for the output of every LLM layer (the residual stream, before the final norm):
 
 - the **matched token** of each patch: the vocabulary token whose input embedding has the highest cosine
@@ -63,8 +64,10 @@ from typing_extensions import Self  # typing.Self from Python 3.11
 STOP_WORDS_FILE = "stop_words.txt"
 WORD_START = ("▁", "Ġ")  # SentencePiece's and byte-level BPE's marks of a token that starts a word
 PAPER_PATCHES = 576  # LLaVA-1.5's 24 x 24 patches of a 336-pixel image
-DEFAULTS = {"mini": {"images": 300, "tasks": "mini_vqav2,mini_gqa,mini_textvqa"},
-            "full": {"images": 30, "tasks": "coco2017_cap_val"}}
+# Per profile: images, tasks, and the batch (mini: 64 halves the per-step overhead of CPU generation, and the
+# answers are the same at any batch size; full: every layer's image positions of a batch are held at once).
+DEFAULTS = {"mini": {"images": 300, "tasks": "mini_vqav2,mini_gqa,mini_textvqa", "batch_size": 64},
+            "full": {"images": 30, "tasks": "coco2017_cap_val", "batch_size": 8}}
 READINGS = ("cosine", "logit_lens")
 # Words of the background in the mini world: what the scene descriptions say about layout (where an object
 # is) and the words for the picture itself; attribute words come from the scene (basic.mini.language).
@@ -221,29 +224,46 @@ def patch_words(scene, labels) -> list[tuple[str, frozenset[str]] | None]:
 
 # ---- the model pass -------------------------------------------------------------------------------------
 
-class LayerOutputs:
-    """Forward hooks on the LLM's decoder layers keeping each layer's output at the image positions."""
+class PrefillOutputs:
+    """Forward hooks that keep, from the first forward pass of a generation (the prompt's, before any new
+    token), the projector's output and each LLM decoder layer's output at the image positions."""
 
     def __init__(self, model, image_mask: torch.Tensor):
         from basic.method.capture import decoder_layers
 
-        self.layers, self.mask = decoder_layers(model), image_mask
+        self.projector, self.layers, self.mask = model.model.multi_modal_projector, decoder_layers(model), image_mask
+        self.initial: torch.Tensor | None = None
         self.outputs: list[torch.Tensor | None] = [None] * len(self.layers)
         self._handles: list = []
 
     def __enter__(self) -> Self:
-        def hook(index: int):
+        def keep_initial(module, args, output):
+            if self.initial is None:
+                self.initial = output.reshape(-1, output.shape[-1]).float()
+
+        def keep_layer(index: int):
             def keep(module, args, output):
                 hidden = output[0] if isinstance(output, tuple) else output
-                self.outputs[index] = hidden[self.mask].float()
+                if self.outputs[index] is None:  # later calls are the decoding steps
+                    self.outputs[index] = hidden[self.mask].float()
             return keep
 
-        self._handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(self.layers)]
+        self._handles = [self.projector.register_forward_hook(keep_initial)]
+        self._handles += [layer.register_forward_hook(keep_layer(i)) for i, layer in enumerate(self.layers)]
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
+
+    @property
+    def states(self) -> list[torch.Tensor]:
+        """[initial, layer 1, ..., layer L], each [image tokens of the batch, d]."""
+        if self.initial is None or any(o is None for o in self.outputs):
+            raise RuntimeError("the generation's first forward pass did not run the projector and every layer")
+        if len(self.initial) != len(self.outputs[0]):
+            raise RuntimeError(f"{len(self.initial)} projector outputs for {len(self.outputs[0])} image positions")
+        return [self.initial, *self.outputs]  # type: ignore[list-item]
 
 
 def match(hidden: torch.Tensor, unit_vocab: torch.Tensor, lm_head, norm) -> dict[str, torch.Tensor]:
@@ -313,12 +333,12 @@ def run_model(llava, tasks: dict, items: list[Item], batch_size: int) -> Collect
                 prompts.append(llava._prompt(items[i].context, len(visuals)))
             inputs = llava._encode(prompts, images)
             mask = inputs["input_ids"] == model.config.image_token_id
+            kwargs, until = llava._generate_kwargs(dict(items[batch[0]].gen_kwargs), items[batch[0]].task)
             with torch.inference_mode():
-                with LayerOutputs(model, mask) as layers:
-                    initial = model.model(**inputs, use_cache=False).image_hidden_states
-                matched = [match(h.float(), unit_vocab, lm_head, norm) for h in (initial, *layers.outputs)]
-                kwargs, until = llava._generate_kwargs(dict(items[batch[0]].gen_kwargs), items[batch[0]].task)
-                real = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:]
+                # The hidden states are those of the evaluation's own pass over the prompt: the generation's first.
+                with PrefillOutputs(model, mask) as prefill:
+                    real = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:]
+                matched = [match(h, unit_vocab, lm_head, norm) for h in prefill.states]
                 replaced_embeds = embeddings(inputs["input_ids"])  # as the model embeds them (Gemma: scaled)
                 replaced_embeds[mask] = embeddings(matched[0]["cosine"]).to(replaced_embeds.dtype)
                 replaced = model.generate(inputs_embeds=replaced_embeds, attention_mask=inputs["attention_mask"],
@@ -382,6 +402,7 @@ def analyse(args: argparse.Namespace) -> dict:
 
     defaults = DEFAULTS[args.profile]
     n_images = args.images or defaults["images"]
+    batch_size = args.batch_size or defaults["batch_size"]
     names = [t.strip() for t in (args.tasks or defaults["tasks"]).split(",") if t.strip()]
     if args.threads or args.profile == "mini":
         torch.set_num_threads(args.threads or 1)  # tiny models: one thread, as basic evaluate
@@ -390,7 +411,7 @@ def analyse(args: argparse.Namespace) -> dict:
         tasks = load_tasks(names, args.data, args.profile, Path(work))
     items = select_items(tasks, n_images)
     scenes = load_scenes(args.data) if args.profile == "mini" else None
-    llava = BasicLlava(pretrained=str(args.checkpoint), device=args.device, batch_size=args.batch_size,
+    llava = BasicLlava(pretrained=str(args.checkpoint), device=args.device, batch_size=batch_size,
                        dtype=args.dtype or ("float32" if args.profile == "mini" else "auto"))
     model, tokenizer = llava.model, llava.tokenizer
     vocab_size = model.get_input_embeddings().weight.shape[0]
@@ -399,7 +420,7 @@ def analyse(args: argparse.Namespace) -> dict:
     eos = torch.zeros(vocab_size, dtype=torch.bool)
     eos[[i for i in llava.eos_ids if i < vocab_size]] = True
 
-    collected = run_model(llava, tasks, items, args.batch_size)
+    collected = run_model(llava, tasks, items, batch_size)
     m = collected.ids["cosine"][0].shape[1]
     grid = round(m ** 0.5)
     grounding = None
@@ -493,7 +514,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tasks", help="comma-separated lmms-eval tasks whose documents are used (default: mini "
                    f"{DEFAULTS['mini']['tasks']}; full {DEFAULTS['full']['tasks']})")
     p.add_argument("--examples", type=int, default=6, help="images kept whole (every patch's matches) for the notebook")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=int, help="images per batch (default: mini 64, full 8)")
     p.add_argument("--device", help="model device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="default: float32 (mini), the checkpoint's own (full)")
