@@ -77,9 +77,12 @@ def main() -> None:
             for checkpoint in checkpoints:
                 runs[str(checkpoint)].append(run_once(checkpoint, data, Path(tmp) / "analysis.json"))
                 load.append(os.getloadavg()[0])
-    per_checkpoint = {c: {"median_wall_seconds": statistics.median(r["wall_seconds"] for r in rs),
-                          "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in rs),
-                          "median_analysis_seconds": statistics.median(r["analysis_seconds"] for r in rs),
+    def median(values) -> float:
+        return round(statistics.median(values), 2)
+
+    per_checkpoint = {c: {"median_wall_seconds": median(r["wall_seconds"] for r in rs),
+                          "median_cpu_seconds": median(r["cpu_seconds"] for r in rs),
+                          "median_analysis_seconds": median(r["analysis_seconds"] for r in rs),
                           "runs": rs} for c, rs in runs.items()}
     worst_cpu = max(v["median_cpu_seconds"] for v in per_checkpoint.values())
     result = {
