@@ -208,6 +208,12 @@ def test_depth_table_rows_by_k(results, tmp_path):
     assert cell(table, "k=4", "vqav2").ours_delta == -5.0 and cell(table, "k=3", "vqav2").status == "missing"
     assert report.findings(table, "depth").startswith("**What Depth ablation shows** (Δ vs layers=half)")
     assert "k=4: mean Δ -5.0 over 1 benchmarks" in report.findings(table, "depth")
+    # A study whose tables leave the depth ablation out (study.py --quick): an empty table, not an error.
+    raw = config.read(ROOT / "params.yaml")
+    raw["tables"] = {"main": raw["tables"]["main"], "analysis": raw["tables"]["main"]}
+    empty = report.family_table(report.Results(config.parse(raw), res.metrics, res.references), "depth")
+    assert empty.empty and report.markdown(empty, "depth").count("\n") == 4
+    assert "no row has both" in report.findings(empty, "depth")
 
 
 def analysis_record(meaningful: float, grounded: float, eos_last: float, replaced: float, blank: float) -> dict:

@@ -231,7 +231,9 @@ def family_table(results: Results, family: str) -> pd.DataFrame:
             attrs = {k: ref[k] for k in keys}
             rows += [{"row": _label(attrs, keys), **attrs, "benchmark": b, "ours": None, "ours_sd": None, "seeds": 0,
                       "runs": "", "status": "not run", "paper": ref["paper"].get(b), "_order": i} for b in columns]
-    table = pd.DataFrame(rows)
+    # The columns are named even when there is no row (a table with no run and no paper numbers, e.g. depth).
+    table = pd.DataFrame(rows, columns=["row", *keys, "benchmark", "ours", "ours_sd", "seeds", "runs", "status", "paper",
+                                        "_order"])
     table = table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     return _with_deltas(table, family, keys)
 

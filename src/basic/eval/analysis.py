@@ -125,7 +125,6 @@ class Item:
     target: str
     key: str  # basic.mini.scenes.pixel_key of the image
     labels: Any = None  # [grid, grid] patch labels (mini), from the scene
-    scene: Any = None
 
 
 def load_tasks(names: list[str], data: Path, profile: str, work: Path) -> dict:
@@ -308,8 +307,9 @@ def _setting(item: Item) -> str:
 
 
 def run_model(llava, tasks: dict, items: list[Item], batch_size: int) -> Collected:
-    """The forward pass (matches per layer) and both generations of every item, in batches of one generation
-    setting (as the evaluation model batches), through the evaluation model's own prompt and encoding."""
+    """Every item's matches per layer (from the real generation's prompt pass) and its three answers (real,
+    replaced embeddings, blank image), in batches of one generation setting (as the evaluation model batches),
+    through the evaluation model's own prompt and encoding."""
     from basic.eval.plugin import cut_at_stops
 
     model, tokenizer = llava.model, llava.tokenizer
@@ -435,9 +435,8 @@ def analyse(args: argparse.Namespace) -> dict:
             if image.width != image.height:  # the patch grid covers the padded square: the scene must fill it
                 raise AnalysisError(f"{item.task} document {item.doc_id}: a {image.width}x{image.height} image; "
                                     "the patch labels assume square scenes")
-            item.scene = scenes[item.key]
-            item.labels = patch_labels(item.scene, grid)
-            grounding.append(patch_words(item.scene, item.labels))
+            item.labels = patch_labels(scenes[item.key], grid)
+            grounding.append(patch_words(scenes[item.key], item.labels))
     n_layers = len(collected.ids["cosine"][0]) - 1
     layers = []
     for layer in range(n_layers + 1):
@@ -446,6 +445,7 @@ def analyse(args: argparse.Namespace) -> dict:
             ids = torch.stack([per_image[layer] for per_image in collected.ids[reading]])
             record[reading] = layer_stats(ids, meaningful, eos, words, grounding, tokenizer)
         layers.append(record)
+
     def agreement(others: list[str], idx: list[int]) -> dict[str, float]:
         same = sum(normalise(collected.answers[i]) == normalise(others[i]) for i in idx)
         return {"exact_match": round(same / len(idx), 6),
