@@ -214,6 +214,10 @@ def test_depth_table_rows_by_k(results, tmp_path):
     empty = report.family_table(report.Results(config.parse(raw), res.metrics, res.references), "depth")
     assert empty.empty and report.markdown(empty, "depth").count("\n") == 4
     assert "no row has both" in report.findings(empty, "depth")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    assert report.plot_family(empty, None, "t").axes[0].texts[0].get_text() == "no scores yet"
 
 
 def analysis_record(meaningful: float, grounded: float, eos_last: float, replaced: float, blank: float) -> dict:

@@ -377,8 +377,9 @@ def plot_family(table: pd.DataFrame, seeds: pd.DataFrame | None = None, title: s
     else:
         axes[1].text(0.5, 0.5, "no published numbers", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set(title="paper", ylabel="score", xlabel="")
-    fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=palette[r]) for r in rows], labels=rows,
-               loc="lower center", ncol=min(len(rows), 4), frameon=False)
+    if rows:
+        fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=palette[r]) for r in rows], labels=rows,
+                   loc="lower center", ncol=min(len(rows), 4), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(rows) - 1) // 4), 1, 1))
