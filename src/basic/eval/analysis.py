@@ -389,6 +389,19 @@ def layer_stats(ids: torch.Tensor, meaningful: torch.Tensor, eos: torch.Tensor, 
     return stats
 
 
+def dumps(result: dict) -> str:
+    """The JSON, indented, but each example on one line: its image and token grids would take a line per token."""
+    parts = []
+    for key, value in result.items():
+        if key == "examples":
+            inner = ",\n  ".join(json.dumps(e, ensure_ascii=False) for e in value)
+            text = f"[\n  {inner}\n ]" if value else "[]"
+        else:
+            text = json.dumps(value, indent=1, ensure_ascii=False).replace("\n", "\n ")
+        parts.append(f" {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def _png(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -497,7 +510,7 @@ def analyse(args: argparse.Namespace) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(dumps(result), encoding="utf-8")
     tmp.replace(args.out)
     print(f"basic analyze: {len(items)} images, {n_layers} layers in {time.perf_counter() - started:.1f} s",
           file=sys.stderr)
@@ -513,7 +526,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, help="held-out images (default: mini 300, full 30)")
     p.add_argument("--tasks", help="comma-separated lmms-eval tasks whose documents are used (default: mini "
                    f"{DEFAULTS['mini']['tasks']}; full {DEFAULTS['full']['tasks']})")
-    p.add_argument("--examples", type=int, default=6, help="images kept whole (every patch's matches) for the notebook")
+    p.add_argument("--examples", type=int, default=4, help="images kept whole (every patch's matches) for the notebook")
     p.add_argument("--batch_size", type=int, help="images per batch (default: mini 64, full 8)")
     p.add_argument("--device", help="model device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
