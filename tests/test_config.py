@@ -41,7 +41,7 @@ def test_params_yaml_is_a_valid_study(study):
     assert set(study.tables) == set(config.TABLES)
     # The shared BASIC Vicuna-7B run is one run (trained once) in the four tables that show it.
     shared = [t for t, runs in study.tables.items() if "basic-vicuna-7b" in runs]
-    assert sorted(shared) == ["layer_weights", "loss_ablation", "main", "supervision_strength"]
+    assert sorted(shared) == ["analysis", "depth", "layer_weights", "loss_ablation", "main", "supervision_strength"]
     assert study.runs["llava-vicuna-7b"].method == config.BASELINE
     assert study.runs["basic-vicuna-7b"].basic_args.basic_sds_weight == 0.01
     # Each run has a distinct definition (a duplicate would be trained twice for nothing).
@@ -167,6 +167,26 @@ def test_full_profile_launches(study):
         config.command(four, "pretrain", "basic-vicuna-7b"))
 
 
+def test_analyze_command(study):
+    assert config.command(study, "analyze", "basic-k3-vicuna-7b") == [
+        "basic", "analyze", "--checkpoint", "models/basic-k3-vicuna-7b/finetune", "--data", "data/mini",
+        "--out", "results/analysis/basic-k3-vicuna-7b.json", "--profile", "mini"]
+    full = dataclasses.replace(study, profile="full")
+    assert to_shell(config.command(full, "analyze", "basic-vicuna-7b")).endswith("--data data/full --out "
+                                                                                 "results/analysis/basic-vicuna-7b.json --profile full")
+
+
+def test_depth_runs_are_a_quarter_half_three_quarters_and_all_of_the_stand_ins_layers(study):
+    from basic.mini.llms import LLM_SPECS
+
+    depth = [study.runs[r] for r in study.tables["depth"] if study.runs[r].method == config.METHOD]
+    assert {r.llm for r in depth} == {"vicuna-7b"}
+    layers = LLM_SPECS["vicuna-7b"].layers
+    ks = sorted({r.basic_args.basic_layers or layers // 2 for r in depth})
+    assert ks == [layers // 4, layers // 2, 3 * layers // 4, layers]
+    assert set(study.tables["main"]) <= set(study.tables["analysis"])  # every Table 1 run with its seeds is analysed
+
+
 def test_stage_requests_are_checked(study):
     with pytest.raises(config.ConfigError, match="no run named 'nope'"):
         config.command(study, "pretrain", "nope")
@@ -195,6 +215,9 @@ def test_dvc_yaml_paths_are_configs():
         assert render(next(iter(do["plots"][0]))) == str(config.curves_file("RUN", stage))
         assert render(do["outs"][0]) == str(config.run_dir("RUN") / stage)
         assert do["cmd"] == f"basic stage {stage} ${{key}}"
+    analyze = stages["analyze"]
+    assert analyze["foreach"] == "${tables.analysis}" and analyze["do"]["cmd"] == "basic stage analyze ${item}"
+    assert next(iter(analyze["do"]["metrics"][0])).replace("${item}", "RUN") == str(config.analysis_file("RUN"))
     assert next(iter(stages["backbones"]["outs"][0])) == str(config.BACKBONES_DIR)
     assert render(next(iter(stages["prepare"]["outs"][0]))) == "data/mini"
     # Every params.yaml key a stage tracks exists, in every profile (DVC fails on a missing one).
@@ -206,6 +229,7 @@ def test_dvc_yaml_paths_are_configs():
                 path = render(key).replace("mini", profile).replace("RUN", run.name if run else "RUN")
                 if run:
                     path = re.sub(r"\$\{item\.(\w+)\}", lambda m: getattr(run, m.group(1)), path)
+                    path = path.replace("${item}", run.name)  # foreach over a list of runs (analyze)
                 node = raw
                 for part in path.split("."):
                     assert isinstance(node, dict) and part in node, f"{name}: {path}"

@@ -26,6 +26,7 @@ STAGE_ENTRIES = {
     "finetune": ["basic.cli", "basic.pipeline.stage", "basic.train"],
     "evaluate": ["basic.cli", "basic.pipeline.stage", "basic.eval.evaluate", "basic.eval.plugin",
                  "basic.eval.tasks.utils"],
+    "analyze": ["basic.cli", "basic.pipeline.stage", "basic.eval.analysis"],
     "report": ["basic.cli", "basic.pipeline.report"],
 }
 # Files other than modules that a module reads (package data, notebooks); every such file of src/basic must
@@ -33,6 +34,7 @@ STAGE_ENTRIES = {
 DATA_READ_BY = {
     "basic.eval.benchmarks": ["src/basic/eval/benchmarks.yaml"],
     "basic.eval.evaluate": ["src/basic/eval/tasks"],
+    "basic.eval.analysis": ["src/basic/eval/stop_words.txt"],
     "basic.full.download": ["src/basic/full/manifests"],
     "basic.full.checkpoints": ["src/basic/full/manifests/checkpoints/backbones.yaml"],
     "basic.pipeline.report": ["src/basic/pipeline/reference_numbers.yaml", "notebooks"],

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mini data": ("basic.mini.cli:data_main", "generate the embedded world: scenes, corpora, benchmarks, tokenizer"),
     "mini backbones": ("basic.mini.cli:backbones_main", "pretrain the mini vision encoders and LLMs"),
     "evaluate": ("basic.eval.evaluate:main", "run lmms-eval on one checkpoint and write its metrics JSON"),
+    "analyze": ("basic.eval.analysis:main", "the paper's visual-embedding analysis of one checkpoint (matched tokens per layer)"),
     "download": ("basic.full.download:main", "download and verify files listed in a manifest"),
     "checkpoints": ("basic.full.checkpoints:main", "fetch the full study's backbones from the hub at pinned revisions"),
     "launch": ("basic.pipeline.launch:main", "print, run or submit (SLURM) a stage's distributed launch command"),

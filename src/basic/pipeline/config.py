@@ -30,14 +30,18 @@ from basic.schema import check_type as _check_type
 
 PARAMS_FILE = Path("params.yaml")
 WORLDS = ("mini", "full")
-STAGES = ("backbones", "pretrain", "finetune", "evaluate")
-TABLES = ("main", "loss_ablation", "cross_model", "layer_weights", "supervision_strength")
+STAGES = ("backbones", "pretrain", "finetune", "evaluate", "analyze")
+# The paper's tables (and `depth`, the ablation it states in words), then `analysis`: the runs whose visual
+# embeddings the analyze stage reads (the paper's section 3), a list of runs rather than a table of scores.
+TABLES = ("main", "loss_ablation", "cross_model", "layer_weights", "supervision_strength", "depth", "analysis")
+ANALYSIS_TABLE = "analysis"
 BASELINE = "llava-1.5"
 METHOD = "basic"
 
 BACKBONES_DIR = Path("models/backbones")
 METRICS_DIR = Path("results/metrics")
 CURVES_DIR = Path("results/curves")
+ANALYSIS_DIR = Path("results/analysis")
 # Where each world keeps the training data of each stage: (--data_path, --image_folder) under data/<profile>/.
 # mini: docs/interfaces.md (basic mini data); full: LLaVA's playground layout (docs/full_study.md).
 DATA_LAYOUT = {
@@ -389,9 +393,27 @@ def command(study: Study, stage: str, run_name: str | None = None) -> list[str]:
     if run_name is None:
         raise ConfigError(f"the {stage} stage runs per run: name one ({', '.join(study.runs)})")
     run = study.run(run_name)
+    if stage == "analyze":
+        return analyze_command(study, run.name)
     if stage == "evaluate":
         return eval_command(profile.launch, [
             "--checkpoint", str(run_dir(run.name) / "finetune"), "--out", str(metrics_file(run.name)),
             "--profile", profile.world, "--data", str(study.data_dir), "--log_dir", str(run_dir(run.name) / "evaluate"),
             *cli_argv({**profile.evaluate, "benchmarks": ",".join(run.benchmarks or profile.evaluate["benchmarks"])})])
     return train_command(profile.launch, stage, train_flags(study, stage, run))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The embedding analysis (the paper's section 3): `basic analyze` on a run's stage-2 checkpoint
+
+
+def analysis_file(run: str) -> Path:
+    return ANALYSIS_DIR / f"{run}.json"
+
+
+def analyze_command(study: Study, run_name: str) -> list[str]:
+    """`basic analyze` of one run's stage-2 checkpoint in the active profile (its defaults: 300 held-out mini
+    images, or the paper's 30 at full scale), one process: it reads hidden states, no training launch."""
+    run = study.run(run_name)
+    return ["basic", "analyze", "--checkpoint", str(run_dir(run.name) / "finetune"), "--data", str(study.data_dir),
+            "--out", str(analysis_file(run.name)), "--profile", study.active.world]

@@ -2,6 +2,7 @@
 
     basic stage backbones                      # basic mini backbones ... | basic checkpoints ...
     basic stage pretrain|finetune|evaluate RUN # basic train under the profile's launcher | basic evaluate
+    basic stage analyze RUN                    # basic analyze (the paper's visual-embedding analysis)
     basic stage --dry [STAGE [RUN]]            # print the commands of the active profile, run nothing
 
 The command comes from `basic.pipeline.config.command` (so DVC's `cmd` stays one short line per stage and
@@ -88,7 +89,7 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="basic stage", description=__doc__.split("\n\n")[0])
     p.add_argument("stage", nargs="?", choices=config.STAGES)
-    p.add_argument("run", nargs="?", help="run name (pretrain, finetune, evaluate)")
+    p.add_argument("run", nargs="?", help="run name (pretrain, finetune, evaluate, analyze)")
     p.add_argument("--params", type=Path, default=config.PARAMS_FILE)
     p.add_argument("--dry", action="store_true", help="print the command(s) of the active profile and exit")
     args = p.parse_args(argv)
