@@ -295,3 +295,15 @@ def test_flags_read_from_source_are_the_commands_own():
     assert set(flags.train_options()["basic_layers"].types) == {int, type(None)}
     for read, real in ((flags.mini_data_options(), data_parser()), (flags.mini_backbones_options(), backbones_parser())):
         assert read.keys() == flags.parser_options(real).keys()
+
+
+def test_a_stage_logs_its_output_and_repeats_the_end_of_it_when_it_fails(study, tmp_path, monkeypatch, capfd):
+    from basic.pipeline import stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "command", lambda *a: ["python", "-c", "print('step 1'); import sys; sys.exit(3)"])
+    assert stage.run_stage(study, "evaluate", "llava-vicuna-7b") == 3
+    out, err = capfd.readouterr()
+    assert "evaluate@llava-vicuna-7b starts" in out and "step 1" in out
+    assert "failed (exit 3)" in err and "step 1" in err
+    assert (tmp_path / "logs/evaluate@llava-vicuna-7b.log").read_text() == "step 1\n"

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from basic.pipeline import config
@@ -27,6 +28,8 @@ from basic.pipeline.launch import to_shell
 
 
 CURVE_TERMS = ("loss", "lm_loss", "das", "sds")
+LOG_DIR = Path("logs")
+TAIL_BYTES = 4000  # of a failing stage's output, repeated after its error
 
 
 def curves_from_state(state_file: str | Path) -> list[dict]:
@@ -68,21 +71,42 @@ def clean_backbones(study: config.Study) -> None:
     shutil.rmtree(out)
 
 
+def log_file(stage: str, run: str | None) -> Path:
+    """Where a stage's output is kept besides the terminal: logs/<stage>[@<run>].log."""
+    return LOG_DIR / f"{stage}{'@' + run if run else ''}.log"
+
+
 def run_stage(study: config.Study, stage: str, run: str | None) -> int:
+    name = f"{stage}{'@' + run if run else ''}"
     argv = config.command(study, stage, run)
-    print("+ " + to_shell(argv), flush=True)
+    print(f"basic stage: {name} starts: {to_shell(argv)}", flush=True)
+    started = time.perf_counter()
     if stage == "backbones":
         clean_backbones(study)
-    env = {**os.environ, **study.active.env,
+    env = {**os.environ, **study.active.env, "PYTHONUNBUFFERED": "1",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    log = log_file(stage, run)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    tail = b""
     # Through the shell, so that a multi-node launch's $NODE_RANK and $MASTER_ADDR expand (basic.pipeline.launch).
-    code = subprocess.call(to_shell(executable(argv)), shell=True, env=env)
+    # The output goes to the terminal as it comes (progress bars redraw in place) and to the stage's log.
+    with open(log, "wb") as out, subprocess.Popen(to_shell(executable(argv)), shell=True, env=env,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+        while chunk := process.stdout.read1(65536):  # type: ignore[union-attr]
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            out.write(chunk)
+            tail = (tail + chunk)[-TAIL_BYTES:]
+    code = process.returncode
+    elapsed = time.perf_counter() - started
     if code:
-        print(f"basic stage: {stage}{' ' + run if run else ''} failed (exit {code}): {to_shell(argv)}", file=sys.stderr)
+        print(f"basic stage: {name} failed (exit {code}) after {elapsed:.0f} s: {to_shell(argv)}\n"
+              f"end of {log}:\n{tail.decode(errors='replace')}", file=sys.stderr)
         return code
     if stage in ("pretrain", "finetune") and os.environ.get("NODE_RANK", "0") == "0":  # one node writes them
         state = config.run_dir(run) / stage / "trainer_state.json"
         write_curves(state, config.curves_file(run, stage))
+    print(f"basic stage: {name} done in {elapsed:.1f} s (log: {log})", flush=True)
     return 0
 
 
