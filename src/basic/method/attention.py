@@ -139,76 +139,102 @@ def restore(model, implementation: str) -> None:
         model.set_attn_implementation({"text_config": implementation})
 
 
-def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, *,
-                    scaling: float, sliding_window: int | None, rows: torch.Tensor, q_index: torch.Tensor,
-                    q_valid: torch.Tensor, k_index: torch.Tensor, k_end: torch.Tensor, k_valid: torch.Tensor,
-                    log_norm: torch.Tensor | None = None, block_elements: int = SCORE_BLOCK_ELEMENTS) -> torch.Tensor:
-    """Per image token, the sum over its text queries of the head-mean softmax probability on it.
+def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, positions, *,
+                    scaling: float, sliding_window: int | None = None, log_norm: torch.Tensor | None = None,
+                    block_elements: int = SCORE_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Per image token, the sum over its image's text queries of the head-mean softmax probability on it.
 
     query [B, heads, S, hd] and key [B, kv_heads, S, hd] as the attention function receives them (after
     RoPE, key/value heads not repeated); `attention_mask` as the layer's mask function made it: None
     (causal, plus `sliding_window` when given, as flash attention applies it), a [B, S] padding mask
-    (flash attention), or a 4-D boolean / additive mask. `rows` selects batch rows; per selected row,
-    `q_index`/`q_valid` [R, Q] are the text query positions, `k_index`/`k_valid` [R, N] the image token
-    positions and `k_end` [R, N] the last position of each token's image: a query counts for an image only
-    when it comes after it. With `log_norm` [B, heads, S] (the kernel's logsumexp of every row) only the
-    query x image-key scores are computed; without it, the softmax needs every key a query may see, so
-    whole rows are scored, a block of queries at a time. Scores are taken in float32 (float64 for float64
-    inputs). Returns [R, N].
+    (flash attention), or a 4-D boolean / additive mask. `positions` (`basic.method.capture.Positions`)
+    gives per image its `row`, its tokens' positions `keys` [images, m], and the positions after it,
+    `queries` [images, Q], with `q_valid` marking its text queries. With `log_norm` [B, heads, S] (the
+    kernel's logsumexp of every row) only the query x image-key scores are computed; without it, the
+    softmax needs every key a query may see, so whole rows are scored first for their log-normalisers,
+    a block of queries at a time. Scores are float32 (float64 for float64 inputs). Returns [images, m].
+
+    One product per block of queries yields the log-probabilities themselves: the queries carry -logsumexp
+    as extra columns (split in two, so that TF32 products keep it exact) against columns of ones beside the
+    scaled keys; an invalid query slot carries -inf (probability 0). The block is then exponentiated in
+    place and summed: three passes over it, and only the image keys' mask is read where the mask can hide
+    an image key from a query after the image (padding of a 4-D mask, a sliding window).
     """
     dtype = torch.promote_types(query.dtype, torch.float32)
-    q, k = query[rows], key[rows]
-    R, heads, S, hd = q.shape
-    kv_heads = k.shape[1]
+    heads, S, hd = query.shape[1:]
+    kv_heads = key.shape[1]
     group = heads // kv_heads
-    N = k_index.shape[1]
-    if log_norm is None:
-        keys, key_positions = k.to(dtype), torch.arange(S, device=q.device).expand(R, S)
-    else:
-        keys, key_positions = k.gather(2, k_index[:, None, :, None].expand(R, kv_heads, N, hd)).to(dtype), k_index
-        log_norm = log_norm[rows]
-    block = max(1, block_elements // max(R * heads * key_positions.shape[1], 1))
-    totals = torch.zeros((R, N), dtype=dtype, device=q.device)
-    for start in range(0, q_index.shape[1], block):
-        qi = q_index[:, start:start + block]
+    row, keys, queries, q_valid = positions.row, positions.keys, positions.queries, positions.q_valid
+    images, m = keys.shape
+    width = -(-(hd + 2) // 4) * 4  # scaled query | -lse (high, low) | zeros, a multiple of 16 bytes in float32
+    image_keys = torch.zeros((images, kv_heads, m, width), dtype=dtype, device=query.device)
+    image_keys[..., :hd] = key[row[:, None], :, keys].transpose(1, 2)  # [images, kv_heads, m, hd]
+    image_keys[..., :hd] *= scaling
+    image_keys[..., hd:hd + 2] = 1
+    row_keys = None
+    if log_norm is None:  # whole rows of keys for the log-normalisers
+        row_keys = key[row].to(dtype) * scaling  # [images, kv_heads, S, hd]
+    per_query = images * heads * (S if log_norm is None else m)
+    block = max(1, block_elements // max(per_query, 1))
+    totals = torch.zeros((images, m), dtype=dtype, device=query.device)
+    for start in range(0, queries.shape[1], block):
+        qi, valid = queries[:, start:start + block], q_valid[:, start:start + block]
         c = qi.shape[1]
-        qc = q.gather(2, qi[:, None, :, None].expand(R, heads, c, hd)).to(dtype)
-        # Query heads h = kv * group + g share kv head `kv`, as repeat_kv pairs them, without copying keys.
-        scores = torch.matmul(qc.view(R, kv_heads, group * c, hd), keys.transpose(-1, -2))
-        scores = scores.view(R, heads, c, -1) * scaling
-        visible = _visible(attention_mask, rows, qi, key_positions, sliding_window, S)  # [R, 1|heads, c, keys]
-        counts = (qi[:, :, None] > k_end[:, None, :]) & q_valid[:, start:start + block, None] & k_valid[:, None, :]
-        if visible.dtype != torch.bool:  # an additive mask
-            scores += visible.to(dtype)
+        q = torch.empty((images, heads, c, width), dtype=dtype, device=query.device)
+        q[..., :hd] = query[row[:, None], :, qi].transpose(1, 2)  # [images, heads, c, hd]
+        q[..., hd + 2:] = 0
         if log_norm is None:
-            if visible.dtype == torch.bool:
-                scores.masked_fill_(~visible, -torch.inf)
-            row_norm = scores.logsumexp(-1, keepdim=True)
-            scores = scores.gather(-1, k_index[:, None, None, :].expand(R, heads, c, N))
+            scores = torch.matmul(q[..., :hd].view(images, kv_heads, group * c, hd), row_keys.transpose(-1, -2))
+            scores = scores.view(images, heads, c, S)
+            every_key = torch.arange(S, device=query.device).expand(images, S)
+            _apply(scores, _visible(attention_mask, row, qi, every_key, sliding_window, S, causal=True))
+            row_norm = scores.logsumexp(-1)
+            del scores
         else:
-            row_norm = log_norm.gather(2, qi[:, None, :].expand(R, heads, c))[..., None].to(dtype)
-            if visible.dtype == torch.bool and visible.shape[1] == 1:
-                counts &= visible[:, 0]
-            elif visible.dtype == torch.bool:
-                scores.masked_fill_(~visible, -torch.inf)
-        probs = (scores - row_norm).exp_().sum(1)  # [R, c, N], summed over heads
-        totals += torch.where(counts, probs, 0.0).sum(1)  # where, not *: padded query slots may be NaN
+            row_norm = log_norm[row[:, None], :, qi].transpose(1, 2).to(dtype)  # [images, heads, c]
+        minus = torch.where(valid[:, None, :], -row_norm, -torch.inf)
+        high = minus.to(torch.bfloat16).to(dtype)  # exact in TF32
+        q[..., hd] = high
+        q[..., hd + 1] = torch.where(valid[:, None, :], minus - high, 0.0)
+        # Query heads h = kv * group + g share kv head `kv`, as repeat_kv pairs them, without copying keys.
+        log_probs = torch.matmul(q.view(images, kv_heads, group * c, width), image_keys.transpose(-1, -2))
+        log_probs = log_probs.view(images, heads, c, m)
+        visible = _visible(attention_mask, row, qi, keys, sliding_window, S, causal=False)
+        if visible is not None and (visible.dtype != torch.bool or visible.shape[1] > 1):
+            _apply(log_probs, visible)
+            visible = None
+        probs = log_probs.exp_()
+        if visible is None:
+            totals += probs.sum((1, 2))
+        else:  # one mask for all heads: applied after the sum over heads (a head-th of the block)
+            totals += torch.where(visible[:, 0], probs.sum(1), 0.0).sum(1)
     return totals / heads
 
 
-def _visible(attention_mask: torch.Tensor | None, rows: torch.Tensor, qi: torch.Tensor, key_positions: torch.Tensor,
-             sliding_window: int | None, kv_len: int) -> torch.Tensor:
-    """What the layer's mask says about queries `qi` [R, c] and keys `key_positions` [R, n]: a boolean
-    [R, 1, c, n] (or [R, heads, c, n]) tensor, or an additive one for a float mask."""
+def _apply(scores: torch.Tensor, visible: torch.Tensor | None) -> None:
+    """Mask `scores` in place: -inf where a boolean mask hides a key, or add an additive mask."""
+    if visible is None:
+        return
+    if visible.dtype == torch.bool:
+        scores.masked_fill_(~visible, -torch.inf)
+    else:
+        scores += visible.to(scores.dtype)
+
+
+def _visible(attention_mask: torch.Tensor | None, row: torch.Tensor, qi: torch.Tensor, key_positions: torch.Tensor,
+             sliding_window: int | None, kv_len: int, causal: bool) -> torch.Tensor | None:
+    """What the layer's mask says about queries `qi` [images, c] and keys `key_positions` [images, n] of the
+    images' rows: a boolean [images, 1, c, n] (or [images, heads, c, n]) tensor, an additive one for a float
+    mask, or None when it hides nothing. `causal=False`: the keys come before every query (an image's keys)."""
     if attention_mask is None or attention_mask.ndim == 2:
-        allowed = key_positions[:, None, :] <= qi[:, :, None]
+        allowed = key_positions[:, None, :] <= qi[:, :, None] if causal else None
         if sliding_window is not None:
-            allowed &= key_positions[:, None, :] > qi[:, :, None] - sliding_window
+            inside = key_positions[:, None, :] > qi[:, :, None] - sliding_window
+            allowed = inside if allowed is None else allowed & inside
         if attention_mask is not None:
-            padding = attention_mask[rows][:, -kv_len:].bool()  # flash attention's 2-D mask, sliced as it does
-            allowed &= padding.gather(1, key_positions)[:, None, :]
-        return allowed[:, None]
-    R = len(rows)
-    mask = attention_mask[rows] if attention_mask.shape[0] > 1 else attention_mask.expand(R, -1, -1, -1)
-    mask = mask[torch.arange(R, device=qi.device)[:, None], :, qi]  # [R, c, 1|heads, S]
-    return mask.gather(-1, key_positions[:, None, None, :].expand(*mask.shape[:3], -1)).transpose(1, 2)
+            padding = attention_mask[:, -kv_len:].bool()[row].gather(1, key_positions)  # flash attention's mask
+            allowed = padding[:, None, :] if allowed is None else allowed & padding[:, None, :]
+        return None if allowed is None else allowed[:, None].expand(-1, -1, qi.shape[1], -1)
+    mask_row = row if attention_mask.shape[0] > 1 else torch.zeros_like(row)
+    mask = attention_mask[mask_row[:, None, None], :, qi[:, :, None], key_positions[:, None, :]]  # [images, c, n, 1|h]
+    return mask.permute(0, 3, 1, 2)
