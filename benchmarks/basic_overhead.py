@@ -149,27 +149,24 @@ class Naive:
 
     def __call__(self, model, inputs):
         out = model(**inputs, output_attentions=True, output_hidden_states=True)
-        images = len(inputs["pixel_values"])
-        p = locate(inputs["input_ids"], inputs["attention_mask"], None, model.config.image_token_id, images)
-        image = p.image_mask
+        images, d = len(inputs["pixel_values"]), out.image_hidden_states.shape[-1]
+        m = out.image_hidden_states.numel() // (images * d)
+        p = locate(inputs["input_ids"], inputs["attention_mask"], None, model.config.image_token_id, images, m)
         with torch.no_grad():
-            v_hat = sum(w * out.hidden_states[i + 1][image].float() for i, w in enumerate(self.weights))
+            v_hat = sum(w * out.hidden_states[i + 1].reshape(-1, d)[p.flat].float() for i, w in enumerate(self.weights))
             totals = 0
             for att in out.attentions[: self.k]:
-                att = att[p.rows]  # [R, heads, S, S]
-                R, heads, _, _ = att.shape
-                rows_q = att.gather(2, p.q_index[:, None, :, None].expand(R, heads, -1, att.shape[-1]))
-                on_image = rows_q.gather(3, p.k_index[:, None, None, :].expand(R, heads, rows_q.shape[2], -1))
-                counts = (p.q_index[:, :, None] > p.k_end[:, None, :]) & p.q_valid[..., None] & p.k_valid[:, None]
-                totals = totals + torch.where(counts, on_image.float().sum(1), 0.0).sum(1) / heads
-            per_token = torch.where(p.queries_per_token > 0, totals / (self.k * p.queries_per_token.clamp(min=1)), 0.0)
-            a = per_token.new_zeros(images * p.m)
-            a[p.k_token[p.k_valid]] = per_token[p.k_valid]
-            a = a.view(images, p.m)
-        v = out.image_hidden_states.view(images, p.m, -1)
+                att = att[p.row]  # [images, heads, S, S]
+                heads, Q = att.shape[1], p.queries.shape[1]
+                rows_q = att.gather(2, p.queries[:, None, :, None].expand(images, heads, Q, att.shape[-1]))
+                on_image = rows_q.gather(3, p.keys[:, None, None, :].expand(images, heads, Q, m))
+                totals = totals + torch.where(p.q_valid[:, None, :, None], on_image.float(), 0.0).sum((1, 2)) / heads
+            count = p.query_count[:, None]
+            a = torch.where(count > 0, totals / (self.k * count.clamp(min=1)), 0.0)
+        v = out.image_hidden_states.view(images, m, -1)
         v_hat = v_hat.view(v.shape)
         das = das_loss(v, v_hat, a)
-        sds = sds_loss(v.float(), v_hat, a, model.get_input_embeddings().weight.detach())
+        sds = sds_loss(v, v_hat, a, model.get_input_embeddings().weight.detach())
         extra = self.args.basic_das_weight * das + self.args.basic_sds_weight * sds
         return out.loss + extra, {"das": das.item(), "sds": sds.item()}
 

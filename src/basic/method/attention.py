@@ -154,11 +154,12 @@ def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torc
     softmax needs every key a query may see, so whole rows are scored first for their log-normalisers,
     a block of queries at a time. Scores are float32 (float64 for float64 inputs). Returns [images, m].
 
-    One product per block of queries yields the log-probabilities themselves: the queries carry -logsumexp
-    as extra columns (split in two, so that TF32 products keep it exact) against columns of ones beside the
-    scaled keys; an invalid query slot carries -inf (probability 0). The block is then exponentiated in
-    place and summed: three passes over it, and only the image keys' mask is read where the mask can hide
-    an image key from a query after the image (padding of a 4-D mask, a sliding window).
+    One product per block yields the log-probabilities themselves: the queries carry -logsumexp as extra
+    columns (split in two, so that TF32 products keep it exact) against columns of ones beside the scaled
+    keys. The block is exponentiated in place and summed over heads, then over the image's text queries
+    (other query slots drop out there): three passes over it. The mask is read only for the image keys.
+    A block holds whole images' query slots, or the slots of one image in chunks, so that each image's
+    keys are read once per block.
     """
     dtype = torch.promote_types(query.dtype, torch.float32)
     heads, S, hd = query.shape[1:]
@@ -166,49 +167,68 @@ def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torc
     group = heads // kv_heads
     row, keys, queries, q_valid = positions.row, positions.keys, positions.queries, positions.q_valid
     images, m = keys.shape
+    slots = queries.shape[1]
     width = -(-(hd + 2) // 4) * 4  # scaled query | -lse (high, low) | zeros, a multiple of 16 bytes in float32
     image_keys = torch.zeros((images, kv_heads, m, width), dtype=dtype, device=query.device)
-    image_keys[..., :hd] = key[row[:, None], :, keys].transpose(1, 2)  # [images, kv_heads, m, hd]
+    image_keys[..., :hd] = _take(key, row, keys).transpose(1, 2)  # [images, kv_heads, m, hd]
     image_keys[..., :hd] *= scaling
     image_keys[..., hd:hd + 2] = 1
     row_keys = None
     if log_norm is None:  # whole rows of keys for the log-normalisers
-        row_keys = key[row].to(dtype) * scaling  # [images, kv_heads, S, hd]
-    per_query = images * heads * (S if log_norm is None else m)
-    block = max(1, block_elements // max(per_query, 1))
+        row_keys = key.index_select(0, row).to(dtype) * scaling  # [images, kv_heads, S, hd]
+    per_slot = heads * (S if log_norm is None else m)
+    if per_slot * slots <= block_elements:
+        image_block, slot_block = block_elements // (per_slot * slots), slots
+    else:
+        image_block, slot_block = 1, max(1, block_elements // per_slot)
     totals = torch.zeros((images, m), dtype=dtype, device=query.device)
-    for start in range(0, queries.shape[1], block):
-        qi, valid = queries[:, start:start + block], q_valid[:, start:start + block]
-        c = qi.shape[1]
-        q = torch.empty((images, heads, c, width), dtype=dtype, device=query.device)
-        q[..., :hd] = query[row[:, None], :, qi].transpose(1, 2)  # [images, heads, c, hd]
-        q[..., hd + 2:] = 0
-        if log_norm is None:
-            scores = torch.matmul(q[..., :hd].view(images, kv_heads, group * c, hd), row_keys.transpose(-1, -2))
-            scores = scores.view(images, heads, c, S)
-            every_key = torch.arange(S, device=query.device).expand(images, S)
-            _apply(scores, _visible(attention_mask, row, qi, every_key, sliding_window, S, causal=True))
-            row_norm = scores.logsumexp(-1)
-            del scores
-        else:
-            row_norm = log_norm[row[:, None], :, qi].transpose(1, 2).to(dtype)  # [images, heads, c]
-        minus = torch.where(valid[:, None, :], -row_norm, -torch.inf)
-        high = minus.to(torch.bfloat16).to(dtype)  # exact in TF32
-        q[..., hd] = high
-        q[..., hd + 1] = torch.where(valid[:, None, :], minus - high, 0.0)
-        # Query heads h = kv * group + g share kv head `kv`, as repeat_kv pairs them, without copying keys.
-        log_probs = torch.matmul(q.view(images, kv_heads, group * c, width), image_keys.transpose(-1, -2))
-        log_probs = log_probs.view(images, heads, c, m)
-        visible = _visible(attention_mask, row, qi, keys, sliding_window, S, causal=False)
-        if visible is not None and (visible.dtype != torch.bool or visible.shape[1] > 1):
-            _apply(log_probs, visible)
-            visible = None
-        probs = log_probs.exp_()
-        if visible is None:
-            totals += probs.sum((1, 2))
-        else:  # one mask for all heads: applied after the sum over heads (a head-th of the block)
-            totals += torch.where(visible[:, 0], probs.sum(1), 0.0).sum(1)
+    for first in range(0, images, image_block):
+        ii = slice(first, first + image_block)
+        n = len(range(images)[ii])
+        for start in range(0, slots, slot_block):
+            qi, valid = queries[ii, start:start + slot_block], q_valid[ii, start:start + slot_block]
+            c = qi.shape[1]
+            q = torch.empty((n, heads, c, width), dtype=dtype, device=query.device)
+            q[..., :hd] = _take(query, row[ii], qi).transpose(1, 2)  # [n, heads, c, hd]
+            q[..., hd + 2:] = 0
+            if log_norm is None:
+                scores = torch.matmul(q[..., :hd].view(n, kv_heads, group * c, hd), row_keys[ii].transpose(-1, -2))
+                scores = scores.view(n, heads, c, S)
+                every_key = torch.arange(S, device=query.device).expand(n, S)
+                _apply(scores, _visible(attention_mask, row[ii], qi, every_key, sliding_window, S, causal=True))
+                row_norm = scores.logsumexp(-1)
+                del scores
+            else:
+                row_norm = log_norm[row[ii, None], :, qi].transpose(1, 2).to(dtype)  # [n, heads, c]
+            # A row with no visible key (lse -inf: a slot that is no text query) gets 0 instead: nothing
+            # overflows (nor runs into CPUs' slow exp of huge negatives); such slots drop out below.
+            minus = torch.where(row_norm.isfinite(), -row_norm, 0.0)
+            high = minus.to(torch.bfloat16).to(dtype)  # exact in TF32
+            q[..., hd] = high
+            q[..., hd + 1] = minus - high
+            # Query heads h = kv * group + g share kv head `kv`, as repeat_kv pairs them, without copying keys.
+            log_probs = torch.matmul(q.view(n, kv_heads, group * c, width), image_keys[ii].transpose(-1, -2))
+            log_probs = log_probs.view(n, heads, c, m)
+            visible = _visible(attention_mask, row[ii], qi, keys[ii], sliding_window, S, causal=False)
+            shared = visible is not None and visible.dtype == torch.bool and visible.shape[1] == 1
+            if not shared:
+                _apply(log_probs, visible)
+            probs = log_probs.exp_().sum(1)  # [n, c, m]
+            if shared:  # one mask for all heads: applied after the sum over heads
+                probs = torch.where(visible[:, 0], probs, 0.0)
+            totals[ii] += torch.bmm(valid.to(dtype)[:, None, :], probs).view(n, m)  # the image's text queries
     return totals / heads
+
+
+def _take(x: torch.Tensor, row: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x[row[:, None], :, positions] for x [B, heads, S, hd]: [n, p, heads, hd]. As a gather of whole
+    [heads, hd] rows where x is laid out [B, S, heads, hd] (as the attention projections leave it)."""
+    B, heads, S, hd = x.shape
+    try:
+        rows = x.transpose(1, 2).view(B * S, heads, hd)
+    except RuntimeError:  # another layout: gather elements
+        return x[row[:, None], :, positions]
+    return rows.index_select(0, (row[:, None] * S + positions).flatten()).view(*positions.shape, heads, hd)
 
 
 def _apply(scores: torch.Tensor, visible: torch.Tensor | None) -> None:
@@ -236,5 +256,14 @@ def _visible(attention_mask: torch.Tensor | None, row: torch.Tensor, qi: torch.T
             allowed = padding[:, None, :] if allowed is None else allowed & padding[:, None, :]
         return None if allowed is None else allowed[:, None].expand(-1, -1, qi.shape[1], -1)
     mask_row = row if attention_mask.shape[0] > 1 else torch.zeros_like(row)
+    if attention_mask.shape[1] == 1:  # the queries' whole mask rows (a row gather), then the keys' columns
+        plane = attention_mask[:, 0]
+        try:
+            rows = plane.view(-1, plane.shape[-1])
+        except RuntimeError:
+            rows = None
+        if rows is not None:
+            picked = rows.index_select(0, (mask_row[:, None] * plane.shape[1] + qi).flatten()).view(*qi.shape, -1)
+            return picked.gather(2, key_positions[:, None, :].expand(-1, qi.shape[1], -1))[:, None]
     mask = attention_mask[mask_row[:, None, None], :, qi[:, :, None], key_positions[:, None, :]]  # [images, c, n, 1|h]
     return mask.permute(0, 3, 1, 2)

@@ -28,8 +28,10 @@ from basic.method.config import LAYER_WEIGHT_SCHEMES
 # At most this many elements in one [patches, vocab] block of SDS (student and target rows: twice that).
 SDS_BLOCK_ELEMENTS = 2**24
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-# Mixed products (bf16/fp16 operands, float32 result) exist on CUDA (and meta, for counting) in recent PyTorch.
+# Mixed products (bf16/fp16 operands, float32 result) exist on CUDA (and meta) in recent PyTorch.
 _MIXED_PRODUCT = "dtype" in torch.ops.aten.mm.overloads()
+# Devices that take the GPU's code path (meta: counting FLOPs on shapes alone).
+GPU_DEVICES = ("cuda", "meta")
 
 
 def layer_weights(k: int, scheme: str = "increasing") -> torch.Tensor:
@@ -100,7 +102,7 @@ class _Vocabulary:
 
     def __init__(self, E: torch.Tensor, dtype: torch.dtype):
         self.low = E.dtype if E.dtype in LOW_PRECISION and dtype == torch.float32 else None
-        mixed = self.low is not None and _MIXED_PRODUCT and E.device.type in ("cuda", "meta")
+        mixed = self.low is not None and _MIXED_PRODUCT and E.device.type in GPU_DEVICES
         # Without a mixed product the operands are rounded the same way and multiplied in float32: products
         # of bf16/fp16 numbers are exact there, so only the order of the sums differs.
         self.matrix = E if mixed else E.to(dtype)
@@ -119,7 +121,10 @@ class _Vocabulary:
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum_v a[n, v] b[n, v] without an [n, vocab] temporary (a batched 1 x vocab x 1 product)."""
+    """sum_v a[n, v] b[n, v]: on a GPU a batched 1 x vocab x 1 product (no [n, vocab] temporary); on CPU,
+    where such small batched products are slow, elementwise."""
+    if a.device.type not in GPU_DEVICES:
+        return torch.linalg.vecdot(a, b)
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
@@ -127,7 +132,7 @@ class _KL(torch.autograd.Function):
     """sum_n a_n KL(softmax(Y_n E^T) || softmax(X_n E^T)) over blocks of rows, its gradient formed in forward.
 
     With zq = x E^T and zp = y E^T (one product for both), q and p their softmaxes:
-    KL = sum p (zp - zq) - lse(zp) + lse(zq); dKL/dzq = q - p; dKL/dzp = p (zp - zq - sum p (zp - zq)).
+    KL = sum p (log p - log q); dKL/dzq = q - p; dKL/dzp = p (log p - log q - KL).
     The gradients w.r.t. the rows are those times E: one more product for the student, and one more for a
     target that is not detached (both in one). Logits, probabilities and gradients live for one block.
     """
@@ -151,21 +156,21 @@ class _KL(torch.autograd.Function):
             n = r.stop - r.start
             # student rows, then target rows: one product for both
             z = vocab.product(torch.cat([vocab.operand(x[r]), vocab.operand(y[r])]), transpose=True)
-            z -= z.amax(-1, keepdim=True)  # shifted logits: softmax and KL are unchanged
-            probs = z.exp()
-            sums = probs.sum(-1, keepdim=True)
-            probs /= sums
-            log_sums = sums.view(-1).log()
-            q, p, zq, zp = probs[:n], probs[n:], z[:n], z[n:]
-            p_diff = _row_dot(p, zp) - _row_dot(p, zq)  # sum p (zp - zq)
+            log_probs = torch.log_softmax(z, -1)  # one fused pass over the logits
+            del z
+            log_q, log_p = log_probs[:n], log_probs[n:]
+            p = log_p.exp()
+            log_ratio = log_p.sub_(log_q)  # log p - log q, in place
+            kl = _row_dot(p, log_ratio)
             weight = a[r].to(dtype)
-            total = total + (weight * (p_diff - log_sums[n:] + log_sums[:n])).sum()
+            total = total + (weight * kl).sum()
             if not (need_x or need_y):
                 continue
             g_dtype = vocab.low if vocab.mixed else dtype  # the gradient product's operand, as the logits'
+            q = log_q.exp_()
             if need_y:
                 g = torch.empty((2 * n if need_x else n, n_vocab), dtype=g_dtype, device=x.device)
-                torch.mul(zp.sub_(zq).sub_(p_diff[:, None]), p, out=g[n:] if need_x else g)
+                torch.mul(log_ratio.sub_(kl[:, None]), p, out=g[n:] if need_x else g)  # p (log p - log q - KL)
                 if need_x:
                     torch.sub(q, p, out=g[:n])
             elif g_dtype == dtype:
@@ -178,7 +183,7 @@ class _KL(torch.autograd.Function):
                 grad_x[r] = grads[:n]
             if need_y:
                 grad_y[r] = grads[n:] if need_x else grads
-            del z, probs, q, p, zq, zp, g, grads
+            del log_probs, log_q, log_p, p, q, g, grads
         ctx.save_for_backward(*(g for g in (grad_x, grad_y) if g is not None))
         ctx.input_dtypes, ctx.needed = (x.dtype, y.dtype), (need_x, need_y)
         return total
