@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -191,13 +190,6 @@ def analytic_minimum(shape: basic_overhead.Shape, k: int) -> dict[str, float]:
     return {"sds": float(sds), "scoring": float(scoring)}
 
 
-def git_state() -> dict[str, str | bool]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks"))}
-
-
 def run(stages: tuple[int, ...], batch: int) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
@@ -253,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     report = {
-        "check": "step_flops", "code": git_state(), "torch": torch.__version__,
+        "check": "step_flops", "code": basic_overhead.git_state(), "torch": torch.__version__,
         "code_path": "fake tensors (no values) on the CPU device, counted as the GPU runs: SDS's bf16 products "
                      "with float32 results; SDPA's CPU flash kernel standing in for CUDA's (same FLOP formula)",
         "bytes_estimate": "per non-view operation: tensor inputs read and outputs written once (broadcast "
