@@ -5,7 +5,8 @@ built at the real shapes (a Vicuna-7B-shaped Llama and a CLIP-L/336-shaped tower
 `basic_overhead.SCALES["7b"]`, bf16, 576 image tokens, 2048-token rows right-padded to 100/90/80/70 %
 with real attention masks, batch 8, k = 16) on fake tensors (meta storage: shapes, no values) and run
 under `torch.utils.flop_counter.FlopCounterMode`, baseline (the LLaVA-1.5 loss) and BASIC (paper
-weights) with the same model and batch. Stage 1 trains the projector (the LLM is frozen, gradients flow
+weights) with the same model and batch. `--scale mini` counts the CPU benchmark's mini shapes (float32,
+no checkpointing, batch 32 in stage 1 and 16 in stage 2, as benchmarks/basic_overhead.py runs them). Stage 1 trains the projector (the LLM is frozen, gradients flow
 through it), stage 2 projector and LLM. The optimizer step is left out (no matrix products).
 
 Per component of BASIC's extra work (the outermost BASIC function running when an operation runs):
@@ -22,9 +23,10 @@ what a GPU moves when no fused kernel keeps data on chip and nothing stays in ca
 Fake tensors live on the CPU device here (autograd refuses fake CUDA tensors without a GPU), so the
 counting takes the GPU's code path where the device decides it: SDS's bf16 products with float32 results
 (`losses.GPU_DEVICES` takes "cpu"), and the CPU flash kernel stands in for CUDA's memory-efficient one
-(counted with PyTorch's SDPA formulas). Output: benchmarks/results/step_flops_7b.json.
+(counted with PyTorch's SDPA formulas). Output: benchmarks/results/step_flops_<scale>.json.
 
-    python benchmarks/step_flops.py            # about a minute on one CPU core
+    python benchmarks/step_flops.py                  # 7b, both stages: about 30 s on one CPU core
+    python benchmarks/step_flops.py --scale mini
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from basic.method.config import BasicArguments  # noqa: E402
 from basic.method.objective import BasicObjective  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks" / "results" / "step_flops_7b.json"
+RESULTS = ROOT / "benchmarks" / "results"
 aten = torch.ops.aten
 
 CPU_ATTENTION_FLOPS = {  # PyTorch's own SDPA formulas, for the CPU flash kernel that stands in for CUDA's
@@ -190,15 +192,16 @@ def analytic_minimum(shape: basic_overhead.Shape, k: int) -> dict[str, float]:
     return {"sds": float(sds), "scoring": float(scoring)}
 
 
-def run(stages: tuple[int, ...], batch: int) -> dict:
+def run(scale: str, stages: tuple[int, ...], batches: tuple[int | None, ...]) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
     os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"  # the model's own image-token count check reads values
     losses.GPU_DEVICES = (*losses.GPU_DEVICES, "cpu")  # fake CPU tensors stand for CUDA ones (see above)
-    shape = replace(basic_overhead.SCALES["7b"], batch=batch)
-    report: dict = {"shape": asdict(shape), "image_tokens": shape.image_tokens, "stages": {}}
-    for stage in stages:
+    report: dict = {"stages": {}}
+    for stage, batch in zip(stages, batches):
         started = time.time()
+        shape = basic_overhead.SCALES[scale]
+        shape = replace(shape, batch=batch or shape.batch, gradient_checkpointing=scale == "7b")
         components = Components(k=shape.layers // 2)
         with FakeTensorMode(), components.patched():
             model = basic_overhead.build(shape, stage, torch.device("cpu"))
@@ -221,6 +224,7 @@ def run(stages: tuple[int, ...], batch: int) -> dict:
                           "gb": (extra_bytes - swap_bytes - sum(components.bytes[n] for n in names)) / 1e9}
         minimum = analytic_minimum(shape, k)
         report["stages"][f"stage{stage}"] = {
+            "shape": asdict(shape), "image_tokens": shape.image_tokens,
             "trains": "projector" if stage == 1 else "projector + LLM", "basic_layers": k,
             "baseline_tflop": baseline["flops"] / 1e12, "basic_tflop": basic["flops"] / 1e12,
             "extra_tflop": extra_flops / 1e12, "extra_fraction": extra_flops / baseline["flops"],
@@ -240,21 +244,29 @@ def run(stages: tuple[int, ...], batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=("7b", "mini"), default="7b")
     parser.add_argument("--stages", type=int, nargs="+", choices=(1, 2), default=[1, 2])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--batch", type=int, nargs="+",
+                        help="per stage, or one for all (default: 8 at 7b; the mini benchmark's 32 and 16 at mini)")
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/step_flops_<scale>.json")
     args = parser.parse_args(argv)
+    batches = args.batch or ([8] if args.scale == "7b" else [{1: 32, 2: 16}[stage] for stage in args.stages])
+    if len(batches) == 1:
+        batches = batches * len(args.stages)
+    if len(batches) != len(args.stages):
+        parser.error("--batch takes one value or one per stage")
     report = {
         "check": "step_flops", "code": basic_overhead.git_state(), "torch": torch.__version__,
         "code_path": "fake tensors (no values) on the CPU device, counted as the GPU runs: SDS's bf16 products "
                      "with float32 results; SDPA's CPU flash kernel standing in for CUDA's (same FLOP formula)",
         "bytes_estimate": "per non-view operation: tensor inputs read and outputs written once (broadcast "
                           "dimensions once, gathers read what they write); no fusion, no cache",
-        **run(tuple(args.stages), args.batch),
+        "scale": args.scale, **run(args.scale, tuple(args.stages), tuple(batches)),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    out = args.out or RESULTS / f"step_flops_{args.scale}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
     return report
 
 
