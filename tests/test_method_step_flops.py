@@ -2,7 +2,7 @@
 
 At LLaVA-1.5-7B's shapes (both stages, batch 8, k = 16) the extra FLOPs must stay within 1.2 % of the
 baseline step, SDS must be its three vocabulary products and the scoring its query x image-key block
-(within 5 %); at the mini shapes the same accounting runs in seconds.
+(with its log-normaliser columns: 132 / 128 at 7B); at the mini shapes the same accounting runs in seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ spec.loader.exec_module(step_flops)
 
 def check(stage: dict) -> None:
     assert 1.0 <= stage["to_minimum"]["sds"] <= 1.01  # 3 products (+ per-row dot products over the vocabulary)
-    assert 1.0 <= stage["to_minimum"]["scoring"] <= 1.05
+    head_dim = stage["shape"]["hidden"] // stage["shape"]["heads"]
+    assert 1.0 <= stage["to_minimum"]["scoring"] <= (head_dim + 4) / head_dim  # -lse columns, padded to 4
     parts = stage["components"]
     assert parts["hooks"]["tflop"] == parts["das"]["tflop"] == parts["attention_kernel_vs_sdpa"]["tflop"] == 0
     assert parts["other"]["tflop"] == pytest.approx(0, abs=1e-9)  # nothing extra outside the named parts
