@@ -23,7 +23,8 @@ spec.loader.exec_module(step_flops)
 def check(stage: dict) -> None:
     assert 1.0 <= stage["to_minimum"]["sds"] <= 1.01  # 3 products (+ per-row dot products over the vocabulary)
     head_dim = stage["shape"]["hidden"] // stage["shape"]["heads"]
-    assert 1.0 <= stage["to_minimum"]["scoring"] <= (head_dim + 4) / head_dim  # -lse columns, padded to 4
+    # the -lse columns (padded to 4), and the sum over each image's queries (a head-th of a product)
+    assert 1.0 <= stage["to_minimum"]["scoring"] <= (head_dim + 4) / head_dim * 1.01
     parts = stage["components"]
     assert parts["hooks"]["tflop"] == parts["das"]["tflop"] == parts["attention_kernel_vs_sdpa"]["tflop"] == 0
     assert parts["other"]["tflop"] == pytest.approx(0, abs=1e-9)  # nothing extra outside the named parts
