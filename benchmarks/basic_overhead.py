@@ -2,8 +2,8 @@
 
 One process, one random LLaVA (transformers' LlavaForConditionalGeneration, the engine's freezing), one
 padded batch (rows right-padded to 100/90/80/70 % of the length, with their attention masks) and seed;
-the variants take turns, step after step (A B C A B C ...), so that they see the same machine state and
-the same weights' drift:
+the variants take turns, step after step (A B C C B A A B C ...), so that they see the same machine state
+and the same weights' drift:
 
 - `baseline`: the LLaVA-1.5 step (SDPA; the loss as the model computes it), what `basic train` runs with
   the BASIC weights at 0;
@@ -393,7 +393,8 @@ def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: t
                                 for v in variants}
     last: dict[str, dict[str, torch.Tensor]] = {}
     for round_ in range(warmup + steps):
-        for variant in variants:
+        # A B C, then C B A: each variant as often early as late in a round (machine drift cancels in pairs)
+        for variant in (variants if round_ % 2 == 0 else variants[::-1]):
             record = results[variant]
             if record["status"] != "ok":
                 continue
@@ -451,7 +452,7 @@ def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: t
         "scale": scale, "stage": stage, "shape": asdict(shape), "image_tokens": shape.image_tokens,
         "basic_layers": runner.objective.k, "device": device_name(device), "torch": torch.__version__,
         "code": git_state(), "code_path": code_path(model, kernel_use),
-        "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps, "order": "interleaved: " + " ".join(variants),
+        "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps, "order": "interleaved: " + " ".join(variants) + ", reversed every other round",
         "time_measured_by": "process CPU time" if device.type == "cpu" else "wall clock (CUDA synchronised)",
         "terms_on_the_same_weights": terms, "variants": summary, "ratios_to_baseline": ratios,
         "basic_components": components, "goals": goals,
@@ -473,7 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, help="override the per-device batch")
     parser.add_argument("--seq-len", type=int, help="override the sequence length")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="baseline first; they take turns step after step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
                      "transformers": transformers.__version__},
         "shape": asdict(VICUNA_7B), "settings": {"batch": args.batch, "warmup": args.warmup, "steps": args.steps,
-                                                 "order": "interleaved per round: baseline, basic"},
+                                                 "order": "interleaved: baseline, basic, then basic, baseline"},
         "stages": results, "basic_vs_baseline": comparison, "goals": {"time": 1.03, "memory": 1.02},
         "wall_s": time.time() - started,
     }
