@@ -178,7 +178,7 @@ def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torc
         row_keys = key.index_select(0, row).to(dtype) * scaling  # [images, kv_heads, S, hd]
     per_slot = heads * (S if log_norm is None else m)
     if per_slot * slots <= block_elements:
-        image_block, slot_block = block_elements // (per_slot * slots), slots
+        image_block, slot_block = block_elements // max(per_slot * slots, 1), max(slots, 1)
     else:
         image_block, slot_block = 1, max(1, block_elements // per_slot)
     totals = torch.zeros((images, m), dtype=dtype, device=query.device)
