@@ -45,16 +45,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import basic_overhead  # noqa: E402  (the 7b shapes, the model and the padded batch)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
+import basic_overhead  # the shapes, the model and the padded batch
 
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
-
-from basic.method import attention, capture, losses  # noqa: E402
-from basic.method import objective as objective_module  # noqa: E402
-from basic.method.config import BasicArguments  # noqa: E402
-from basic.method.objective import BasicObjective  # noqa: E402
+from basic.method import attention, capture, losses
+from basic.method import objective as objective_module
+from basic.method.config import BasicArguments
+from basic.method.objective import BasicObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

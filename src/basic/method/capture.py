@@ -70,7 +70,7 @@ def locate(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels:
     across rows is reported by an asynchronous device assertion."""
     if queries not in ATTENTION_QUERIES:
         raise ValueError(f"attention queries {queries!r} is not one of {', '.join(ATTENTION_QUERIES)}")
-    B, S = input_ids.shape
+    S = input_ids.shape[1]
     image = input_ids == image_token_id
     # Image positions first, in order (a stable sort: no data-dependent shape as with nonzero).
     flat = torch.sort((~image).flatten().to(torch.int8), stable=True).indices[: images * m]
