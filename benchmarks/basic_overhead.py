@@ -363,7 +363,9 @@ def git_state() -> dict:
     commit = git("rev-parse", "HEAD")
     if not commit:  # a copy of the tree without .git (a GPU machine): the caller may name the commit
         return {"commit": os.environ.get("BASIC_COMMIT"), "dirty": None}
-    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks"))}
+    # results written by earlier runs do not change the code measured
+    return {"commit": commit,
+            "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results"))}
 
 
 def code_path(model, kernel_use: KernelUse) -> dict:
