@@ -191,11 +191,30 @@ def analytic_minimum(shape: basic_overhead.Shape, k: int) -> dict[str, float]:
     return {"sds": float(sds), "scoring": float(scoring)}
 
 
-def run(scale: str, stages: tuple[int, ...], batches: tuple[int | None, ...]) -> dict:
-    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
-
+@contextlib.contextmanager
+def counting():
+    """What the counting changes while it runs, put back afterwards (tests share the process)."""
+    before = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK"), losses.GPU_DEVICES
     os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"  # the model's own image-token count check reads values
     losses.GPU_DEVICES = (*losses.GPU_DEVICES, "cpu")  # fake CPU tensors stand for CUDA ones (see above)
+    try:
+        yield
+    finally:
+        if before[0] is None:
+            os.environ.pop("TRANSFORMERS_DISABLE_TORCH_CHECK", None)
+        else:
+            os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = before[0]
+        losses.GPU_DEVICES = before[1]
+
+
+def run(scale: str, stages: tuple[int, ...], batches: tuple[int | None, ...]) -> dict:
+    with counting():
+        return _run(scale, stages, batches)
+
+
+def _run(scale: str, stages: tuple[int, ...], batches: tuple[int | None, ...]) -> dict:
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+
     report: dict = {"stages": {}}
     for stage, batch in zip(stages, batches):
         started = time.time()
