@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from basic.method import attention
-from basic.method.capture import Capture, decoder_layers, default_layers
+from basic.method.capture import Capture, SilentImages, decoder_layers, default_layers
 from basic.method.config import BasicArguments
 from basic.method.losses import das_loss, layer_weights, sds_loss
 from basic.objective import ObjectiveOutput
@@ -43,6 +43,7 @@ class BasicObjective:
         if self.k > len(decoder_layers(model)):
             raise ValueError(f"--basic_layers {self.k}: the LLM has {len(decoder_layers(model))} layers")
         self.layer_weights = layer_weights(self.k, args.basic_layer_weights)
+        self.silent_images = SilentImages()
         base = attention.enable(model)
         logger.info(
             "BASIC: das %g, sds %g, k = %d of %d layers (%s), patch weights %s from %s queries, SDS vocabulary %s, "
@@ -72,13 +73,15 @@ class BasicObjective:
         v_hat = capture.supervision()
         v = outputs.image_hidden_states.view(v_hat.shape)
         a = capture.patch_weights(args.basic_patch_weights)
+        self.silent_images.add(capture.silent, capture.images)  # logged once the device has counted them
         terms: dict[str, torch.Tensor] = {}
         if args.basic_das_weight > 0:
             terms["das"] = das_loss(v, v_hat, a)
         if args.basic_sds_weight > 0:
             E, scale = self.vocabulary()
-            v32 = v.to(v_hat.dtype)
+            if scale != 1.0:
+                v, v_hat = v * scale, v_hat * scale
             with _full(E):
-                terms["sds"] = sds_loss(v32 * scale, v_hat * scale, a, E)
+                terms["sds"] = sds_loss(v, v_hat, a, E)
         extra = sum(getattr(args, f"basic_{name}_weight") * term for name, term in terms.items())
         return ObjectiveOutput(outputs, extra, {name: term.detach() for name, term in terms.items()})
