@@ -15,8 +15,7 @@ from test_method_patch_weights import FAMILIES, batch, tiny_llava
 from basic.method import attention, layer_weights, patch_weights
 from basic.method.capture import Capture
 from basic.method.config import BasicArguments
-from basic.method.objective import BasicObjective
-from basic.objective import ObjectiveOutput
+from basic.method.objective import BasicObjective, ObjectiveOutput
 
 PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 

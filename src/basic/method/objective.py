@@ -5,13 +5,16 @@ baseline does no extra work) and switches the LLM to the BASIC attention. Each c
 forward pass with a `Capture`, which yields the supervision embeddings v_hat (layers 1..k, weighted) and
 the patch weights a from that same pass; v is the projector's output as the model returns it
 (`image_hidden_states`, which carries the projector's graph). Only the terms whose weight is > 0 are
-computed, and each is logged unweighted (`das`, `sds`). See `basic.objective` for the interface.
+computed, and each is logged unweighted (`das`, `sds`). The trainer (`basic.train`) computes the
+LLaVA-1.5 loss itself when no objective is set, so the baseline is Trainer's own code path; an objective
+returns an `ObjectiveOutput`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,9 +23,21 @@ from basic.method import attention
 from basic.method.capture import Capture, SilentImages, decoder_layers, default_layers
 from basic.method.config import BasicArguments
 from basic.method.losses import das_loss, layer_weights, sds_loss
-from basic.objective import ObjectiveOutput
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns to the trainer from one forward pass it ran itself."""
+
+    outputs: Any
+    """The model's forward outputs; `outputs.loss` is the LM loss as the model computed it."""
+    extra_loss: torch.Tensor | None
+    """Weighted sum of the extra terms for this micro-batch (a mean over its images), or None.
+    The trainer scales it so that accumulation and data parallelism average it over the global batch."""
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Detached scalars to log (unweighted terms, e.g. `das`, `sds`), averaged by the trainer per window."""
 
 
 def _full(parameter: torch.nn.Parameter):
