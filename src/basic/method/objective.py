@@ -12,13 +12,13 @@ returns an `ObjectiveOutput`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from basic.distributed import gathered
 from basic.method import attention
 from basic.method.capture import Capture, SilentImages, decoder_layers, default_layers
 from basic.method.config import BasicArguments
@@ -38,15 +38,6 @@ class ObjectiveOutput:
     The trainer scales it so that accumulation and data parallelism average it over the global batch."""
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
     """Detached scalars to log (unweighted terms, e.g. `das`, `sds`), averaged by the trainer per window."""
-
-
-def _full(parameter: torch.nn.Parameter):
-    """The whole parameter even when DeepSpeed ZeRO-3 has partitioned it (read only)."""
-    if hasattr(parameter, "ds_id"):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters([parameter])
-    return contextlib.nullcontext()
 
 
 class BasicObjective:
@@ -96,7 +87,7 @@ class BasicObjective:
             E, scale = self.vocabulary()
             if scale != 1.0:
                 v, v_hat = v * scale, v_hat * scale
-            with _full(E):
+            with gathered([E]):
                 terms["sds"] = sds_loss(v, v_hat, a, E)
         extra = sum(getattr(args, f"basic_{name}_weight") * term for name, term in terms.items())
         return ObjectiveOutput(outputs, extra, {name: term.detach() for name, term in terms.items()})
