@@ -26,13 +26,11 @@ from typing import Any
 import torch
 from typing_extensions import Self  # typing.Self from Python 3.11
 
+from basic.data.labels import IGNORE_INDEX
 from basic.method import attention
 from basic.method.config import ATTENTION_QUERIES, PATCH_WEIGHT_SCHEMES
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100  # label of tokens not trained on (transformers' cross-entropy ignore_index)
-
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     try:
