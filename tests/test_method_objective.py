@@ -1,7 +1,7 @@
 """BasicObjective on tiny LLaVA models: the terms from one training forward pass, against direct formulas.
 
 v_hat is checked against `output_hidden_states` (layers 1..k < L are the raw residual stream), the loss
-terms against the float64 formulas of DESIGN.md, the LM loss against the model's own, and the gradients:
+terms against the float64 formulas of docs/method.md, the LM loss against the model's own, and the gradients:
 with a detached target BASIC reaches only the projector. Gradient checkpointing (whose backward recomputes
 every layer's attention) must give the same terms and gradients.
 """

@@ -1,4 +1,4 @@
-"""BASIC's layer weights and its two loss terms, exactly as DESIGN.md's method contract states them.
+"""BASIC's layer weights and its two loss terms, exactly as docs/method.md states them.
 
 Batched inputs: initial embeddings `v` and supervision embeddings `v_hat` shaped [images, m, d], patch
 weights `a` shaped [images, m]. Each loss is a sum over an image's m patches, averaged over the images.
