@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_method_patch_weights import FAMILIES, batch, tiny_llava
+from test_method_patch_weights import FAMILIES, batch
 
 from basic.method import attention, layer_weights, patch_weights
 from basic.method.capture import Capture
 from basic.method.config import BasicArguments
 from basic.method.objective import BasicObjective, ObjectiveOutput
+from basic.testing.backbones import tiny_llava
 
 PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 

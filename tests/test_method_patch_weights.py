@@ -13,20 +13,11 @@ import copy
 import pytest
 import torch
 from PIL import Image
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    SiglipImageProcessor,
-    SiglipVisionConfig,
-)
 
 from basic.method import attention, patch_weights
 from basic.method.attention import image_attention
 from basic.method.capture import locate
-from basic.testing.backbones import tiny_llm_config, tiny_tokenizer
+from basic.testing.backbones import tiny_llava
 
 FAMILIES = ("llama", "mistral", "gemma", "phi3")
 # Float32 models: eager attention takes its softmax in float32 anyway, and in float64 its additive mask turns
@@ -38,30 +29,6 @@ PROMPTS = (
     "how many objects are there ? two three four",  # text only
     f"describe the image . {IMAGE}\nthe green triangle is small .",
 )
-
-
-def tiny_llava(family: str, encoder: str = "clip", layers: int = 4, dtype=torch.float32, seed: int = 0):
-    """A random LLaVA (basic.testing.backbones's tiny LLM config, a tiny CLIP/SigLIP tower) and its processor."""
-    tokenizer = tiny_tokenizer(family)
-    tokenizer.add_tokens([IMAGE], special_tokens=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
-    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "image_size": 16, "patch_size": 4}
-    clip = encoder == "clip"
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**vision) if clip else SiglipVisionConfig(**vision),
-        text_config=tiny_llm_config(family, tokenizer, layers=layers), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
-        image_seq_length=16, vision_feature_layer=-2, vision_feature_select_strategy="default" if clip else "full",
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(dtype)
-    image_processor = (CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}) if clip
-                       else SiglipImageProcessor(size={"height": 16, "width": 16}))
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
-                               vision_feature_select_strategy=config.vision_feature_select_strategy,
-                               num_additional_image_tokens=int(clip), image_token=IMAGE)
-    return model, processor
 
 
 def images(n: int) -> list[Image.Image]:

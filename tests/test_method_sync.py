@@ -23,32 +23,30 @@ from basic.method import objective as objective_module
 from basic.method.capture import Capture, SilentImages
 from basic.method.config import BasicArguments
 from basic.method.objective import BasicObjective
+from basic.testing import backbones
 
 
 def tiny_llava_config():
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=16, patch_size=4)
-    text = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, use_cache=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=255, image_seq_length=16,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default")
+    """basic.testing.backbones's tiny Llama LLaVA (16 image tokens) on SDPA, without a generation cache."""
+    config = backbones.tiny_llava_config("llama")
+    config.text_config.use_cache = False
     config._attn_implementation = "sdpa"
     return config
 
 
 def padded_batch(device, rows: int = 3, length: int = 48) -> dict[str, torch.Tensor]:
     """Right-padded rows (as the collator pads), an image after a 3-token prefix; a text-only row last."""
+    config = tiny_llava_config()
+    image, pad = config.image_token_id, config.text_config.pad_token_id
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 250, (rows, length), generator=g)
+    ids = torch.randint(3, image, (rows, length), generator=g)
     mask = torch.ones(rows, length, dtype=torch.long)
     for row in range(rows - 1):
-        ids[row, 3:19] = 255
-    for row, pad in enumerate((0, 7, 5)[:rows]):
-        if pad:
-            ids[row, -pad:], mask[row, -pad:] = 0, 0
-    labels = torch.where(mask.bool() & (ids != 255), ids, -100)
+        ids[row, 3:3 + config.image_seq_length] = image
+    for row, padding in enumerate((0, 7, 5)[:rows]):
+        if padding:
+            ids[row, -padding:], mask[row, -padding:] = pad, 0
+    labels = torch.where(mask.bool() & (ids != image), ids, -100)
     pixels = torch.randn(rows - 1, 3, 16, 16, generator=g)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
             "pixel_values": pixels.to(device)}
