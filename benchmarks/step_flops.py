@@ -50,8 +50,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is no package
 import basic_overhead  # the shapes, the model and the padded batch
 
-from basic.method import attention, capture, losses
-from basic.method import objective as objective_module
+from basic.method import attention, losses
 from basic.method.config import BasicArguments
 from basic.method.objective import BasicObjective
 
@@ -109,16 +108,8 @@ class ByteCounter(TorchDispatchMode):
 class Components:
     """Attributes FLOPs and bytes to the outermost BASIC function running when an operation runs."""
 
-    PATCHES = (
-        (attention, "image_attention", "scoring"),
-        (attention, "sdpa_with_log_norm", "attention_kernel"),
-        (capture, "locate", "hooks"),
-        (capture.Capture, "_image_features", "hooks"),
-        (capture.Capture, "keep_image_positions", "hooks"),
-        (capture.Capture, "patch_weights", "hooks"),
-        (objective_module, "sds_loss", "sds"),
-        (objective_module, "das_loss", "das"),
-    )
+    # basic_overhead's timed components, and the kernel call of layers 1..k
+    PATCHES = (*basic_overhead.COMPONENTS, (attention, "sdpa_with_log_norm", "attention_kernel"))
 
     def __init__(self, k: int):
         self.k = k
