@@ -10,6 +10,7 @@ finetune.sh), scaled down to a few CPU steps.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Tiny models on a shared, busy CPU: one thread each avoids OpenMP spin-waiting, ~10x faster here.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+# The study's parameters as the unit tests know them: a frozen copy of params.yaml, so that changing the study
+# does not break unit tests (tests/test_config.py checks that the live params.yaml loads).
+PARAMS = Path(__file__).resolve().parent / "fixtures" / "params.yaml"
 
 LLM_FAMILIES = ("llama", "mistral", "gemma", "phi3")
 ENCODERS = ("clip", "siglip")

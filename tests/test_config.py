@@ -13,13 +13,12 @@ import yaml
 
 from basic.pipeline import config
 from basic.pipeline.launch import to_shell
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import PARAMS, ROOT
 
 
 @pytest.fixture(scope="module")
 def raw() -> dict:
-    return config.read(ROOT / "params.yaml")
+    return config.read(PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +32,13 @@ def _error(raw: dict, edit) -> str:
     with pytest.raises(config.ConfigError) as info:
         config.parse(data)
     return str(info.value)
+
+
+def test_live_params_yaml_loads():
+    """The study itself (not the tests' frozen copy) passes the strict validation, tables naming its runs."""
+    study = config.load(ROOT / "params.yaml")
+    assert study.profile in study.profiles
+    assert study.tables and all(run in study.runs for runs in study.tables.values() for run in runs)
 
 
 def test_params_yaml_is_a_valid_study(study):
