@@ -2,7 +2,8 @@
 
 `backbones[name]` is a real HF checkpoint directory (`llama`, `mistral`, `gemma`, `phi3` LLMs with their
 tokenizers; `clip` a full CLIPModel, `siglip` a bare SiglipVisionModel, with image processors), built
-offline by `basic.testing.backbones`. `tiny_data` holds LLaVA-format `pretrain.json`/`finetune.json` and images.
+offline by `basic.testing.backbones`. `mini_world` is the generated mini world at a tiny size (once per
+session). `tiny_data` holds LLaVA-format `pretrain.json`/`finetune.json` and images.
 `llava_argv` turns keyword flags into the argument list of LLaVA-1.5's own scripts (pretrain.sh or
 finetune.sh), scaled down to a few CPU steps.
 """
@@ -49,6 +50,21 @@ def tiny_data(tmp_path_factory) -> dict:
     from basic.testing.data import write_tiny_llava_data
 
     return {name: str(path) for name, path in write_tiny_llava_data(tmp_path_factory.mktemp("data")).items()}
+
+
+# `basic mini data` at a tiny size, the options every test of the generated world shares.
+MINI_WORLD_ARGS = ("--seed", "3", "--train-images", "48", "--text-conversations", "8", "--llm-docs", "150",
+                   "--llm-eval", "40", "--bench-questions", "16", "--probe-images", "40", "--vocab-size", "1200")
+
+
+@pytest.fixture(scope="session")
+def mini_world(tmp_path_factory) -> Path:
+    """The embedded world (`basic mini data`, MINI_WORLD_ARGS), generated once per test session; read only."""
+    from basic.mini.cli import data_main
+
+    out = tmp_path_factory.mktemp("mini") / "world"
+    assert data_main(["--out", str(out), *MINI_WORLD_ARGS]) == 0
+    return out
 
 
 def _flags(**flags) -> list[str]:
