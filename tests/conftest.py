@@ -101,3 +101,36 @@ def llava_argv(backbones, tiny_data):
         return _flags(**common)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def stage1(llava_argv, tmp_path_factory):
+    """`stage1(llm, encoder)`: LLaVA-1.5's stage 1 for that pair (tiny: two steps), trained once per session.
+
+    Returns the run's output directory and `moved`, the names of the parameters the run changed. Read only: a
+    test that needs stage 1 with other flags runs its own.
+    """
+    import basic.train as train_module
+
+    runs: dict[tuple[str, str], tuple[Path, set[str]]] = {}
+
+    def get(llm: str, encoder: str) -> tuple[Path, set[str]]:
+        if (llm, encoder) not in runs:
+            out = tmp_path_factory.mktemp(f"stage1-{llm}-{encoder}")
+            original = train_module.LlavaTrainer.train
+            states = []
+
+            def recording_train(self, *args, **kwargs):
+                states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+                result = original(self, *args, **kwargs)
+                states.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+                return result
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(train_module.LlavaTrainer, "train", recording_train)
+                train_module.train(*train_module.parse_args(llava_argv(1, llm, encoder, out)))
+            before, after = states
+            runs[(llm, encoder)] = out, {k for k in before if not torch.equal(before[k], after[k])}
+        return runs[(llm, encoder)]
+
+    return get

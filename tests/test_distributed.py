@@ -18,6 +18,8 @@ import pytest
 
 from basic.train import parse_args, train
 
+pytestmark = pytest.mark.slow  # trainer runs in two processes, compared with one
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 COMMON = dict(group_by_modality_length=False, max_steps=3, lr_scheduler_type="constant", warmup_ratio=0.0,

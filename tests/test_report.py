@@ -173,6 +173,7 @@ def test_figures_draw(results):
     assert len(fig.axes) == 2 and fig.axes[0].patches
 
 
+@pytest.mark.slow  # papermill executes the notebooks
 def test_report_executes_a_notebook(results, tmp_path):
     """`basic report` runs a notebook with papermill on the named kernel and renders it to HTML."""
     metrics = write_metrics(tmp_path / "metrics", {"basic-vicuna-7b": {b: 50.0 for b in BENCHES}})
@@ -307,6 +308,7 @@ def test_analysis_figures_draw(results, analyses):
     assert len(fig.axes) == 3 and fig.axes[0].texts[0].get_text() == "red"
 
 
+@pytest.mark.slow  # papermill executes the notebooks
 def test_report_executes_the_analysis_and_depth_notebooks(tmp_path, analyses):
     metrics = write_metrics(tmp_path / "metrics", {"basic-vicuna-7b": {b: 50.0 for b in BENCHES},
                                                    "basic-k1-vicuna-7b": {b: 45.0 for b in BENCHES}})
