@@ -11,7 +11,6 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from basic.eval import analysis
-from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 from basic.mini.scenes import (
     BACKGROUND,
     MIXED,
@@ -25,6 +24,7 @@ from basic.mini.scenes import (
 )
 from basic.model import projector_of
 from basic.testing.backbones import tiny_tokenizer
+from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 
 TASKS = "mini_vqav2,mini_gqa"
 

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import itertools
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -140,8 +139,8 @@ def test_training_commands_mini(study):
 
 def test_training_flags_are_the_engines(study):
     """Every flag a profile passes to `basic train` is one of its dataclass fields (a typo fails here, not at run time)."""
-    from basic.train import DataArguments, ModelArguments, TrainingArguments
     from basic.method.config import BasicArguments
+    from basic.train import DataArguments, ModelArguments, TrainingArguments
 
     known = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments, BasicArguments)
              for f in dataclasses.fields(cls)}
@@ -238,7 +237,7 @@ def test_dvc_yaml_paths_are_configs():
             for run in study.runs.values() if "foreach" in stage else [None]:
                 path = render(key).replace("mini", profile).replace("RUN", run.name if run else "RUN")
                 if run:
-                    path = re.sub(r"\$\{item\.(\w+)\}", lambda m: getattr(run, m.group(1)), path)
+                    path = re.sub(r"\$\{item\.(\w+)\}", lambda m, run=run: getattr(run, m.group(1)), path)
                     path = path.replace("${item}", run.name)  # foreach over a list of runs (analyze)
                 node = raw
                 for part in path.split("."):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import tarfile
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +16,23 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTok
 
 from basic.data.labels import ROLES
 from basic.data.templates import get_template
-from basic.mini.backbones import ORDER
+from basic.families import FAMILIES
 from basic.mini import prebuilt
+from basic.mini.backbones import ORDER
 from basic.mini.cli import backbones_main
 from basic.mini.encoders import contrast_batches, mixed_batches, object_batches, pixel_digest
 from basic.mini.llms import (
     LLM_SPECS,
     LLMSpec,
     build_llm,
-    encode,
     conversation,
+    encode,
     generation_config,
     train_llm,
 )
 from basic.mini.quality import linear_probe, text_qa_accuracy
 from basic.mini.scenes import COLOURS, SHAPES, SIZES
 from basic.mini.tokenizer import family_tokenizer
-from basic.families import FAMILIES
 
 ARCHITECTURES = {"vicuna-7b": "LlamaForCausalLM", "vicuna-13b": "LlamaForCausalLM", "gemma-2b": "GemmaForCausalLM",
                  "phi3-3.8b": "Phi3ForCausalLM", "mistral-7b": "MistralForCausalLM"}
