@@ -61,6 +61,7 @@ def test_study_runs_end_to_end(study):
     for stage in stages - {"prepare", "report"}:  # `basic stage`'s start and end lines, and its log
         assert f"basic stage: {stage} starts: " in output and f"basic stage: {stage} done in " in output
         assert (work / "logs" / f"{stage}.log").is_file()
+    assert re.search(r"; study \d+:\d\d:\d\d\)", output)  # the whole dvc repro's elapsed time
     for run in RUNS:
         metrics = json.loads((work / f"results/metrics/{run}.json").read_text())
         assert set(metrics) == {"vqav2", "mmb_en"} and all(m["status"] == "scored" for m in metrics.values())
