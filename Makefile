@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch + torchvision: the pair that installs from this machine's disk and that lmms-eval accepts.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup study quick test clean-venv
+.PHONY: setup study quick test lint clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ quick: setup  # the main table on the small quick profile, in build/quick/ (a fe
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+LINT_PATHS := src tests benchmarks pipeline
+lint: setup  # ruff's checks and formatting (pyproject.toml [tool.ruff]); `ruff format` fixes the latter
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,20 +6,18 @@ import copy
 import dataclasses
 import itertools
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
 from basic.pipeline import config
 from basic.pipeline.launch import to_shell
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import PARAMS, ROOT
 
 
 @pytest.fixture(scope="module")
 def raw() -> dict:
-    return config.read(ROOT / "params.yaml")
+    return config.read(PARAMS)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +31,13 @@ def _error(raw: dict, edit) -> str:
     with pytest.raises(config.ConfigError) as info:
         config.parse(data)
     return str(info.value)
+
+
+def test_live_params_yaml_loads():
+    """The study itself (not the tests' frozen copy) passes the strict validation, tables naming its runs."""
+    study = config.load(ROOT / "params.yaml")
+    assert study.profile in study.profiles
+    assert study.tables and all(run in study.runs for runs in study.tables.values() for run in runs)
 
 
 def test_params_yaml_is_a_valid_study(study):
@@ -134,8 +139,8 @@ def test_training_commands_mini(study):
 
 def test_training_flags_are_the_engines(study):
     """Every flag a profile passes to `basic train` is one of its dataclass fields (a typo fails here, not at run time)."""
-    from basic.train import DataArguments, ModelArguments, TrainingArguments
     from basic.method.config import BasicArguments
+    from basic.train import DataArguments, ModelArguments, TrainingArguments
 
     known = {f.name for cls in (ModelArguments, DataArguments, TrainingArguments, BasicArguments)
              for f in dataclasses.fields(cls)}
@@ -232,7 +237,7 @@ def test_dvc_yaml_paths_are_configs():
             for run in study.runs.values() if "foreach" in stage else [None]:
                 path = render(key).replace("mini", profile).replace("RUN", run.name if run else "RUN")
                 if run:
-                    path = re.sub(r"\$\{item\.(\w+)\}", lambda m: getattr(run, m.group(1)), path)
+                    path = re.sub(r"\$\{item\.(\w+)\}", lambda m, run=run: getattr(run, m.group(1)), path)
                     path = path.replace("${item}", run.name)  # foreach over a list of runs (analyze)
                 node = raw
                 for part in path.split("."):

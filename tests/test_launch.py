@@ -13,6 +13,7 @@ import pytest
 
 from basic.pipeline import launch as L
 from basic.pipeline import submit
+from conftest import PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
 # LLaVA-1.5's scripts/v1_5/pretrain.sh flags (7B), as the full profile passes them to the engine.
@@ -252,7 +253,7 @@ def test_the_whole_study_is_submitted_at_once_through_basic_stage(tmp_path, fake
     jobs that run what dvc.yaml runs (`basic stage`), all runs side by side."""
     sbatch, log = fake_sbatch
     params = tmp_path / "params.yaml"
-    params.write_text((REPO / "params.yaml").read_text().replace("\nprofile: mini", "\nprofile: full"))
+    params.write_text(PARAMS.read_text().replace("\nprofile: mini", "\nprofile: full"))
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PATH", f"{sbatch.parent}:{os.environ['PATH']}")
     assert submit.main(["--params", str(params), "--partition", "gpu", "--log-dir", str(tmp_path / "logs")]) == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import tarfile
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,34 +16,31 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTok
 
 from basic.data.labels import ROLES
 from basic.data.templates import get_template
-from basic.mini.backbones import ORDER
+from basic.families import FAMILIES
 from basic.mini import prebuilt
-from basic.mini.cli import backbones_main, data_main
+from basic.mini.backbones import ORDER
+from basic.mini.cli import backbones_main
 from basic.mini.encoders import contrast_batches, mixed_batches, object_batches, pixel_digest
 from basic.mini.llms import (
     LLM_SPECS,
     LLMSpec,
     build_llm,
-    encode,
     conversation,
+    encode,
     generation_config,
     train_llm,
 )
 from basic.mini.quality import linear_probe, text_qa_accuracy
 from basic.mini.scenes import COLOURS, SHAPES, SIZES
 from basic.mini.tokenizer import family_tokenizer
-from basic.families import FAMILIES
 
 ARCHITECTURES = {"vicuna-7b": "LlamaForCausalLM", "vicuna-13b": "LlamaForCausalLM", "gemma-2b": "GemmaForCausalLM",
                  "phi3-3.8b": "Phi3ForCausalLM", "mistral-7b": "MistralForCausalLM"}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("mini") / "world"
-    data_main(["--out", str(out), "--train-images", "48", "--text-conversations", "8", "--llm-docs", "150",
-               "--llm-eval", "40", "--bench-questions", "4", "--probe-images", "40", "--vocab-size", "1200"])
-    return out
+def world(mini_world) -> Path:
+    return mini_world
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +54,7 @@ TINY = ["--llm-steps", "3", "--llm-batch", "8", "--clip-steps", "2", "--siglip-s
         "--workers", "1", "--threads", "1"]
 
 
+@pytest.mark.slow  # trains backbones
 def test_the_shipped_artifact_is_unpacked_only_for_the_inputs_it_was_built_from(world, backbones, tmp_path, capsys):
     artifact = backbones.parent / "artifact.tar.gz"
     out = tmp_path / "unpacked"
@@ -87,6 +85,7 @@ def test_the_shipped_artifact_is_unpacked_only_for_the_inputs_it_was_built_from(
         prebuilt.unpack(tmp_path / "bad.tar.gz", damaged)
 
 
+@pytest.mark.slow  # trains backbones
 def test_metrics_json(backbones):
     metrics = json.loads((backbones / "metrics.json").read_text())
     assert set(metrics["backbones"]) == set(ORDER)
@@ -103,6 +102,7 @@ def test_metrics_json(backbones):
     assert set(metrics["goals_met"]) == {"llm_text_qa_accuracy", "encoder_probe_accuracy"}
 
 
+@pytest.mark.slow  # trains backbones
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_llms_load_with_auto_classes_and_chat(backbones, name):
     path = backbones / name
@@ -125,12 +125,14 @@ def test_llms_load_with_auto_classes_and_chat(backbones, name):
         assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
 
 
+@pytest.mark.slow  # trains backbones
 def test_vicuna_13b_is_deeper_and_wider(backbones):
     small = AutoModelForCausalLM.from_pretrained(backbones / "vicuna-7b").config
     large = AutoModelForCausalLM.from_pretrained(backbones / "vicuna-13b").config
     assert large.num_hidden_layers > small.num_hidden_layers and large.hidden_size > small.hidden_size
 
 
+@pytest.mark.slow  # trains backbones
 @pytest.mark.parametrize("name,cls", [("clip-l-336", "CLIPModel"), ("siglip", "SiglipModel")])
 def test_encoders_load_with_auto_classes(backbones, world, name, cls):
     model = AutoModel.from_pretrained(backbones / name)
@@ -266,6 +268,7 @@ def _benchmark(name: str):
     return module
 
 
+@pytest.mark.slow  # trains backbones
 def test_budget_benchmark_trains_each_budget(world, tmp_path):
     """benchmarks/backbone_budget.py: one entry per budget, with each backbone's time and quality."""
     budget = _benchmark("backbone_budget")
@@ -281,6 +284,7 @@ def test_budget_benchmark_trains_each_budget(world, tmp_path):
         budget.main(["--budgets", "300"])
 
 
+@pytest.mark.slow  # trains backbones
 def test_binding_benchmark_reports_accuracy_by_object_count(world, tmp_path):
     """benchmarks/llm_binding.py: one point per chunk, with the held-out accuracy per number of objects."""
     binding = _benchmark("llm_binding")

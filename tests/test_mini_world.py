@@ -12,9 +12,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from basic.mini.cli import data_main
+from conftest import MINI_WORLD_ARGS
 
-TINY = ["--train-images", "40", "--text-conversations", "8", "--llm-docs", "120", "--llm-eval", "30",
-        "--bench-questions", "16", "--probe-images", "30", "--vocab-size", "1200"]
+OPTIONS = dict(zip(MINI_WORLD_ARGS[::2], MINI_WORLD_ARGS[1::2]))
+OTHER_SEED = [*MINI_WORLD_ARGS[2:], "--seed", "4"]
 BENCHMARKS = {"vqav2": "testdev", "gqa": "testdev", "sqa_img": "test", "mmb_en": "dev", "mmb_cn": "dev",
               "mmvet": "test", "vizwiz": "testdev", "textvqa": "validation"}
 
@@ -26,10 +27,8 @@ def _hashes(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("mini") / "world"
-    assert data_main(["--out", str(out), "--seed", "3", *TINY]) == 0
-    return out
+def world(mini_world) -> Path:
+    return mini_world
 
 
 def _load(world: Path, bench: str) -> datasets.Dataset:
@@ -39,8 +38,8 @@ def _load(world: Path, bench: str) -> datasets.Dataset:
 def test_same_seed_gives_identical_files_and_another_seed_other_data(world, tmp_path):
     again = tmp_path / "again"
     other = tmp_path / "other"
-    data_main(["--out", str(again), "--seed", "3", *TINY])
-    data_main(["--out", str(other), "--seed", "4", *TINY])
+    data_main(["--out", str(again), *MINI_WORLD_ARGS])
+    data_main(["--out", str(other), *OTHER_SEED])
     first = _hashes(world)
     assert first == _hashes(again)
     different = {k for k, v in _hashes(other).items() if first.get(k) != v}
@@ -54,8 +53,8 @@ def test_layout_and_manifest(world):
     assert manifest["seed"] == 3 and manifest["disjoint_checked"]
     for rel in manifest["files"]:
         assert (world / rel).is_file(), rel
-    assert len(list((world / "images" / "train").glob("*.png"))) == 40
-    assert manifest["counts"]["mmb_en"] == 4 * 16  # base questions + three circular copies each
+    assert len(list((world / "images" / "train").glob("*.png"))) == int(OPTIONS["--train-images"])
+    assert manifest["counts"]["mmb_en"] == 4 * int(OPTIONS["--bench-questions"])  # base questions + three circular copies each
 
 
 def test_llava_json_points_at_existing_images(world):
@@ -83,7 +82,7 @@ def test_benchmarks_load_offline_with_the_real_columns(world):
         ds = _load(world, bench)
         assert set(ds.column_names) == columns, bench
         assert ds[0]["image"].size == (64, 64)
-        assert len(ds) >= 16
+        assert len(ds) >= int(OPTIONS["--bench-questions"])
 
 
 def test_held_out_scenes_never_appear_in_training(world):

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from basic.pipeline import config
+from conftest import PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "llava-vicuna-7b"  # a micro run: vicuna-7b + clip-l-336, stage 1
@@ -41,7 +42,7 @@ def _project(tmp: Path, backbones: dict, tiny_data: dict, launch: dict, per_devi
     (tmp / "data" / "micro" / "llava" / "pretrain.json").symlink_to(tiny_data["pretrain"])
     (tmp / "data" / "micro" / "images").symlink_to(tiny_data["images"])
     (tmp / "pipeline").symlink_to(ROOT / "pipeline")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(PARAMS.read_text())
     params["profile"] = "micro"
     micro = params["profiles"]["micro"]
     micro["launch"] = launch

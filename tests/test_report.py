@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from basic.pipeline import config, report, stage
+from conftest import PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = ("vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizwiz", "textvqa")
@@ -40,7 +41,7 @@ def results(tmp_path) -> report.Results:
         "basic-gemma-2b": {**flat, "mmb_en": 30.0},
         "basic-constant-vicuna-7b": {**flat, "vqav2": 51.0},
     }
-    return report.Results(config.load(ROOT / "params.yaml"), report.load_metrics(write_metrics(tmp_path / "m", scores)),
+    return report.Results(config.load(PARAMS), report.load_metrics(write_metrics(tmp_path / "m", scores)),
                           report.references())
 
 
@@ -103,7 +104,7 @@ def test_layer_weights_against_increasing(results):
 
 def test_rows_the_paper_does_not_have(results, tmp_path):
     """A run that matches no paper row gets its own row; a paper row without runs is shown as not run."""
-    raw = config.read(ROOT / "params.yaml")
+    raw = config.read(PARAMS)
     raw["runs"]["basic-lr-vicuna-7b"] = {"encoder": "clip-l-336", "llm": "vicuna-7b", "seed": 0,
                                         "basic": {"das_weight": 1.0, "sds_weight": 0.01},
                                         "finetune": {"learning_rate": 1.0e-4}}
@@ -172,10 +173,11 @@ def test_figures_draw(results):
     assert len(fig.axes) == 2 and fig.axes[0].patches
 
 
+@pytest.mark.slow  # papermill executes the notebooks
 def test_report_executes_a_notebook(results, tmp_path):
     """`basic report` runs a notebook with papermill on the named kernel and renders it to HTML."""
     metrics = write_metrics(tmp_path / "metrics", {"basic-vicuna-7b": {b: 50.0 for b in BENCHES}})
-    code = report.main(["--params", str(ROOT / "params.yaml"), "--notebooks", str(ROOT / "notebooks"),
+    code = report.main(["--params", str(PARAMS), "--notebooks", str(ROOT / "notebooks"),
                         "--metrics", str(metrics), "--curves", str(tmp_path / "curves"),
                         "--tables", str(tmp_path / "tables"), "--out", str(tmp_path / "nb"), "--only", "main"])
     assert code == 0
@@ -183,7 +185,7 @@ def test_report_executes_a_notebook(results, tmp_path):
         tmp_path / "tables" / "main.md").read_text()
     html = (tmp_path / "nb" / "main.html").read_text()
     assert "Table 1" in html and "data:image/png;base64" in html
-    assert report.main(["--params", str(ROOT / "params.yaml"), "--notebooks", str(ROOT / "notebooks"), "--only", "x"]) == 2
+    assert report.main(["--params", str(PARAMS), "--notebooks", str(ROOT / "notebooks"), "--only", "x"]) == 2
 
 
 def test_findings_state_deltas_spread_and_null_results(results):
@@ -209,7 +211,7 @@ def test_depth_table_rows_by_k(results, tmp_path):
     assert report.findings(table, "depth").startswith("**What Depth ablation shows** (Δ vs layers=half)")
     assert "k=4: mean Δ -5.0 over 1 benchmarks" in report.findings(table, "depth")
     # A study whose tables leave the depth ablation out (study.py --quick): an empty table, not an error.
-    raw = config.read(ROOT / "params.yaml")
+    raw = config.read(PARAMS)
     raw["tables"] = {"main": raw["tables"]["main"], "analysis": raw["tables"]["main"]}
     empty = report.family_table(report.Results(config.parse(raw), res.metrics, res.references), "depth")
     assert empty.empty and report.markdown(empty, "depth").count("\n") == 4
@@ -306,10 +308,11 @@ def test_analysis_figures_draw(results, analyses):
     assert len(fig.axes) == 3 and fig.axes[0].texts[0].get_text() == "red"
 
 
+@pytest.mark.slow  # papermill executes the notebooks
 def test_report_executes_the_analysis_and_depth_notebooks(tmp_path, analyses):
     metrics = write_metrics(tmp_path / "metrics", {"basic-vicuna-7b": {b: 50.0 for b in BENCHES},
                                                    "basic-k1-vicuna-7b": {b: 45.0 for b in BENCHES}})
-    code = report.main(["--params", str(ROOT / "params.yaml"), "--notebooks", str(ROOT / "notebooks"),
+    code = report.main(["--params", str(PARAMS), "--notebooks", str(ROOT / "notebooks"),
                         "--metrics", str(metrics), "--curves", str(tmp_path / "curves"), "--analysis", str(analyses),
                         "--tables", str(tmp_path / "tables"), "--out", str(tmp_path / "nb"), "--only", "analysis", "depth"])
     assert code == 0

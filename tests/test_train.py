@@ -45,19 +45,15 @@ def run(argv: list[str]):
     return train(*parse_args(argv))
 
 
-@pytest.fixture(scope="module")
-def stage1_outputs(llava_argv, tmp_path_factory):
-    """Stage 1 for every pair (shared by the stage-2 tests)."""
-    return {pair: tmp_path_factory.mktemp("stage1") for pair in PAIRS}
+# Every family and both encoders in the full run; llama+clip alone in the fast one (-m "not slow").
+PAIR_PARAMS = [pytest.param(pair, id="+".join(pair), marks=() if pair == PAIRS[0] else pytest.mark.slow)
+               for pair in PAIRS]
 
 
-@pytest.mark.parametrize("pair", PAIRS, ids="+".join)
-def test_both_stages(pair, llava_argv, stage1_outputs, snapshots, tmp_path, tiny_data):
+@pytest.mark.parametrize("pair", PAIR_PARAMS)
+def test_both_stages(pair, llava_argv, stage1, snapshots, tmp_path, tiny_data):
     llm, encoder = pair
-    out1 = stage1_outputs[pair]
-    run(llava_argv(1, llm, encoder, out1))
-    before, after = snapshots[-1]
-    moved = changed(before, after)
+    out1, moved = stage1(llm, encoder)
     assert moved and all(k.startswith("model.multi_modal_projector.") for k in moved)
     assert sorted((out1 / "mm_projector.safetensors").exists() and load_file(out1 / "mm_projector.safetensors")) == [
         "linear_1.bias", "linear_1.weight", "linear_2.bias", "linear_2.weight"]
@@ -128,6 +124,7 @@ def test_llava_optimizer_groups(llava_argv, tmp_path):
     assert not any(id(p) in projector for p in trainer.model.model.vision_tower.parameters())
 
 
+@pytest.mark.slow  # three trainer runs
 def test_resume_continues_exactly(llava_argv, tmp_path, snapshots):
     common = dict(lr_scheduler_type="constant", warmup_ratio=0.0, save_steps=1, save_total_limit=None)
     straight = tmp_path / "straight"
