@@ -38,7 +38,10 @@ DETAIL_PROMPTS = (
     "What do you see in this picture? Describe everything.", "Write a detailed description of the given image.",
 )
 # Share of each instruction type among image records (the rest of the mix is text-only, see finetune_records).
-FINETUNE_MIX = {"conversation": 0.25, "vqa": 0.35, "mc": 0.15, "detail": 0.15, "vizwiz": 0.10}
+FINETUNE_MIX = {"conversation": 0.15, "vqa": 0.50, "mc": 0.15, "detail": 0.10, "vizwiz": 0.10}
+# Questions per multi-turn record: conversations (sentence answers) and short-answer VQA (LLaVA-665K's
+# VQAv2/GQA records group several questions about one image in the same way).
+TURNS = {"conversation": (2, 4), "vqa": (4, 8)}
 OPEN_KINDS = ("colour", "shape", "count", "exist", "position", "relation", "size", "text")
 
 
@@ -59,7 +62,8 @@ def pretrain_records(scenes: list[Scene], rng: np.random.Generator) -> list[dict
 
 
 def _image_conversation(scene: Scene, kind: str, rng: np.random.Generator) -> list[tuple[str, str]]:
-    n = int(rng.integers(2, 5))
+    low, high = TURNS.get(kind, (1, 1))
+    n = int(rng.integers(low, high + 1))
     if kind == "conversation":
         return [prompt(qa, "open", rng) for qa in distinct_questions(scene, rng, n, OPEN_KINDS)]
     if kind == "vqa":
@@ -99,13 +103,18 @@ def finetune_records(scenes: list[Scene], text_scenes: list[Scene], rng: np.rand
     return [records[int(i)] for i in order]
 
 
-def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int) -> dict:
+def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int, brief: bool = False) -> dict:
     """A scene in words followed by `n_turns` question-answer turns: the LLM pretraining unit.
 
     Styles: `short` and `mc` in both languages; `vizwiz` (English) adds the "respond with
-    'Unanswerable'" line and, when the description cannot answer, expects "unanswerable".
+    'Unanswerable'" line and, when the description cannot answer, expects "unanswerable". `brief`: the
+    first turn asks for the scene's brief caption (the LLaVA-558K stand-in's wording), read off the
+    description.
     """
     turns = []
+    if brief:
+        turns.append({"prompt": BRIEF_PROMPTS[int(rng.integers(len(BRIEF_PROMPTS)))], "answer": caption(scene, rng),
+                      "kind": "caption", "style": "caption"})
     for _ in range(n_turns):
         u = rng.random()
         if scene.quality != "clear" or (lang == "en" and u < 0.15):
@@ -123,13 +132,15 @@ def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int) ->
             "description": describe(scene, lang, rng), "turns": turns}
 
 
-def text_docs(scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1)) -> list[dict]:
+def text_docs(scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1),
+              brief_share: float = 0.0) -> list[dict]:
     """One `text_doc` per scene; language: Chinese for half the clear scenes; `turns` = (min, max)
-    question turns."""
+    question turns; `brief_share` of the English clear scenes open with a brief-caption turn."""
     docs = []
     for s in scenes:
         lang = "zh" if (s.quality == "clear" and rng.random() < 0.5) else "en"
-        docs.append(text_doc(s, rng, lang, int(rng.integers(turns[0], turns[1] + 1))))
+        brief = bool(brief_share) and lang == "en" and s.quality == "clear" and rng.random() < brief_share
+        docs.append(text_doc(s, rng, lang, int(rng.integers(turns[0], turns[1] + 1)), brief))
     return [d for d in docs if d["turns"]]
 
 

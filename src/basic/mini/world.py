@@ -39,6 +39,7 @@ class WorldSizes:
     probe_images: int = 2000       # held-out single-object images (60% fit, 40% test)
     vocab_size: int = 2048
     max_objects: int = 4
+    llm_brief_share: float = 0.0   # of the English LLM documents: a brief-caption turn first (text_docs)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -104,7 +105,7 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     # --- corpora
     pretrain = pretrain_records(train, stream_rng(seed, "train_images", 1))
     finetune = finetune_records(train, text_only, stream_rng(seed, "train_images", 2))
-    docs = text_docs(llm_train, stream_rng(seed, "llm_train", 1), turns=(3, 5))
+    docs = text_docs(llm_train, stream_rng(seed, "llm_train", 1), turns=(3, 5), brief_share=sizes.llm_brief_share)
     eval_docs = text_docs(llm_eval, stream_rng(seed, "llm_eval", 1), turns=(1, 1))
     for path, obj in ((out / "llava" / "pretrain.json", pretrain), (out / "llava" / "finetune.json", finetune)):
         _write_json(path, obj)
