@@ -23,7 +23,7 @@ from PIL import Image
 
 from basic.eval.evaluate import main as evaluate
 from basic.eval.plugin import BasicLlava
-from basic.eval.testing import save_tiny_llava, write_benchmark_fixtures
+from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 
 
 def _requests(docs: list[dict], kind: str) -> list[Instance]:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from basic.eval.evaluate import main as evaluate
-from basic.eval.testing import save_tiny_llava, write_benchmark_fixtures
+from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ puts this interpreter's scripts first on PATH and keeps everything offline. Extr
 `--quick` leaves this checkout alone: it copies it (what git tracks or would track, without results/ and
 dvc.lock) to a fresh build/quick/, sets `profile: quick` (a smaller world, the three backbones the main
 table needs, fewer steps: params.yaml) and keeps only the main table's seed-0 runs there, then runs the
-study in that copy: the whole path (world, backbones, both stages, lmms-eval, notebooks) in minutes, with
+study in that copy: the whole path (world, backbones, both stages, lmms-eval, analysis, notebooks) in minutes, with
 numbers that are a smoke reading, not the committed mini study's.
 """
 
@@ -39,8 +39,8 @@ BIN = Path(sys.executable).parent
 QUICK = ROOT / "build" / "quick"
 
 sys.path.insert(0, str(ROOT / "src"))
-from basic import config  # noqa: E402
-from basic.launch import RUN_STAGES  # noqa: E402
+from basic.pipeline import config  # noqa: E402
+from basic.pipeline.submit import RUN_STAGES  # noqa: E402
 
 
 def environment(root: Path) -> dict[str, str]:
@@ -94,10 +94,13 @@ def ensure_dvc(root: Path, env: dict[str, str]) -> None:
 
 
 def plan(root: Path, main_only: bool) -> list[list[str]]:
-    """The study's stages as chains in dependency order: [prepare], [backbones], one chain per run, [report]."""
+    """The study's stages as chains in dependency order: [prepare], [backbones], one chain per run (its
+    analyze stage last, for the runs `tables.analysis` names), [report]."""
     params = config.read(root / config.PARAMS_FILE)
     runs = main_runs(params) if main_only else list(params["runs"])
-    chains = [[f"{stage}@{run}" for stage in RUN_STAGES] for run in runs]
+    analysed = set(params["tables"].get(config.ANALYSIS_TABLE, []))
+    chains = [[f"{stage}@{run}" for stage in RUN_STAGES] + (["analyze@" + run] if run in analysed else [])
+              for run in runs]
     return [["prepare"], ["backbones"], *chains, ["report"]]
 
 
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     root = ROOT
     if args.quick:
         runs = main_runs(config.read(ROOT / config.PARAMS_FILE))
-        root = scratch_copy(QUICK, "quick", runs, {"main": runs})
+        root = scratch_copy(QUICK, "quick", runs, {"main": runs, config.ANALYSIS_TABLE: runs})
         print(f"study: quick: profile quick, runs {', '.join(runs)}, in {root}", flush=True)
     env = environment(root)
     ensure_dvc(root, env)

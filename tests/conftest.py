@@ -2,7 +2,7 @@
 
 `backbones[name]` is a real HF checkpoint directory (`llama`, `mistral`, `gemma`, `phi3` LLMs with their
 tokenizers; `clip` a full CLIPModel, `siglip` a bare SiglipVisionModel, with image processors), built
-offline by `basic.testing`. `tiny_data` holds LLaVA-format `pretrain.json`/`finetune.json` and images.
+offline by `basic.testing.backbones`. `tiny_data` holds LLaVA-format `pretrain.json`/`finetune.json` and images.
 `llava_argv` turns keyword flags into the argument list of LLaVA-1.5's own scripts (pretrain.sh or
 finetune.sh), scaled down to a few CPU steps.
 """
@@ -30,7 +30,7 @@ TEMPLATE_OF = {"llama": "v1", "mistral": "mistral", "gemma": "gemma", "phi3": "p
 
 @pytest.fixture(scope="session")
 def backbones(tmp_path_factory) -> dict:
-    from basic.testing import save_tiny_llm, save_tiny_vision
+    from basic.testing.backbones import save_tiny_llm, save_tiny_vision
 
     root = tmp_path_factory.mktemp("backbones")
     dirs = {family: save_tiny_llm(family, root / family) for family in LLM_FAMILIES}
@@ -40,7 +40,7 @@ def backbones(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> dict:
-    from basic.data.tiny import write_tiny_llava_data
+    from basic.testing.data import write_tiny_llava_data
 
     return {name: str(path) for name, path in write_tiny_llava_data(tmp_path_factory.mktemp("data")).items()}
 

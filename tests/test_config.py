@@ -1,4 +1,4 @@
-"""params.yaml's strict validation and the stage commands basic.config resolves from it."""
+"""params.yaml's strict validation and the stage commands basic.pipeline.config resolves from it."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from basic import config
-from basic.launch import to_shell
+from basic.pipeline import config
+from basic.pipeline.launch import to_shell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_params_yaml_is_a_valid_study(study):
     assert set(study.tables) == set(config.TABLES)
     # The shared BASIC Vicuna-7B run is one run (trained once) in the four tables that show it.
     shared = [t for t, runs in study.tables.items() if "basic-vicuna-7b" in runs]
-    assert sorted(shared) == ["layer_weights", "loss_ablation", "main", "supervision_strength"]
+    assert sorted(shared) == ["analysis", "depth", "layer_weights", "loss_ablation", "main", "supervision_strength"]
     assert study.runs["llava-vicuna-7b"].method == config.BASELINE
     assert study.runs["basic-vicuna-7b"].basic_args.basic_sds_weight == 0.01
     # Each run has a distinct definition (a duplicate would be trained twice for nothing).
@@ -50,15 +50,34 @@ def test_params_yaml_is_a_valid_study(study):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(colour="red"), "unknown key(s) colour"),
+    (lambda d: d.update(colour="red"), "colour: unknown key"),
+    (lambda d: d.update(tabels={}), "tabels: unknown key; did you mean tables?"),
+    (lambda d: d["profiles"]["mini"]["pretrain"].update(learnig_rate=1e-3),
+     "profiles.mini.pretrain.learnig_rate: unknown key; did you mean learning_rate?"),
+    (lambda d: d["profiles"]["mini"]["finetune"].update(batchsize=4), "profiles.mini.finetune.batchsize: unknown key"),
+    (lambda d: d["profiles"]["mini"]["pretrain"].update(max_steps="many"), "profiles.mini.pretrain.max_steps: expected int"),
+    (lambda d: d["profiles"]["mini"]["data"].update({"bench-questionz": 3}),
+     "profiles.mini.data.bench-questionz: unknown key; did you mean bench-questions?"),
+    (lambda d: d["profiles"]["mini"]["backbones"].update({"llm-step": 3}),
+     "profiles.mini.backbones.llm-step: unknown key; did you mean llm-steps?"),
+    (lambda d: d["profiles"]["mini"]["evaluate"].update(batchsize=3),
+     "profiles.mini.evaluate.batchsize: unknown key; did you mean batch_size?"),
+    (lambda d: d["profiles"]["full"]["data"].update(manifest=["full"]),
+     "profiles.full.data.manifest: unknown key; did you mean manifests?"),
+    (lambda d: d["profiles"]["full"]["backbones"].update(onli=["siglip"]),
+     "profiles.full.backbones.onli: unknown key; did you mean only?"),
+    (lambda d: d["profiles"]["mini"]["launch"].update(launchr="torchrun"),
+     "profiles.mini.launch.launchr: unknown key; did you mean launcher?"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].update(finetune={"learning_rat": 1e-3}),
+     "runs.basic-vicuna-7b.finetune.learning_rat: unknown key; did you mean learning_rate?"),
     (lambda d: d.pop("tables"), "tables: missing"),
     (lambda d: d.update(profile="huge"), "profile: 'huge' is not one of the profiles"),
-    (lambda d: d["runs"]["basic-vicuna-7b"].update(sede=1), "runs.basic-vicuna-7b: unknown key(s) sede"),
+    (lambda d: d["runs"]["basic-vicuna-7b"].update(sede=1), "runs.basic-vicuna-7b.sede: unknown key; did you mean seed?"),
     (lambda d: d["runs"]["basic-vicuna-7b"].update(seed="one"), "runs.basic-vicuna-7b.seed: expected int"),
     (lambda d: d["runs"]["basic-vicuna-7b"].update(seed=True), "runs.basic-vicuna-7b.seed: expected int"),
     (lambda d: d["runs"]["basic-vicuna-7b"].pop("llm"), "runs.basic-vicuna-7b.llm: missing"),
     (lambda d: d["runs"]["basic-vicuna-7b"].update(llm="llama-70b"), "runs.basic-vicuna-7b.llm: 'llama-70b' is not in"),
-    (lambda d: d["runs"]["basic-vicuna-7b"]["basic"].update(das=1.0), "runs.basic-vicuna-7b.basic: unknown key(s) das"),
+    (lambda d: d["runs"]["basic-vicuna-7b"]["basic"].update(das=1.0), "runs.basic-vicuna-7b.basic.das: unknown key"),
     (lambda d: d["runs"]["basic-vicuna-7b"]["basic"].update(layer_weights="cubic"),
      "runs.basic-vicuna-7b.basic: --basic_layer_weights 'cubic' is not one of"),
     (lambda d: d["runs"]["basic-vicuna-7b"].update(finetune={"output_dir": "x"}),
@@ -66,7 +85,7 @@ def test_params_yaml_is_a_valid_study(study):
     (lambda d: d["profiles"]["full"]["pretrain"].update(learning_rate=[1]) or d["profiles"]["full"]["pretrain"].update(
         learning_rate={"a": 1}), "profiles.full.pretrain.learning_rate: expected"),
     (lambda d: d["profiles"]["mini"].update(world="huge"), "profiles.mini.world: 'huge' is not one of mini, full"),
-    (lambda d: d["profiles"]["mini"]["launch"].update(gpus=2), "profiles.mini.launch: "),
+    (lambda d: d["profiles"]["mini"]["launch"].update(gpus=2), "profiles.mini.launch.gpus: unknown key"),
     (lambda d: d["profiles"]["mini"]["evaluate"].update(benchmarks=["vqav2", "imagenet"]),
      "profiles.mini.evaluate.benchmarks: imagenet not in the mini benchmark map"),
     (lambda d: d["profiles"]["full"]["finetune"].update(gradient_accumulation_steps=2),
@@ -148,6 +167,26 @@ def test_full_profile_launches(study):
         config.command(four, "pretrain", "basic-vicuna-7b"))
 
 
+def test_analyze_command(study):
+    assert config.command(study, "analyze", "basic-k3-vicuna-7b") == [
+        "basic", "analyze", "--checkpoint", "models/basic-k3-vicuna-7b/finetune", "--data", "data/mini",
+        "--out", "results/analysis/basic-k3-vicuna-7b.json", "--profile", "mini"]
+    full = dataclasses.replace(study, profile="full")
+    assert to_shell(config.command(full, "analyze", "basic-vicuna-7b")).endswith("--data data/full --out "
+                                                                                 "results/analysis/basic-vicuna-7b.json --profile full")
+
+
+def test_depth_runs_are_a_quarter_half_three_quarters_and_all_of_the_stand_ins_layers(study):
+    from basic.mini.llms import LLM_SPECS
+
+    depth = [study.runs[r] for r in study.tables["depth"] if study.runs[r].method == config.METHOD]
+    assert {r.llm for r in depth} == {"vicuna-7b"}
+    layers = LLM_SPECS["vicuna-7b"].layers
+    ks = sorted({r.basic_args.basic_layers or layers // 2 for r in depth})
+    assert ks == [layers // 4, layers // 2, 3 * layers // 4, layers]
+    assert set(study.tables["main"]) <= set(study.tables["analysis"])  # every Table 1 run with its seeds is analysed
+
+
 def test_stage_requests_are_checked(study):
     with pytest.raises(config.ConfigError, match="no run named 'nope'"):
         config.command(study, "pretrain", "nope")
@@ -164,7 +203,7 @@ def test_argv_rendering():
 
 
 def test_dvc_yaml_paths_are_configs():
-    """dvc.yaml declares the paths basic.config writes (so a stage cannot write where DVC does not look)."""
+    """dvc.yaml declares the paths basic.pipeline.config writes (so a stage cannot write where DVC does not look)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
     def render(path: str) -> str:
@@ -176,6 +215,9 @@ def test_dvc_yaml_paths_are_configs():
         assert render(next(iter(do["plots"][0]))) == str(config.curves_file("RUN", stage))
         assert render(do["outs"][0]) == str(config.run_dir("RUN") / stage)
         assert do["cmd"] == f"basic stage {stage} ${{key}}"
+    analyze = stages["analyze"]
+    assert analyze["foreach"] == "${tables.analysis}" and analyze["do"]["cmd"] == "basic stage analyze ${item}"
+    assert next(iter(analyze["do"]["metrics"][0])).replace("${item}", "RUN") == str(config.analysis_file("RUN"))
     assert next(iter(stages["backbones"]["outs"][0])) == str(config.BACKBONES_DIR)
     assert render(next(iter(stages["prepare"]["outs"][0]))) == "data/mini"
     # Every params.yaml key a stage tracks exists, in every profile (DVC fails on a missing one).
@@ -187,6 +229,7 @@ def test_dvc_yaml_paths_are_configs():
                 path = render(key).replace("mini", profile).replace("RUN", run.name if run else "RUN")
                 if run:
                     path = re.sub(r"\$\{item\.(\w+)\}", lambda m: getattr(run, m.group(1)), path)
+                    path = path.replace("${item}", run.name)  # foreach over a list of runs (analyze)
                 node = raw
                 for part in path.split("."):
                     assert isinstance(node, dict) and part in node, f"{name}: {path}"
@@ -194,7 +237,7 @@ def test_dvc_yaml_paths_are_configs():
 
 
 def test_stage_dry_prints_every_command(tmp_path, raw, capsys):
-    from basic import stage
+    from basic.pipeline import stage
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({**raw, "profile": "full"}))
@@ -207,7 +250,7 @@ def test_stage_dry_prints_every_command(tmp_path, raw, capsys):
 
 def test_full_prepare_names_what_is_missing(tmp_path, raw, monkeypatch, capsys):
     """Until the data is downloaded, the full profile's prepare stage fails saying what is missing and how to get it."""
-    from basic import prepare
+    from basic.pipeline import prepare
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**raw, "profile": "full"}))
@@ -221,7 +264,7 @@ def test_full_prepare_names_what_is_missing(tmp_path, raw, monkeypatch, capsys):
 
 def test_stage_never_deletes_full_checkpoints(tmp_path, study, monkeypatch):
     """The mini backbones stage rebuilds models/backbones, but refuses to delete what `basic checkpoints` fetched."""
-    from basic import stage
+    from basic.pipeline import stage
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models/backbones/vicuna-7b").mkdir(parents=True)
@@ -234,3 +277,33 @@ def test_stage_never_deletes_full_checkpoints(tmp_path, study, monkeypatch):
     stage.clean_backbones(study)
     assert not (tmp_path / "models/backbones").exists()
     assert stage.executable(["basic", "train"])[1:] == ["-m", "basic.cli", "train"]
+
+
+def test_flags_read_from_source_are_the_commands_own():
+    """basic.pipeline.flags reads the dataclass fields without importing them; they must be exactly what the
+    commands' parsers accept (HfArgumentParser for `basic train`, argparse for the mini commands)."""
+    from transformers import HfArgumentParser
+
+    from basic.method.config import BasicArguments
+    from basic.mini.cli import backbones_parser, data_parser
+    from basic.pipeline import flags
+    from basic.train import DataArguments, ModelArguments, TrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, BasicArguments))
+    assert set(flags.train_options()) == {a.dest for a in parser._actions if a.option_strings} - {"help"}
+    assert flags.train_options()["learning_rate"].types == (float,)
+    assert set(flags.train_options()["basic_layers"].types) == {int, type(None)}
+    for read, real in ((flags.mini_data_options(), data_parser()), (flags.mini_backbones_options(), backbones_parser())):
+        assert read.keys() == flags.parser_options(real).keys()
+
+
+def test_a_stage_logs_its_output_and_repeats_the_end_of_it_when_it_fails(study, tmp_path, monkeypatch, capfd):
+    from basic.pipeline import stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "command", lambda *a: ["python", "-c", "print('step 1'); import sys; sys.exit(3)"])
+    assert stage.run_stage(study, "evaluate", "llava-vicuna-7b") == 3
+    out, err = capfd.readouterr()
+    assert "evaluate@llava-vicuna-7b starts" in out and "step 1" in out
+    assert "failed (exit 3)" in err and "step 1" in err
+    assert (tmp_path / "logs/evaluate@llava-vicuna-7b.log").read_text() == "step 1\n"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from basic import download as dl
+from basic.full import download as dl
 
 
 class Server:

@@ -23,7 +23,7 @@ from PIL import Image
 from basic.eval.benchmarks import PAPER_BENCHMARKS, select
 from basic.eval.evaluate import EvaluationError, add_blind, add_distinct, collect, lmms_eval_command, main, parse_args
 from basic.eval.judge import RuleJudge
-from basic.eval.testing import save_tiny_llava, write_benchmark_fixtures
+from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 from basic.mini.benchmarks import SPLITS
 
 pytestmark = pytest.mark.slow
@@ -57,11 +57,31 @@ def test_all_mini_benchmarks_run_end_to_end(first_run):
         assert entry["status"] == "scored" and isinstance(entry["score"], float), name
         assert entry["n"] == (16 if name.startswith("mmb") else 4)  # MMBench: 4 questions x 4 rotations
         assert entry["split"] == SPLITS[name] and entry["task"] == f"mini_{name}"
+        assert entry["prompt_variant"] == "llava_v15"  # the default: LLaVA-1.5's own prompts
     assert metrics["mmvet"]["scored_by"] == "judge:rule" and metrics["gqa"]["scored_by"] == "local"
     logs = first_run.with_name("run_logs")
     assert (logs / "lmms_eval.log").is_file()
     for name in PAPER_BENCHMARKS:  # lmms-eval's per-sample logs are kept
         assert len(_answers(first_run, f"mini_{name}")) == metrics[name]["n"]
+    rows = datasets.Dataset.from_parquet(str(first_run.parent.parent / "data/benchmarks/mmvet/test.parquet"))
+    assert _prompts(first_run, "mini_mmvet")[0] == rows[0]["question"]  # LLaVA: the bare question
+
+
+def _prompts(out: Path, task: str) -> dict[int, str]:
+    """The text lmms-eval gave the model per document (its per-sample log's `input`)."""
+    [samples] = out.with_name(f"{out.stem}_logs").rglob(f"*_samples_{task}.jsonl")
+    return {r["doc_id"]: r["input"] for r in map(json.loads, samples.read_text().splitlines())}
+
+
+def test_the_lmms_eval_variant_prompts_as_lmms_eval_and_is_recorded(world, tmp_path):
+    checkpoint, data = world
+    out = tmp_path / "lmms.json"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--benchmarks",
+                 "mmvet,textvqa", "--prompt_variant", "lmms_eval", "--limit", "2", *FAST]) == 0
+    metrics = json.loads(out.read_text())
+    assert {e["prompt_variant"] for e in metrics.values()} == {"lmms_eval"}
+    assert _prompts(out, "mini_mmvet")[0].startswith("First please perform reasoning")
+    assert "Reference OCR token" not in _prompts(out, "mini_textvqa")[0]
 
 
 def _rewrite(data: Path, bench: str, change) -> None:
@@ -81,7 +101,8 @@ def test_known_answers_give_hand_computed_scores_at_any_batch_size_and_process_c
         agree = {0: 10, 1: 2}.get(i, 0)
         row["answers"] = [dict(a, answer=said["vqav2"][i] if k < agree else "zebra") for k, a in enumerate(row["answers"])]
     _rewrite(oracle, "vqav2", vqav2)
-    _rewrite(oracle, "gqa", lambda i, row: row.update(answer=said["gqa"][i] if i < 2 else "zebra"))
+    # GQA's answers are lower case; LLaVA's post-processing lower-cases the answer and strips trailing periods
+    _rewrite(oracle, "gqa", lambda i, row: row.update(answer=said["gqa"][i].rstrip(".").lower() if i < 2 else "zebra"))
     _rewrite(oracle, "textvqa", lambda i, row: row.update(answers=[said["textvqa"][i]] * 10))
     _rewrite(oracle, "mmvet", lambda i, row: row.update(answer=said["mmvet"][i] if i == 0 else row["answer"]))
 
@@ -128,6 +149,15 @@ def test_unreachable_judge_leaves_mmvet_unscored(world, tmp_path, monkeypatch):
     entry = json.loads(out.read_text())["mmvet"]
     assert entry["status"] == "unscored" and entry["score"] is None and "unreachable" in entry["reason"]
     assert entry["task"] == "basic_mmvet" and entry["scored_by"].startswith("judge:openai:")
+
+
+def test_vqav2_needs_the_test2015_question_file_before_anything_runs(world, tmp_path, capsys):
+    checkpoint, _ = world
+    assert main(["--checkpoint", str(checkpoint), "--profile", "full", "--data", str(tmp_path / "full"),
+                 "--benchmarks", "vqav2", "--out", str(tmp_path / "m.json")]) == 1
+    err = capsys.readouterr().err
+    assert "eval/vqav2/llava_vqav2_mscoco_test2015.jsonl: VQAv2 test2015 question file missing" in err
+    assert not (tmp_path / "m.json").exists()
 
 
 def _results_dir(tmp_path: Path, results: dict, samples: dict[str, list[dict]] | None = None) -> Path:
@@ -179,22 +209,22 @@ def test_blind_scores_distinct_and_unchanged_answers_come_from_the_sample_logs(t
 def test_collect_reports_pending_unscored_and_missing(tmp_path):
     full = {b.name: b for b in select("full", ["vqav2", "mmvet", "gqa"])}
     unjudged = {"judge_score": {"score": float("nan"), "error": "judge openai:gpt unreachable: boom"}}
-    output = _results_dir(tmp_path, {"vqav2_test": {"submission,none": None},
+    output = _results_dir(tmp_path, {"basic_vqav2_testdev": {"submission,none": None},
                                      "basic_mmvet": {"judge_score,none": float("nan")},
-                                     "gqa": {"exact_match,none": 0.625}},
+                                     "basic_gqa": {"exact_match,none": 0.625}},
                           {"basic_mmvet": [unjudged, {"judge_score": {"score": 1.0, "error": None}}]})
     (output / "submissions").mkdir()
-    (output / "submissions" / "vqav2-test-submission-2026.json").write_text("[]")
+    (output / "submissions" / "vqav2_test-dev2015_submission.json").write_text("[]")
     entries = collect(list(full.values()), output, {"mmvet": "openai:gpt"}, tail="")
-    assert entries["vqav2"]["status"] == "pending" and entries["vqav2"]["submission"].endswith("2026.json")
+    assert entries["vqav2"]["status"] == "pending" and entries["vqav2"]["submission"].endswith("submission.json")
     assert entries["mmvet"]["status"] == "unscored" and "1/2 samples unjudged" in entries["mmvet"]["reason"]
     assert entries["gqa"] == {"score": 62.5, "n": 2, "split": full["gqa"].split, "scored_by": "local",
-                              "status": "scored", "task": "gqa"}
+                              "status": "scored", "task": "basic_gqa"}
 
     with pytest.raises(EvaluationError, match="gqa"):  # a local metric that is missing is a failure
-        collect([full["gqa"]], _results_dir(tmp_path / "b", {"gqa": {"alias": "gqa"}}), {}, tail="")
-    with pytest.raises(EvaluationError, match="vqav2_test .no submission"):
-        collect([full["vqav2"]], _results_dir(tmp_path / "c", {"vqav2_test": {}}), {}, tail="")
+        collect([full["gqa"]], _results_dir(tmp_path / "b", {"basic_gqa": {"alias": "basic_gqa"}}), {}, tail="")
+    with pytest.raises(EvaluationError, match="basic_vqav2_testdev .no submission"):
+        collect([full["vqav2"]], _results_dir(tmp_path / "c", {"basic_vqav2_testdev": {}}), {}, tail="")
     with pytest.raises(EvaluationError, match="no results"):
         collect([full["gqa"]], tmp_path / "empty", {}, tail="")
 

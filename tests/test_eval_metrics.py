@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 
+from basic.distributed import free_port
 from basic.eval import metrics
 from basic.eval.judge import JudgeError, LLMJudge, RuleJudge, get_judge, mmvet_query
 from basic.eval.tasks import utils
@@ -80,16 +80,10 @@ def test_rule_judge_scores_mmvet_syntax():
         get_judge("gpt5")
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again when this returns: nothing listens there
-
-
 def test_unreachable_llm_judge_gives_unscored_not_zero(monkeypatch):
     monkeypatch.setenv("API_TYPE", "openai")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.setenv("OPENAI_API_URL", f"http://127.0.0.1:{_closed_port()}/v1")
+    monkeypatch.setenv("OPENAI_API_URL", f"http://127.0.0.1:{free_port()}/v1")
     judge = LLMJudge(retries=1)
     reason = judge.check()
     assert reason and "unreachable" in reason

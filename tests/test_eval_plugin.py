@@ -15,7 +15,8 @@ from PIL import Image
 
 from basic.data.images import expand2square
 from basic.eval.plugin import BasicLlava, cut_at_stops
-from basic.eval.testing import save_tiny_llava
+from basic.testing.backbones import TOKENIZER_KINDS, tiny_tokenizer
+from basic.testing.eval import save_tiny_llava
 
 TASK, SPLIT = "t", "test"
 
@@ -114,6 +115,20 @@ def test_until_and_max_new_tokens_are_honoured(checkpoint, docs):
     stop = next(ch for ch in long[0][1:] if ch.isascii() and ch.isalpha())  # a stop string inside the answer
     stopped = model.generate_until(_generate_requests(docs[:1], {"max_new_tokens": 12, "until": [stop]}))
     assert stopped[0] == cut_at_stops(long[0], [stop]).strip() and stop not in stopped[0]
+
+
+@pytest.mark.parametrize("kind", TOKENIZER_KINDS)
+def test_until_stops_generation_with_every_kind_of_tokenizer(tmp_path, docs, kind):
+    """Word-level, byte-level BPE and SentencePiece-style tokenizers: the answer stops at the stop string
+    (transformers' own stop-string criterion fails on the word-level one)."""
+    checkpoint = save_tiny_llava(tmp_path / kind, tokenizer=tiny_tokenizer("llama", kind=kind))
+    model = _model(checkpoint, docs, 3)
+    free = model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 12}))
+    stop = next(w for w in free[0].split()[1:] if w.isalpha()) if kind == "word" else \
+        next(ch for ch in free[0][1:] if ch.isascii() and ch.isalpha())
+    stopped = model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 12, "until": [stop]}))
+    assert stopped == [cut_at_stops(a, [stop]).strip() for a in free]
+    assert stop not in stopped[0]
 
 
 def test_other_family_prompts_with_its_own_template(tmp_path, docs):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from basic import launch as L
+from basic.pipeline import launch as L
+from basic.pipeline import submit
 
 REPO = Path(__file__).resolve().parents[1]
 # LLaVA-1.5's scripts/v1_5/pretrain.sh flags (7B), as the full profile passes them to the engine.
@@ -41,11 +43,12 @@ def test_every_launcher_s_own_parser_accepts_the_multi_node_command():
         return L.LaunchSpec(launcher=launcher, gpus_per_node=8, nodes=4, master_port=29611)
 
     def on_node_3(cmd):  # what the shell hands the launcher on node 3
-        return [{"$NODE_RANK": "3", "$MASTER_ADDR": "gpu-001"}.get(a, a) for a in cmd]
+        return [{"$NODE_RANK": "3", "$MASTER_ADDR": "gpu-001", "$BASIC_HOSTFILE": "/job/h"}.get(a, a) for a in cmd]
 
     ds = on_node_3(L.train_command(spec("deepspeed"), "finetune", ["--version", "v1"]))
     a = deepspeed_parse(ds[1:])
     assert (a.num_gpus, a.num_nodes, a.node_rank, a.master_addr, a.master_port) == (8, 4, 3, "gpu-001", 29611)
+    assert a.hostfile == "/job/h"  # without one DeepSpeed sees only localhost and refuses 4 nodes
     assert a.no_ssh and a.module and a.user_script == "basic.train"
     assert a.user_args == ["--version", "v1", "--deepspeed", "pipeline/zero3.json"]
 
@@ -106,7 +109,7 @@ def test_bad_specs_are_refused_naming_the_field():
         L.LaunchSpec(nodes=0)
     with pytest.raises(L.LaunchError, match="launcher 'python' runs one process"):
         L.LaunchSpec(launcher="python", gpus_per_node=8)
-    with pytest.raises(L.LaunchError, match=r"launch\.full: unknown key\(s\) gpus"):
+    with pytest.raises(L.LaunchError, match=r"launch\.full\.gpus: unknown key"):
         L.LaunchSpec.from_dict({"gpus": 8}, where="launch.full")
     with pytest.raises(L.LaunchError, match="stage 'sft'"):
         L.train_command(L.LaunchSpec(), "sft", [])
@@ -146,14 +149,48 @@ def test_sbatch_script_runs_one_launcher_per_node_with_its_rank(tmp_path):
         (bin_dir / name).chmod(stat.S_IRWXU)
     (tmp_path / ".venv/bin").mkdir(parents=True)
     (tmp_path / ".venv/bin/activate").write_text("")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[001-002]",
-           "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "t"}
+    # the venv's `basic` on PATH, as the setup line's `source .venv/bin/activate` would put it
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "SLURM_JOB_NODELIST": "gpu-[001-002]", "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "t", "SLURM_CPUS_ON_NODE": "64"}
+    env.pop("SLURM_CPUS_PER_TASK", None)
+    (bin_dir / "srun").write_text(f'#!/bin/bash\necho "$@" > {tmp_path}/srun\n'
+                                  'for n in 0 1; do SLURM_NODEID=$n "${@: -3}"; done\n')
     subprocess.run(["bash", "-c", script], env=env, check=True, capture_output=True, text=True)
+    hostfile = tmp_path / "logs" / "7.hostfile"
+    assert hostfile.read_text() == "gpu-001 slots=8\ngpu-002 slots=8\n"  # the allocation, node-rank order
     lines = (tmp_path / "launched").read_text().splitlines()
     assert len(lines) == 2
     for rank, line in enumerate(lines):
-        assert f"--num_nodes 2 --node_rank {rank} --master_addr gpu-001 --no_ssh --module basic.train" in line
+        assert (f"--hostfile {hostfile} --num_nodes 2 --node_rank {rank} --master_addr gpu-001 --no_ssh "
+                "--module basic.train") in line
         assert line.endswith("--output_dir models/a b --deepspeed pipeline/zero2.json")
+    # every node's task gets the node's CPUs (Slurm >= 22.05 does not pass sbatch's --cpus-per-task on)
+    assert "--cpus-per-task=64" in (tmp_path / "srun").read_text()
+    env["SLURM_CPUS_PER_TASK"] = "12"
+    subprocess.run(["bash", "-c", script], env=env, check=True, capture_output=True, text=True)
+    assert "--cpus-per-task=12" in (tmp_path / "srun").read_text()
+
+
+def test_hostfile_from_a_list_or_the_slurm_allocation(tmp_path, monkeypatch, capsys):
+    spec = L.LaunchSpec(nodes=2, gpus_per_node=4)
+    assert L.hostfile_text(spec, ["a", "b"]) == "a slots=4\nb slots=4\n"
+    with pytest.raises(L.LaunchError, match="1 hosts .a. for nodes=2"):
+        L.hostfile_text(spec, ["a"])
+    with pytest.raises(L.LaunchError, match="distinct"):
+        L.hostfile_text(spec, ["a", "a"])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$1 $2 $3" = "show hostnames gpu-[7-8]" ] && echo gpu-7 && echo gpu-8\n')
+    (bin_dir / "scontrol").chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu-[7-8]")
+    path = L.write_hostfile(tmp_path / "h" / "hostfile", spec)
+    assert path.read_text() == "gpu-7 slots=4\ngpu-8 slots=4\n"
+    assert L.main(["hostfile", "--nodes", "2", "--gpus-per-node", "1", "--hosts", "x", "y"]) == 0
+    assert capsys.readouterr().out == "x slots=1\ny slots=1\n"
+    monkeypatch.delenv("SLURM_JOB_NODELIST")
+    assert L.main(["hostfile", "--nodes", "2"]) == 2
+    assert "SLURM_JOB_NODELIST is not set" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -211,16 +248,15 @@ def test_command_line_prints_the_command_and_the_script(capsys, monkeypatch):
 
 
 def test_the_whole_study_is_submitted_at_once_through_basic_stage(tmp_path, fake_sbatch, capsys, monkeypatch):
-    """`basic launch study`: every run of params.yaml (here switched to the full profile) as three chained
+    """`basic submit`: every run of params.yaml (here switched to the full profile) as three chained
     jobs that run what dvc.yaml runs (`basic stage`), all runs side by side."""
     sbatch, log = fake_sbatch
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params.yaml").read_text().replace("\nprofile: mini", "\nprofile: full"))
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PATH", f"{sbatch.parent}:{os.environ['PATH']}")
-    assert L.main(["study", "--params", str(params), "--slurm", "--partition", "gpu",
-                   "--log-dir", str(tmp_path / "logs")]) == 0
-    from basic import config
+    assert submit.main(["--params", str(params), "--partition", "gpu", "--log-dir", str(tmp_path / "logs")]) == 0
+    from basic.pipeline import config
 
     runs = list(config.load(params).runs)
     calls = log.read_text().splitlines()
@@ -233,5 +269,5 @@ def test_the_whole_study_is_submitted_at_once_through_basic_stage(tmp_path, fake
     out = capsys.readouterr().out
     assert f"dvc commit -f pretrain@{first} finetune@{first} evaluate@{first}" in out
 
-    assert L.main(["study", "--params", str(params), "--runs", "no-such-run", "--print"]) == 2
+    assert submit.main(["--params", str(params), "--runs", "no-such-run", "--print"]) == 2
     assert "no run named 'no-such-run'" in capsys.readouterr().err

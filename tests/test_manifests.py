@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from basic import checkpoints as ck
-from basic import download as dl
+from basic.full import checkpoints as ck
+from basic.full import download as dl
 
 # What LLaVA-1.5's scripts read (research/llava_recipe.md section 5, reference_numbers.yaml `data`).
 PRETRAIN_JSON = "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
@@ -71,7 +71,7 @@ def test_every_url_can_be_pointed_at_a_mirror():
 def test_bad_manifests_are_refused_with_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "b", "files": [{"path": "a", "url": "http://x/a", "sha256": None, "md5": "x"}]}))
-    with pytest.raises(dl.DownloadError, match=r"bad.yaml: files\[0\]: unknown key\(s\) md5"):
+    with pytest.raises(dl.DownloadError, match=r"bad.yaml: files\[0\]\.md5: unknown key"):
         dl.load_manifest(bad)
     bad.write_text(yaml.safe_dump({"name": "b", "files": [{"path": "a", "url": "http://x/a", "sha256": "ABC"}]}))
     with pytest.raises(dl.DownloadError, match=r"files\[0\] \(a\): sha256 must be 64 lowercase hex"):

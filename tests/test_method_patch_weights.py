@@ -26,7 +26,7 @@ from transformers import (
 from basic.method import attention, patch_weights
 from basic.method.attention import image_attention
 from basic.method.capture import locate
-from basic.testing import tiny_llm_config, tiny_tokenizer
+from basic.testing.backbones import tiny_llm_config, tiny_tokenizer
 
 FAMILIES = ("llama", "mistral", "gemma", "phi3")
 # Float32 models: eager attention takes its softmax in float32 anyway, and in float64 its additive mask turns
@@ -41,7 +41,7 @@ PROMPTS = (
 
 
 def tiny_llava(family: str, encoder: str = "clip", layers: int = 4, dtype=torch.float32, seed: int = 0):
-    """A random LLaVA (basic.testing's tiny LLM config, a tiny CLIP/SigLIP tower) and its processor."""
+    """A random LLaVA (basic.testing.backbones's tiny LLM config, a tiny CLIP/SigLIP tower) and its processor."""
     tokenizer = tiny_tokenizer(family)
     tokenizer.add_tokens([IMAGE], special_tokens=True)
     if tokenizer.pad_token is None:

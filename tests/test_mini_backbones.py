@@ -4,6 +4,8 @@ families' real architectures and chat formats, the quality metrics, and the trai
 from __future__ import annotations
 
 import importlib.util
+import io
+import tarfile
 import json
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, AutoTok
 from basic.data.labels import ROLES
 from basic.data.templates import get_template
 from basic.mini.backbones import ORDER
+from basic.mini import prebuilt
 from basic.mini.cli import backbones_main, data_main
 from basic.mini.encoders import contrast_batches, mixed_batches, object_batches, pixel_digest
 from basic.mini.llms import (
@@ -29,7 +32,7 @@ from basic.mini.llms import (
 from basic.mini.quality import linear_probe, text_qa_accuracy
 from basic.mini.scenes import COLOURS, SHAPES, SIZES
 from basic.mini.tokenizer import family_tokenizer
-from basic.testing import FAMILIES
+from basic.families import FAMILIES
 
 ARCHITECTURES = {"vicuna-7b": "LlamaForCausalLM", "vicuna-13b": "LlamaForCausalLM", "gemma-2b": "GemmaForCausalLM",
                  "phi3-3.8b": "Phi3ForCausalLM", "mistral-7b": "MistralForCausalLM"}
@@ -46,9 +49,42 @@ def world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def backbones(world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mini") / "backbones"
-    assert backbones_main(["--data", str(world), "--out", str(out), "--llm-steps", "3", "--llm-batch", "8",
-                           "--clip-steps", "2", "--siglip-steps", "2", "--encoder-batch", "16", "--workers", "1", "--threads", "1"]) == 0
+    assert backbones_main(["--data", str(world), "--out", str(out), *TINY, "--pack", str(out.parent / "artifact.tar.gz")]) == 0
     return out
+
+
+TINY = ["--llm-steps", "3", "--llm-batch", "8", "--clip-steps", "2", "--siglip-steps", "2", "--encoder-batch", "16",
+        "--workers", "1", "--threads", "1"]
+
+
+def test_the_shipped_artifact_is_unpacked_only_for_the_inputs_it_was_built_from(world, backbones, tmp_path, capsys):
+    artifact = backbones.parent / "artifact.tar.gz"
+    out = tmp_path / "unpacked"
+    # Same world and settings (the split of work over processes aside): unpacked, byte for byte, no training.
+    assert backbones_main(["--data", str(world), "--out", str(out), *TINY[:-4], "--workers", "2",
+                           "--prebuilt", str(artifact)]) == 0
+    assert "unpacked" in capsys.readouterr().out
+    built = sorted(p.relative_to(backbones) for p in backbones.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == built
+    assert all((out / f).read_bytes() == (backbones / f).read_bytes() for f in built)
+    # Other settings: built, naming what differs.
+    other = tmp_path / "other"
+    assert backbones_main(["--data", str(world), "--out", str(other), *TINY, "--names", "mistral-7b",
+                           "--prebuilt", str(artifact)]) == 0
+    assert "was built from another settings" in capsys.readouterr().out
+    assert (other / "mistral-7b" / "model.safetensors").is_file() and not (other / "vicuna-7b").exists()
+    # A damaged file is refused.
+    damaged = tmp_path / "damaged"
+    prebuilt.pack(backbones, tmp_path / "a.tar.gz", {"x": 1})
+    record = prebuilt.read_record(tmp_path / "a.tar.gz")
+    record["files"]["metrics.json"] = "0" * 64
+    with tarfile.open(tmp_path / "a.tar.gz") as src, tarfile.open(tmp_path / "bad.tar.gz", "w:gz") as dst:
+        for m in src.getmembers():
+            data = json.dumps(record).encode() if m.name == prebuilt.RECORD else src.extractfile(m).read()
+            m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    with pytest.raises(ValueError, match="metrics.json does not match its sha256"):
+        prebuilt.unpack(tmp_path / "bad.tar.gz", damaged)
 
 
 def test_metrics_json(backbones):

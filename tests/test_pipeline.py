@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from basic import config
+from basic.pipeline import config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,7 +42,7 @@ def _study_script():
 def study(tmp_path_factory):
     """A copy of the checkout (what git tracks or would track), micro profile, two runs, one table, run once."""
     work = _study_script().scratch_copy(tmp_path_factory.mktemp("study") / "work", "micro", list(RUNS),
-                                        {"main": list(RUNS)})
+                                        {"main": list(RUNS), "analysis": list(RUNS)})
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(work / "src"),
            "DVC_NO_ANALYTICS": "1",
            "DVC_SITE_CACHE_DIR": str(work / ".dvc-site"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -55,7 +55,8 @@ def study(tmp_path_factory):
 
 def test_study_runs_end_to_end(study):
     work, env, output = study
-    stages = {"prepare", "backbones", "report"} | {f"{s}@{r}" for s in ("pretrain", "finetune", "evaluate") for r in RUNS}
+    stages = {"prepare", "backbones", "report"} | {f"{s}@{r}" for s in ("pretrain", "finetune", "evaluate", "analyze")
+                                                   for r in RUNS}
     assert _ran(output) == stages
     assert f"study: [{len(stages)}/{len(stages)}]" in output  # progress lines
     for run in RUNS:
@@ -65,9 +66,11 @@ def test_study_runs_end_to_end(study):
             points = json.loads((work / f"results/curves/{run}/{stage}.json").read_text())
             assert points and all("lm_loss" in p for p in points)
             assert all({"das", "sds"} <= set(p) for p in points) == run.startswith("basic")
+        analysis = json.loads((work / f"results/analysis/{run}.json").read_text())
+        assert analysis["setup"]["llm_layers"] == 4 and 0 <= analysis["summary"]["initial_grounded_fraction"] <= 1
     table = (work / "results/tables/main.md").read_text()
     assert "| llava-1.5 vicuna-7b clip-l-336 | 1 |" in table and "| basic vicuna-7b clip-l-336 | 1 |" in table
-    for notebook in ("main", "loss_ablation", "cross_model", "layer_weights", "curves"):
+    for notebook in ("main", "loss_ablation", "cross_model", "layer_weights", "curves", "analysis"):
         assert (work / f"results/notebooks/{notebook}.ipynb").is_file()
         assert "data:image/png;base64" in (work / f"results/notebooks/{notebook}.html").read_text()
     status = _sh(["dvc", "status"], work, env)
@@ -83,7 +86,7 @@ def test_one_runs_parameter_reruns_only_that_run(study):
     exp = _sh(["dvc", "exp", "run", "-S", "runs.basic-vicuna-7b.seed=1"], work, env)
     assert exp.returncode == 0, exp.stdout[-6000:] + exp.stderr[-3000:]
     assert _ran(exp.stdout) == {"pretrain@basic-vicuna-7b", "finetune@basic-vicuna-7b", "evaluate@basic-vicuna-7b",
-                                "report"}
+                                "analyze@basic-vicuna-7b", "report"}
     assert "Stage 'pretrain@llava-vicuna-7b' didn't change, skipping" in exp.stdout
     assert config.read(work / "params.yaml")["runs"]["basic-vicuna-7b"]["seed"] == 1
     diff = _sh(["dvc", "params", "diff", "--json"], work, env)
@@ -98,9 +101,10 @@ def test_quick_copy_keeps_the_main_tables_seed0_runs_on_the_quick_profile(tmp_pa
     script = _study_script()
     runs = script.main_runs(config.read(ROOT / "params.yaml"))
     assert runs == ["llava-vicuna-7b", "basic-vicuna-7b", "llava-vicuna-13b", "basic-vicuna-13b"]
-    work = script.scratch_copy(tmp_path / "quick", "quick", runs, {"main": runs})
+    work = script.scratch_copy(tmp_path / "quick", "quick", runs, {"main": runs, "analysis": runs})
     study = config.load(work / "params.yaml")
-    assert study.profile == "quick" and list(study.runs) == runs and study.tables == {"main": runs}
+    assert study.profile == "quick" and list(study.runs) == runs and study.tables == {"main": runs, "analysis": runs}
+    assert script.plan(work, main_only=False)[2] == [f"{s}@{runs[0]}" for s in ("pretrain", "finetune", "evaluate", "analyze")]
     assert set(study.active.backbones["names"]) == {study.runs[r].llm for r in runs} | {study.runs[r].encoder for r in runs}
     assert (work / ".git").is_dir() and (work / "dvc.yaml").is_file() and not (work / "results").exists()
     assert not subprocess.run(["git", "status", "--porcelain"], cwd=work, capture_output=True, text=True).stdout

@@ -1,4 +1,4 @@
-"""Table logic of basic.report on small synthetic metrics (the committed results/ come from real runs only)."""
+"""Table logic of basic.pipeline.report on small synthetic metrics (the committed results/ come from real runs only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from basic import config, report
+from basic.pipeline import config, report, stage
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = ("vqav2", "gqa", "sqa_img", "mmb_en", "mmb_cn", "mmvet", "vizwiz", "textvqa")
@@ -149,7 +149,7 @@ def test_curves_from_trainer_state(tmp_path):
                {"step": 2, "train_runtime": 3.2, "train_loss": 1.7}]
     state = tmp_path / "trainer_state.json"
     state.write_text(json.dumps({"global_step": 2, "log_history": history}))
-    out = report.write_curves(state, tmp_path / "curves" / "basic-x" / "pretrain.json")
+    out = stage.write_curves(state, tmp_path / "curves" / "basic-x" / "pretrain.json")
     points = json.loads(out.read_text())
     assert points == [{k: v for k, v in h.items()} for h in history[:2]]
     (tmp_path / "curves" / "llava-x").mkdir()
@@ -160,8 +160,8 @@ def test_curves_from_trainer_state(tmp_path):
     das = summary[(summary.run == "basic-x") & (summary.term == "das")].iloc[0]
     assert (das.points, das["first"], das["last"]) == (2, 0.5, 0.3)
     assert "| basic-x | pretrain | das | 2 | 0.5 | 0.3 |" in report.frame_markdown(summary)
-    with pytest.raises(report.ReportError, match="no trainer state"):
-        report.curves_from_state(tmp_path / "nope.json")
+    with pytest.raises(SystemExit, match="no trainer state"):
+        stage.curves_from_state(tmp_path / "nope.json")
 
 
 def test_figures_draw(results):
@@ -194,3 +194,127 @@ def test_findings_state_deltas_spread_and_null_results(results):
     assert "no signal on gqa, sqa_img, mmb_en, mmb_cn" in text and "(40.0, 40.0" in text
     ablation = report.findings(report.family_table(results, "loss_ablation"), "loss_ablation")
     assert "- +DAS -SDS: mean Δ +2.0 over 1 benchmarks (1 up, 0 down); one seed, so no spread" in ablation
+
+
+def test_depth_table_rows_by_k(results, tmp_path):
+    scores = {"llava-vicuna-7b": {"vqav2": 50.0}, "basic-vicuna-7b": {"vqav2": 54.0},
+              "basic-vicuna-7b-seed1": {"vqav2": 58.0}, "basic-k1-vicuna-7b": {"vqav2": 57.0},
+              "basic-k4-vicuna-7b": {"vqav2": 51.0}}
+    res = report.Results(results.study, report.load_metrics(write_metrics(tmp_path / "m", scores)), report.references())
+    table = report.family_table(res, "depth")
+    assert list(dict.fromkeys(table.row)) == ["k=half", "llava-1.5 (no BASIC)", "k=1", "k=3", "k=4"]
+    assert list(dict.fromkeys(table.benchmark)) == ["vqav2"] and table.paper.isna().all()
+    assert cell(table, "k=half", "vqav2").seeds == 2 and cell(table, "k=1", "vqav2").ours_delta == 1.0
+    assert cell(table, "k=4", "vqav2").ours_delta == -5.0 and cell(table, "k=3", "vqav2").status == "missing"
+    assert report.findings(table, "depth").startswith("**What Depth ablation shows** (Δ vs layers=half)")
+    assert "k=4: mean Δ -5.0 over 1 benchmarks" in report.findings(table, "depth")
+    # A study whose tables leave the depth ablation out (study.py --quick): an empty table, not an error.
+    raw = config.read(ROOT / "params.yaml")
+    raw["tables"] = {"main": raw["tables"]["main"], "analysis": raw["tables"]["main"]}
+    empty = report.family_table(report.Results(config.parse(raw), res.metrics, res.references), "depth")
+    assert empty.empty and report.markdown(empty, "depth").count("\n") == 4
+    assert "no row has both" in report.findings(empty, "depth")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    assert report.plot_family(empty, None, "t").axes[0].texts[0].get_text() == "no scores yet"
+
+
+def analysis_record(meaningful: float, grounded: float, eos_last: float, replaced: float, blank: float) -> dict:
+    """A `basic analyze` result with these numbers (4 LLM layers, an 8 x 8 grid, one example image)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    def stats(m, g, e):
+        return {"meaningful_fraction": m, "eos_fraction": e, "grounded_fraction": g, "grounded_object_fraction": g,
+                "grounded_background_fraction": g, "top_tokens": [["red", m]]}
+
+    layers = [{"layer": i, "name": f"layer {i}", "cosine": stats(meaningful + 0.1 * i, grounded, eos_last * i / 4),
+               "logit_lens": stats(meaningful, grounded, 0.0)} for i in range(5)]
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(png, format="PNG")
+    example = {"task": "mini_vqav2", "doc_id": 0, "question": "What color?\nAnswer.", "target": "red", "answer": "red",
+               "replaced_answer": "red", "blank_answer": "blue", "grid": 8,
+               "image_png": base64.b64encode(png.getvalue()).decode(), "labels": [0] * 8 + [-1] * 56,
+               "matches": {r: [["red"] * 64 for _ in range(5)] for r in ("cosine", "logit_lens")}}
+    summary = {"initial_meaningful_fraction": meaningful, "initial_meaningful_per_576": round(576 * meaningful, 2),
+               "initial_eos_fraction": 0.0, "peak_meaningful_fraction": meaningful + 0.4, "peak_meaningful_layer": 4,
+               "last_layer_eos_fraction": eos_last, "replacement_exact_match": replaced, "replacement_token_f1": replaced,
+               "blank_exact_match": blank, "blank_token_f1": blank, "initial_grounded_fraction": grounded,
+               "peak_grounded_fraction": grounded}
+    return {"summary": summary, "setup": {"checkpoint": "c", "profile": "mini", "tasks": "mini_vqav2", "images": 200,
+                                          "patches_per_image": 64, "llm_layers": 4, "vocabulary": 900,
+                                          "meaningful_tokens": 100, "eos_tokens": "</s>"},
+            "layers": layers, "replacement": [{"task": "all", "questions": 200, "exact_match": replaced}],
+            "examples": [example]}
+
+
+def write_analysis(folder: Path, records: dict[str, dict]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for run, record in records.items():
+        (folder / f"{run}.json").write_text(json.dumps(record))
+    return folder
+
+
+@pytest.fixture
+def analyses(tmp_path) -> Path:
+    return write_analysis(tmp_path / "analysis", {
+        "llava-vicuna-7b": analysis_record(0.10, 0.02, 0.0, 0.40, 0.40),
+        "llava-vicuna-7b-seed1": analysis_record(0.12, 0.04, 0.0, 0.42, 0.40),
+        "basic-vicuna-7b": analysis_record(0.30, 0.10, 0.0, 0.80, 0.40),
+        "basic-vicuna-7b-seed1": analysis_record(0.34, 0.12, 0.0, 0.82, 0.42),
+        "basic-k4-vicuna-7b": analysis_record(0.05, 0.0, 0.9, 0.45, 0.44),
+    })
+
+
+def test_analysis_table_curves_and_findings(results, analyses):
+    study, refs = results.study, report.references()
+    loaded = report.load_analysis(analyses)
+    table = report.analysis_table(study, loaded, refs)
+    assert list(table.row) == ["llava-1.5 vicuna-7b clip-l-336", "basic vicuna-7b clip-l-336",
+                               "basic vicuna-7b clip-l-336 k=4"]
+    base, basic, deep = (table.iloc[i] for i in range(3))
+    assert base.seeds == 2 and base["meaningful initial / 576"] == pytest.approx(576 * 0.11)
+    assert base["meaningful initial / 576 sd"] == pytest.approx(576 * 0.02 / 2 ** 0.5)
+    assert (base["paper / 576"], basic["paper / 576"]) == (74, 217) and pd.isna(deep["paper / 576"])
+    assert deep["eos last layer"] == 0.9 and pd.isna(deep["eos last layer sd"])
+    frame = report.analysis_frame(study, loaded)
+    assert set(frame.reading) == {"cosine", "logit_lens"} and set(frame.layer) == {0, 1, 2, 3, 4}
+    assert len(frame) == 5 * 5 * 2 * 3  # runs x layers x readings x measures
+    md = report.analysis_markdown(table)
+    assert "| basic vicuna-7b clip-l-336 | 2 | 200 | 184.3 ± 16.3 | 0.110 ± 0.014 |" in md
+    text = report.analysis_findings(table, frame, refs)
+    assert "meaningful initial embeddings 184.3 vs 63.4 of 576" in text
+    assert "Δ +121.0 (beyond twice its seed standard error" in text and "paper 217 vs 74, Δ +143" in text
+    assert "the matched tokens carry more of the answer than a blank image does" in text
+    assert "end token 0.000 -> 0.900" in text  # the k=4 run, its last layer
+    with pytest.raises(report.ReportError, match="bad.json: not a `basic analyze` result"):
+        (analyses / "bad.json").write_text(json.dumps({"summary": {}}))
+        report.load_analysis(analyses)
+
+
+def test_analysis_figures_draw(results, analyses):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    loaded = report.load_analysis(analyses)
+    fig = report.plot_analysis(report.analysis_frame(results.study, loaded))
+    assert len(fig.axes) == 3
+    fig = report.plot_patches(loaded["basic-vicuna-7b"], images=1)
+    assert len(fig.axes) == 3 and fig.axes[0].texts[0].get_text() == "red"
+
+
+def test_report_executes_the_analysis_and_depth_notebooks(tmp_path, analyses):
+    metrics = write_metrics(tmp_path / "metrics", {"basic-vicuna-7b": {b: 50.0 for b in BENCHES},
+                                                   "basic-k1-vicuna-7b": {b: 45.0 for b in BENCHES}})
+    code = report.main(["--params", str(ROOT / "params.yaml"), "--notebooks", str(ROOT / "notebooks"),
+                        "--metrics", str(metrics), "--curves", str(tmp_path / "curves"), "--analysis", str(analyses),
+                        "--tables", str(tmp_path / "tables"), "--out", str(tmp_path / "nb"), "--only", "analysis", "depth"])
+    assert code == 0
+    assert "| basic vicuna-7b clip-l-336 | 2 | 200 |" in (tmp_path / "tables" / "analysis.md").read_text()
+    assert "| k=1 | 1 | 45.0 (-5.0) |" in (tmp_path / "tables" / "depth.md").read_text()
+    html = (tmp_path / "nb" / "analysis.html").read_text()
+    assert "What the embedding analysis shows" in html and html.count("data:image/png;base64") >= 3
+    assert "deep-layer embeddings is detrimental" in (tmp_path / "nb" / "depth.html").read_text()

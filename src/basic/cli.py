@@ -16,12 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mini data": ("basic.mini.cli:data_main", "generate the embedded world: scenes, corpora, benchmarks, tokenizer"),
     "mini backbones": ("basic.mini.cli:backbones_main", "pretrain the mini vision encoders and LLMs"),
     "evaluate": ("basic.eval.evaluate:main", "run lmms-eval on one checkpoint and write its metrics JSON"),
-    "download": ("basic.download:main", "download and verify files listed in a manifest"),
-    "checkpoints": ("basic.checkpoints:main", "fetch the full study's backbones from the hub at pinned revisions"),
-    "launch": ("basic.launch:main", "print, run or submit (SLURM) a stage's distributed launch command"),
-    "prepare": ("basic.prepare:main", "pipeline stage: build (mini) or check (full) the study's data"),
-    "report": ("basic.report:main", "pipeline stage: execute the result notebooks and write the tables"),
-    "stage": ("basic.stage:main", "pipeline stage: run one stage of params.yaml's study (--dry: print the commands)"),
+    "analyze": ("basic.eval.analysis:main", "the paper's visual-embedding analysis of one checkpoint (matched tokens per layer)"),
+    "download": ("basic.full.download:main", "download and verify files listed in a manifest"),
+    "checkpoints": ("basic.full.checkpoints:main", "fetch the full study's backbones from the hub at pinned revisions"),
+    "launch": ("basic.pipeline.launch:main", "print, run or submit (SLURM) a stage's distributed launch command"),
+    "submit": ("basic.pipeline.submit:main", "submit every run of params.yaml to SLURM at once (stages chained)"),
+    "prepare": ("basic.pipeline.prepare:main", "pipeline stage: build (mini) or check (full) the study's data"),
+    "report": ("basic.pipeline.report:main", "pipeline stage: execute the result notebooks and write the tables"),
+    "stage": ("basic.pipeline.stage:main", "pipeline stage: run one stage of params.yaml's study (--dry: print the commands)"),
 }
 
 

@@ -43,6 +43,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from transformers.utils import logging as hf_logging
 
 from basic.data.templates import IMAGE_TOKEN
+from basic.distributed import gathered
 
 logger = logging.getLogger(__name__)
 
@@ -238,20 +239,10 @@ def set_trainable(model: LlavaForConditionalGeneration, *, projector_only: bool,
                 trainable, total)
 
 
-def _gathered(parameters, modifier_rank: int | None = None):
-    """Full parameters even when DeepSpeed ZeRO-3 has partitioned them (written back from `modifier_rank`)."""
-    parameters = list(parameters)
-    if any(hasattr(p, "ds_id") for p in parameters):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(parameters, modifier_rank=modifier_rank)
-    return contextlib.nullcontext()
-
-
 def projector_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
     """The projector's weights under their HF names (`linear_1.*`, and `linear_2.*` unless `linear`)."""
     projector = projector_of(model)
-    with _gathered(projector.parameters()):
+    with gathered(projector.parameters()):
         state = {k: v.detach().cpu().clone().contiguous() for k, v in projector.state_dict().items()}
     return {k: v for k, v in state.items() if not (is_linear(model) and k.startswith("linear_2."))}
 
@@ -292,7 +283,7 @@ def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> No
             f"{ {k: tuple(s) for k, s in expected.items()} } (same vision tower, LLM and --mm_projector_type?)"
         )
     projector = projector_of(model)
-    with _gathered(projector.parameters(), modifier_rank=0), torch.no_grad():
+    with gathered(projector.parameters(), modifier_rank=0), torch.no_grad():
         params = dict(projector.named_parameters())
         for key, value in state.items():
             params[key].copy_(value.to(params[key].dtype))

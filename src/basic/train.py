@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from basic.data.images import ASPECT_RATIOS, ImageTransform
 from basic.data.labels import IGNORE_INDEX
 from basic.data.sampler import ModalityLengthGroupedSampler
 from basic.data.templates import get_template
+from basic.distributed import free_port
 from basic.method.config import BasicArguments
 from basic.model import PROJECTOR_FILE, build, load_projector, projector_of, projector_state, set_trainable
 
@@ -105,7 +105,7 @@ class TrainingArguments(transformers.TrainingArguments):
             # One process without a launcher (plain `basic train`): give DeepSpeed the environment a launcher
             # would, instead of letting it go looking for MPI.
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(_free_port()))
+                              MASTER_PORT=str(free_port()))
         if not torch.cuda.is_available():
             if self.bf16 or self.fp16 or self.tf32:
                 logger.warning("no CUDA device: ignoring --bf16/--fp16/--tf32 and training in float32")
@@ -119,12 +119,6 @@ class TrainingArguments(transformers.TrainingArguments):
             # accelerate's CPU mode sets up torch.distributed only; ZeRO-3 partitions while the model loads,
             # before the engine exists, and needs DeepSpeed's own view of the process group by then.
             deepspeed.init_distributed(dist_backend="gloo")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unsupported(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,

@@ -6,11 +6,13 @@ scorer. Unknown profiles, benchmarks and keys are errors, so a typo cannot silen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 import yaml
+
+from basic.schema import build
 
 MAP_FILE = "benchmarks.yaml"
 SCORERS = ("local", "server", "judge")
@@ -48,14 +50,10 @@ class Benchmark:
 @cache
 def _load() -> dict[str, dict[str, Benchmark]]:
     raw = yaml.safe_load(resources.files("basic.eval").joinpath(MAP_FILE).read_text(encoding="utf-8"))
-    known = {f.name for f in fields(Benchmark)} - {"name"}
     profiles: dict[str, dict[str, Benchmark]] = {}
     for profile, entries in raw.items():
         for name, entry in entries.items():
-            unknown = set(entry) - known
-            if unknown:
-                raise ValueError(f"{MAP_FILE}: {profile}.{name}: unknown keys {sorted(unknown)}")
-            profiles.setdefault(profile, {})[name] = Benchmark(name=name, **entry)
+            profiles.setdefault(profile, {})[name] = build(Benchmark, entry, f"{MAP_FILE}: {profile}.{name}", name=name)
     return profiles
 
 

@@ -2,21 +2,22 @@
 
     basic evaluate --checkpoint models/<run>/finetune --out results/metrics/<run>.json \\
         [--profile mini|full] [--benchmarks vqav2,gqa,...] [--data data/mini] [--batch_size 8] \\
-        [--num_processes N] [--log_dir DIR] [--blind]
+        [--num_processes N] [--log_dir DIR] [--prompt_variant llava_v15|lmms_eval] [--blind]
 
 Steps: (1) judged benchmarks whose LLM judge cannot be reached are recorded `unscored` with the reason and
 not run; (2) the package's task YAMLs are copied to `<log_dir>/tasks` with the mini data paths pointing at
-`--data`; (3) lmms-eval runs once, as its own command line (`python -m lmms_eval`, or under
+`--data` and the prompt variant's prompt, generation settings and scoring written in (basic.eval.prompts);
+(3) lmms-eval runs once, as its own command line (`python -m lmms_eval`, or under
 `accelerate launch` for N processes) with `--model basic_llava` and per-sample logs in
 `<log_dir>/lmms_eval`; (4) every requested result is checked, because lmms-eval exits 0 when evaluation
 fails, and a missing one fails this command naming the task; (5) `--out` gets
-`{benchmark: {score, n, split, scored_by, status, task, [reason | submission]}}` with status `scored`,
-`pending` (server-scored: submission file written) or `unscored` (judge unreachable: reason), and
-`distinct_answers` (how many different answers the model gave). `--blind` runs lmms-eval a second time with
-every image replaced by a blank one in the image processor's mean colour (same size, same image tokens;
-`basic_llava`'s `blind` model arg) and adds `blind_score`, `blind_distinct_answers` and `same_answer_blind`
-(the share of questions answered identically without the image): a benchmark measures vision only where
-`score` is well above `blind_score`.
+`{benchmark: {score, n, split, scored_by, status, task, prompt_variant, [reason | submission]}}` with status
+`scored`, `pending` (server-scored: submission file written, in the server's format, basic.eval.submissions)
+or `unscored` (judge unreachable: reason), and `distinct_answers` (how many different answers the model gave).
+`--blind` runs lmms-eval a second time with every image replaced by a blank one in the image processor's mean
+colour (same size, same image tokens; `basic_llava`'s `blind` model arg) and adds `blind_score`,
+`blind_distinct_answers` and `same_answer_blind` (the share of questions answered identically without the
+image): a benchmark measures vision only where `score` is well above `blind_score`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,9 +36,11 @@ from pathlib import Path
 
 import yaml
 
-from basic.eval.benchmarks import PAPER_BENCHMARKS, Benchmark, select
+from basic.distributed import free_port
+from basic.eval import prompts, submissions
+from basic.eval.benchmarks import Benchmark, select
+from basic.eval.options import DEFAULT_DATA, build_parser
 
-DEFAULT_DATA = "data/mini"  # where the shipped mini task YAMLs expect the data, relative to the project root
 
 
 class EvaluationError(RuntimeError):
@@ -63,13 +65,28 @@ _Loader.add_constructor("!function", lambda loader, node: _Function(loader.const
 _Dumper.add_representer(_Function, lambda dumper, value: dumper.represent_scalar("!function", str(value)))
 
 
-def render_tasks(data_root: Path, out_dir: Path) -> Path:
-    """Copy the package's task YAMLs to `out_dir`, pointing their `data/mini/...` files at `data_root`."""
+def _apply_variant(config: dict, variant: str) -> None:
+    """Write `variant`'s prompt switch, generation settings and scoring into a task template that names its
+    benchmark in lmms_eval_specific_kwargs (the tasks that include it inherit them)."""
+    kwargs = (config.get("lmms_eval_specific_kwargs") or {}).get("default") or {}
+    if "benchmark" not in kwargs:
+        return
+    kwargs["variant"] = variant
+    chosen = prompts.protocol(kwargs["benchmark"], variant)
+    config["generation_kwargs"] = dict(chosen.generation_kwargs)
+    if chosen.process_results and "process_results" in config:
+        config["process_results"] = _Function(f"basic.eval.tasks.utils.{chosen.process_results}")
+
+
+def render_tasks(data_root: Path, out_dir: Path, variant: str = prompts.DEFAULT_VARIANT) -> Path:
+    """Copy the package's task YAMLs to `out_dir`, pointing their `data/mini/...` files at `data_root` and
+    setting the prompt `variant`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for source in resources.files("basic.eval.tasks").iterdir():
         if not source.name.endswith(".yaml"):
             continue
         config = yaml.load(source.read_text(encoding="utf-8"), Loader=_Loader)
+        _apply_variant(config, variant)
         files = (config.get("dataset_kwargs") or {}).get("data_files") or {}
         for split, path in files.items():
             if not str(path).startswith(DEFAULT_DATA + "/"):
@@ -104,9 +121,7 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
         # Explicit flags, so a stale `accelerate config` file cannot change the process layout.
         # --multi_gpu is accelerate's torchrun launcher, gloo on CPU (its --cpu needs MPI for several
         # processes). A free port, so that two evaluations on one machine do not collide on 29500.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                    str(args.num_processes), "--num_machines", "1", "--main_process_port", str(port),
                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval"]
@@ -122,10 +137,11 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
     return command
 
 
-def run_lmms_eval(command: list[str], log_file: Path, threads: int | None = None) -> str:
+def run_lmms_eval(command: list[str], log_file: Path, threads: int | None = None,
+                  extra_env: dict[str, str] | None = None) -> str:
     """Run `command`, echoing and saving its output; returns the output's tail for error messages."""
     tail: deque[str] = deque(maxlen=30)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in every lmms-eval process
     with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
@@ -240,31 +256,7 @@ def add_distinct(entries: dict[str, dict], benchmarks: list[Benchmark], output: 
 # ---- command line -------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="basic evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="HF LLaVA checkpoint directory (the engine's stage 2)")
-    parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write (results/metrics/<run>.json)")
-    parser.add_argument("--profile", default="mini", choices=["mini", "full"], help="benchmark map to use")
-    parser.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS),
-                        help="comma-separated benchmark names (default: the paper's eight)")
-    parser.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), help="mini data root (mini profile)")
-    parser.add_argument("--log_dir", type=Path, help="lmms-eval outputs and per-sample logs (default: <out>_logs)")
-    parser.add_argument("--batch_size", type=int, default=8, help="per process (in float32 it does not change the answers)")
-    parser.add_argument("--num_processes", type=int, default=1, help=">1: data-parallel under accelerate launch")
-    parser.add_argument("--device", help="model device for one process (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="model dtype (default: float32 for the mini profile; auto, the checkpoint's own on a GPU, "
-                             "for the full profile). Only float32 keeps answers identical across batch sizes: in "
-                             "16-bit, rounding depends on the batch shape and a few answers can change")
-    parser.add_argument("--threads", type=int,
-                        help="CPU threads per process (default: 1 for the mini profile, whose models are too small "
-                             "to gain from more and, on a shared CPU, run 30x slower with threads that wait for "
-                             "each other; torch's default for the full profile)")
-    parser.add_argument("--limit", type=int, help="first N documents per task (smoke tests only: not a real score)")
-    parser.add_argument("--gen_kwargs", help="lmms-eval --gen_kwargs override, e.g. max_new_tokens=32")
-    parser.add_argument("--blind", action="store_true",
-                        help="also evaluate with blank images of the image processor's mean colour (same image "
-                             "tokens) and record each benchmark's blind_score beside its score")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, dict]:
@@ -277,7 +269,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
     blind_output = log_dir / "lmms_eval_blind"
     for stale in (output, blind_output, log_dir / "tasks"):  # results are found by globbing, so start clean
         shutil.rmtree(stale, ignore_errors=True)
-    tasks_dir = render_tasks(args.data, log_dir / "tasks")
+    tasks_dir = render_tasks(args.data, log_dir / "tasks", args.prompt_variant)
+    # The VQAv2 upload covers every test2015 question: the question file must be there before hours of generation.
+    extra_env = {}
+    if any(b.name == "vqav2" and b.scored_by == "server" for b in benchmarks):
+        test2015 = submissions.vqav2_test2015_file(args.data)
+        try:
+            submissions.read_question_ids(test2015)
+        except submissions.SubmissionError as e:
+            raise EvaluationError(f"vqav2: {e}") from None
+        extra_env[submissions.VQAV2_TEST2015_ENV] = str(test2015.resolve())
 
     entries: dict[str, dict] = {}
     judges: dict[str, str] = {}
@@ -305,17 +306,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
         command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, output)
         started = time.perf_counter()
         threads = args.threads or (1 if args.profile == "mini" else None)
-        tail = run_lmms_eval(command, log_dir / "lmms_eval.log", threads)
+        tail = run_lmms_eval(command, log_dir / "lmms_eval.log", threads, extra_env)
         print(f"basic evaluate: lmms-eval took {time.perf_counter() - started:.1f} s", file=sys.stderr)
         entries.update(collect(to_run, output, judges, tail))
         add_distinct(entries, to_run, output)
         if args.blind:
             blind_output.mkdir(parents=True, exist_ok=True)
             command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, blind_output, blind=True)
-            tail = run_lmms_eval(command, log_dir / "lmms_eval_blind.log", threads)
+            tail = run_lmms_eval(command, log_dir / "lmms_eval_blind.log", threads, extra_env)
             add_blind(entries, collect(to_run, blind_output, judges, tail), to_run, output, blind_output)
 
-    ordered = {b.name: entries[b.name] for b in benchmarks}
+    ordered = {b.name: {**entries[b.name], "prompt_variant": args.prompt_variant} for b in benchmarks}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(ordered, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -30,8 +30,6 @@ Can you explain this meme? | This meme is poking fun at the fact that the names 
 Can you explain this meme? | This meme is poking fun at the fact that the names of the countries Iceland and Greenland are misleading. Despite its name, Iceland is known for its beautiful green landscapes, while Greenland is mostly covered in ice and snow. The meme is saying that the person has trust issues because the names of these countries do not accurately represent their landscapes. | The meme is using humor to point out the misleading nature of Iceland's and Greenland's names. Iceland, despite its name, has lush green landscapes while Greenland is mostly covered in ice and snow. The text 'This is why I have trust issues' is a playful way to suggest that these contradictions can lead to distrust or confusion. The humor in this meme is derived from the unexpected contrast between the names of the countries and their actual physical characteristics. | 1.0
 """
 DEFAULT_JUDGE_MODEL = "gpt-4o-2024-11-20"
-JUDGE_ENV = ("API_TYPE", "MODEL_VERSION", "OPENAI_API_KEY", "OPENAI_API_URL",
-             "AZURE_API_KEY", "AZURE_ENDPOINT", "API_VERSION")
 
 
 class JudgeError(RuntimeError):

@@ -8,7 +8,8 @@ The model is any plain Hugging Face LLaVA checkpoint (docs/interfaces.md): Llava
 AutoProcessor. Prompts go through the checkpoint's own chat template (an image item, then the task's text),
 images are padded to a square with the image processor's mean colour when the config says
 `image_aspect_ratio: pad` (as in training), and decoding is greedy until an eos id of the generation config
-(the end-of-turn token included), a task's `until` string, or `max_new_tokens`. Batches are left-padded
+(the end-of-turn token included), a task's `until` string (checked on the decoded text, so any tokenizer
+works), or `max_new_tokens`. Batches are left-padded
 (generation) or right-padded (log-likelihood), so in float32 batch size does not change answers (16-bit
 rounding depends on the batch shape). Under
 `accelerate launch --num_processes N` each process loads the model on its own device and lmms-eval shards
@@ -30,6 +31,7 @@ from lmms_eval.api.instance import GenerationResult, Instance
 from lmms_eval.api.model import lmms
 from PIL import Image
 from tqdm import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from basic.data.images import background_color, expand2square
 
@@ -56,6 +58,22 @@ def cut_at_stops(text: str, until: Sequence[str]) -> str:
         if stop:
             text = text.split(stop, 1)[0]
     return text
+
+
+class StopAtText(StoppingCriteria):
+    """Stop a sequence once the text decoded from its new tokens contains a stop string (lmms-eval's `until`).
+
+    Text-level, so it works with every tokenizer transformers loads: transformers' own stop-string criterion
+    maps the vocabulary to strings through a byte-level decoder and fails on others (a word-level tokenizer
+    raises "substring not found", which lmms-eval turns into an empty result). The answer is cut at the stop
+    string after decoding as well (`cut_at_stops`)."""
+
+    def __init__(self, tokenizer, until: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer, self.until, self.prompt_length = tokenizer, [s for s in until if s], prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([any(stop in text for stop in self.until) for text in texts], device=input_ids.device)
 
 
 class BasicLlava(lmms):
@@ -146,8 +164,6 @@ class BasicLlava(lmms):
         kwargs = {"do_sample": False, "num_beams": 1, "temperature": None, "top_p": None, "top_k": None,
                   "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
                   "eos_token_id": self.eos_ids, "pad_token_id": self.pad_id}
-        if until:  # stop early; the text is cut at the stop string afterwards as well
-            kwargs.update(stop_strings=until, tokenizer=self.tokenizer)
         return kwargs, until
 
     # ---- lmms interface ---------------------------------------------------------------------------
@@ -174,7 +190,10 @@ class BasicLlava(lmms):
                 task = requests[batch[0]].args[4]
                 kwargs, until = self._generate_kwargs(dict(requests[batch[0]].args[1]), task)
                 inputs = self._encode(prompts, images)
-                output = self.model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:]
+                prompt_length = inputs["input_ids"].shape[1]
+                if until:  # stop early; the text is cut at the stop string afterwards as well
+                    kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtText(self.tokenizer, until, prompt_length)])
+                output = self.model.generate(**inputs, **kwargs)[:, prompt_length:]
                 for i, text in zip(batch, self.tokenizer.batch_decode(output, skip_special_tokens=True)):
                     answers[i] = cut_at_stops(text, until).strip()
                 progress.update(len(batch))

@@ -25,7 +25,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerF
 from basic.data.labels import render, supervised_mask
 from basic.data.templates import get_template
 from basic.mini.optim import EAGER, adamw_warmup_cosine
-from basic.testing import FAMILIES
+from basic.families import FAMILIES
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from numpy Generators derived from `(seed, stream)` with `stream_rng`, so the sa
 scenes and the same pixels, and train and evaluation use disjoint streams. On top of that,
 `SceneSampler(exclude=...)` redraws any scene whose semantic content (`Scene.key`) was already used
 for training, so an evaluation scene never appears in training, not even with other pixel jitter.
+`patch_labels` gives the ground truth of each image patch (which object, the sign or the background) and
+`annotations` the records that tie a held-out image (by its pixels) to its scene, for the embedding analysis.
 """
 
 from __future__ import annotations
@@ -160,27 +162,36 @@ def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     return pts
 
 
+def _draw_object(draw: ImageDraw.ImageDraw, scene: Scene, o: Obj, size: int, fill) -> None:
+    cx, cy, r = o.x * size, o.y * size, RADIUS[o.size] * size
+    if o.shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif o.shape == "square":
+        s = r * 0.9
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
+    elif o.shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
+    elif o.shape == "star":
+        draw.polygon(_star(cx, cy, r * 1.1), fill=fill)
+    else:
+        raise ValueError(f"scene {scene.id}: unknown shape {o.shape!r}")
+
+
+def _sign_box(scene: Scene, size: int) -> tuple[float, float, float, float]:
+    top = scene.sign_row * size / GRID + size * 0.04
+    bottom = (scene.sign_row + 1) * size / GRID - size * 0.04
+    return size * 0.05, top, size * 0.95, bottom
+
+
 def render(scene: Scene, size: int = 64) -> Image.Image:
     """The scene as an RGB image of `size` x `size` pixels (deterministic given the scene)."""
     img = Image.new("RGB", (size, size), scene.background)
     draw = ImageDraw.Draw(img)
     for o in scene.objects:
-        cx, cy, r = o.x * size, o.y * size, RADIUS[o.size] * size
-        if o.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=o.rgb)
-        elif o.shape == "square":
-            s = r * 0.9
-            draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=o.rgb)
-        elif o.shape == "triangle":
-            draw.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=o.rgb)
-        elif o.shape == "star":
-            draw.polygon(_star(cx, cy, r * 1.1), fill=o.rgb)
-        else:
-            raise ValueError(f"scene {scene.id}: unknown shape {o.shape!r}")
+        _draw_object(draw, scene, o, size, o.rgb)
     if scene.text is not None:
-        top = scene.sign_row * size / GRID + size * 0.04
-        bottom = (scene.sign_row + 1) * size / GRID - size * 0.04
-        draw.rectangle([size * 0.05, top, size * 0.95, bottom], fill=(250, 250, 250), outline=(20, 20, 20))
+        left, top, right, bottom = _sign_box(scene, size)
+        draw.rectangle([left, top, right, bottom], fill=(250, 250, 250), outline=(20, 20, 20))
         font = ImageFont.load_default(size=max(6, round(size * 0.19)))
         word = scene.text.upper() if scene.text_upper else scene.text
         draw.text((size / 2, (top + bottom) / 2), word, font=font, fill=(15, 15, 15), anchor="mm")
@@ -203,3 +214,50 @@ def png_bytes(img: Image.Image) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- ground truth per image patch
+
+# Labels of `patch_labels`; an object's label is its index in `scene.objects` (0, 1, ...).
+BACKGROUND, SIGN, MIXED = -1, -2, -3
+
+
+def patch_labels(scene: Scene, grid: int, min_cover: float = 0.25, subpixels: int = 8) -> np.ndarray:
+    """What each patch of the rendered image shows when a vision tower cuts it into `grid` x `grid` patches
+    (row-major, as a ViT reads them): [grid, grid] ints. A patch is labelled with the object (its index) or
+    the sign (`SIGN`) that covers the largest share of it, if that share is at least `min_cover`;
+    `BACKGROUND` if nothing covers any of it; `MIXED` otherwise (an edge). The shapes are drawn with
+    `render`'s own geometry on a `grid * subpixels` raster, so the labels hold at any rendered size."""
+    if len(scene.objects) > 250:
+        raise ValueError(f"scene {scene.id}: too many objects to label")
+    size = grid * subpixels
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    for k, o in enumerate(scene.objects):
+        _draw_object(draw, scene, o, size, k + 1)
+    sign = len(scene.objects) + 1
+    if scene.text is not None:
+        draw.rectangle(list(_sign_box(scene, size)), fill=sign)
+    cells = np.asarray(mask).reshape(grid, subpixels, grid, subpixels).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
+    counts = np.stack([(cells == v).sum(-1) for v in range(sign + 1)], -1) / subpixels ** 2  # [grid, grid, labels]
+    best = counts[..., 1:].argmax(-1) + 1
+    share = np.take_along_axis(counts, best[..., None], -1)[..., 0]
+    labels = np.where(best == sign, SIGN, best - 1)
+    labels = np.where(share >= min_cover, labels, np.where(counts[..., 0] == 1.0, BACKGROUND, MIXED))
+    return labels.astype(np.int64)
+
+
+def pixel_key(img: Image.Image) -> str:
+    """A key of an image's RGB pixels (size included), however it was encoded: how the analysis finds the
+    scene of a benchmark image in `annotations`."""
+    rgb = img.convert("RGB")
+    return sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes())
+
+
+def annotations(scenes: list[Scene], size: int) -> list[dict]:
+    """One record per distinct rendered image of `scenes`: `{"pixels": pixel_key, "scene": Scene.to_json()}`,
+    the ground truth of held-out images (`basic mini data` writes them to benchmarks/scenes.jsonl)."""
+    out: dict[str, dict] = {}
+    for s in scenes:
+        out.setdefault(pixel_key(render(s, size)), s.to_json())
+    return [{"pixels": key, "scene": scene} for key, scene in out.items()]

@@ -17,7 +17,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import PreTrainedTokenizerFast
 
 from basic.data.templates import TEMPLATES
-from basic.testing import FAMILIES, SPECIAL_TOKENS
+from basic.families import FAMILIES, SPECIAL_TOKENS
 
 MODEL_MAX_LENGTH = 2048
 # CJK ideographs and CJK / full-width punctuation: one pre-token each.

@@ -1,6 +1,7 @@
 """`basic mini data`: build the embedded world on disk (scenes, corpora, benchmarks, probe set, tokenizer).
 
-Layout (docs/interfaces.md): images/train/, llava/{pretrain,finetune}.json, benchmarks/<bench>/,
+Layout (docs/interfaces.md): images/train/, llava/{pretrain,finetune}.json, benchmarks/<bench>/ (and
+benchmarks/scenes.jsonl, the scene of every benchmark image: `basic.mini.scenes.annotations`),
 tokenizer/, text/ (LLM pretraining and held-out text QA), probe/ (held-out single-object images for the
 encoders' linear probes), manifest.json (seed, sizes, counts, sha256 of every file). The same seed
 gives byte-identical files. Held-out scenes (benchmarks, probe, LLM text evaluation) are drawn from
@@ -19,7 +20,17 @@ from tqdm.auto import tqdm
 
 from basic.mini import benchmarks
 from basic.mini.corpora import finetune_records, pretrain_records, text_docs
-from basic.mini.scenes import COLOURS, SHAPES, Scene, SceneSampler, png_bytes, render, sha256, stream_rng
+from basic.mini.scenes import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    SceneSampler,
+    annotations,
+    png_bytes,
+    render,
+    sha256,
+    stream_rng,
+)
 from basic.mini.tokenizer import family_tokenizer, train_tokenizer
 
 # Shares of scene types in training images (VizWiz-like photos are rare there, as in LLaVA's data).
@@ -125,6 +136,11 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     for name, sampler in samplers.items():
         held_out[name] = sampler.drawn
     check_disjoint(train_keys, held_out)
+    # The scene of every benchmark image, keyed by its pixels: the ground truth of the embedding analysis.
+    scenes_path = out / "benchmarks" / "scenes.jsonl"
+    drawn = [s for sampler in samplers.values() for s in sampler.drawn]
+    _write_jsonl(scenes_path, annotations(drawn, sizes.image_size))
+    files.append(scenes_path)
     probe_rows = _probe_rows(probe, sizes.image_size)
     train_images = {sha256(p.read_bytes()) for p in files if p.suffix == ".png"}
     if any(sha256(r["image"]["bytes"]) in train_images for r in probe_rows):

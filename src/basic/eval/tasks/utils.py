@@ -1,9 +1,10 @@
-"""Prompt, scoring and aggregation functions of this project's lmms-eval task YAMLs.
+"""Prompt, scoring, aggregation and submission functions of this project's lmms-eval task YAMLs.
 
 The YAMLs reference them by absolute module path (`!function basic.eval.tasks.utils.<name>`), so a YAML
-copied anywhere (as `basic evaluate` does when it points the mini tasks at a data directory) still finds
-them. Prompts reproduce lmms-eval's default prompts of the real tasks character for character
-(tests/test_eval_tasks.py compares them with lmms-eval's own functions); scores come from `basic.eval.metrics`.
+copied anywhere (as `basic evaluate` does when it writes the prompt variant and the data paths in) still finds
+them. Every prompt comes from `basic.eval.prompts.render`, with the benchmark and the variant the YAML's
+`lmms_eval_specific_kwargs` name; scores come from `basic.eval.metrics`, submission files from
+`basic.eval.submissions` (written under lmms-eval's `<output_path>/submissions/`).
 """
 
 from __future__ import annotations
@@ -14,37 +15,33 @@ from functools import cache
 
 from PIL import Image
 
-from basic.eval import metrics
+from basic.eval import metrics, prompts, submissions
 from basic.eval.judge import Judge, JudgeError, get_judge
 
-MMBENCH_OPTIONS_HEADER = "There are several options:"  # lmms-eval's mmbench.yaml `sys_prompt`
-
-
-def _kwargs(lmms_eval_specific_kwargs: dict | None) -> tuple[str, str]:
-    kwargs = lmms_eval_specific_kwargs or {}
-    return kwargs.get("pre_prompt", ""), kwargs.get("post_prompt", "")
+VQAV2_SUBMISSION = "vqav2_test-dev2015_submission.json"
+VIZWIZ_SUBMISSION = "vizwiz_test_submission.json"
+MMBENCH_SUBMISSION = "mmbench_{lang}_test_submission.xlsx"
 
 
 def doc_to_visual(doc: dict) -> list[Image.Image]:
     return [] if doc.get("image") is None else [doc["image"].convert("RGB")]
 
 
-# ---- VQAv2, GQA, VizWiz, TextVQA ---------------------------------------------------------------------
+def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """The prompt of `doc`: `benchmark` and `variant` come from the task's lmms_eval_specific_kwargs."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    if "benchmark" not in kwargs:
+        raise ValueError(f"task YAML: lmms_eval_specific_kwargs names no benchmark ({kwargs})")
+    return prompts.render(kwargs["benchmark"], doc, kwargs.get("variant", prompts.DEFAULT_VARIANT))
 
-def question_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    """VQAv2 and GQA: pre + question + post."""
-    pre, post = _kwargs(lmms_eval_specific_kwargs)
-    return f"{pre}{doc['question']}{post}"
+
+def _submission_path(file_name: str, args) -> str:
+    from lmms_eval.tasks._task_utils.file_utils import generate_submission_file
+
+    return generate_submission_file(file_name, args)
 
 
-def capitalised_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    """VizWiz and TextVQA capitalise the question; TextVQA may append the OCR tokens (`ocr: true`)."""
-    pre, post = _kwargs(lmms_eval_specific_kwargs)
-    ocr = ""
-    if (lmms_eval_specific_kwargs or {}).get("ocr"):
-        ocr = f"\nReference OCR token: {', '.join(doc['ocr_tokens'])}"
-    return f"{pre}{doc['question'].capitalize()}{ocr}{post}"
-
+# ---- VQAv2, VizWiz, TextVQA ---------------------------------------------------------------------------
 
 def vqa_process_results(doc: dict, results: list[str]) -> dict:
     """VQA accuracy over the ten answers (VQAv2 stores them as dicts, VizWiz and TextVQA as strings)."""
@@ -52,21 +49,52 @@ def vqa_process_results(doc: dict, results: list[str]) -> dict:
     return {"vqa_accuracy": metrics.vqa_accuracy(results[0], answers)}
 
 
+def vqav2_submission_process_results(doc: dict, results: list[str]) -> dict:
+    return {"submission": {"question_id": int(doc["question_id"]), "answer": results[0]}}
+
+
+def vqav2_aggregate_submission(results: list[dict], args) -> None:
+    """The EvalAI upload: every test2015 question, test-dev answers normalised, "" for the others."""
+    answers = {r["question_id"]: r["answer"] for r in results}
+    payload = submissions.vqav2_submission(answers, submissions.test2015_ids_from_env())
+    submissions.write_json(_submission_path(VQAV2_SUBMISSION, args), payload)
+
+
+def vizwiz_submission_process_results(doc: dict, results: list[str]) -> dict:
+    return {"submission": {"image": f"{doc['question_id']}.jpg", "answer": results[0]}}
+
+
+def vizwiz_aggregate_submission(results: list[dict], args) -> None:
+    submissions.write_json(_submission_path(VIZWIZ_SUBMISSION, args), submissions.vizwiz_submission(results))
+
+
+# ---- GQA ------------------------------------------------------------------------------------------------
+
+def gqa_process_results(doc: dict, results: list[str]) -> dict:
+    """LLaVA-1.5: trailing periods stripped and lower case, then GQA's exact match."""
+    return {"exact_match": float(metrics.gqa_match(results[0], doc["answer"]))}
+
+
+def gqa_process_results_lmms_eval(doc: dict, results: list[str]) -> dict:
+    """lmms-eval: exact match with case and punctuation ignored."""
+    return {"exact_match": float(metrics.gqa_match_lmms_eval(results[0], doc["answer"]))}
+
+
 # ---- ScienceQA-IMG ----------------------------------------------------------------------------------
-
-def sqa_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    pre, post = _kwargs(lmms_eval_specific_kwargs)
-    context = f"Context: {doc['hint']}\n" if doc["hint"] else ""
-    choices = "\n".join(f"{chr(ord('A') + i)}. {c}" for i, c in enumerate(doc["choices"]))
-    return f"{pre}{context}{doc['question']}\n{choices}{post}"
-
 
 def sqa_doc_to_target(doc: dict) -> str:
     return chr(ord("A") + int(doc["answer"]))
 
 
 def sqa_process_results(doc: dict, results: list[str]) -> dict:
+    """LLaVA-1.5's eval_science_qa.py parse."""
     return {"letter_accuracy": float(metrics.sqa_letter(results[0], len(doc["choices"])) == sqa_doc_to_target(doc))}
+
+
+def sqa_process_results_lmms_eval(doc: dict, results: list[str]) -> dict:
+    """lmms-eval's scienceqa parse."""
+    letter = metrics.sqa_letter_lmms_eval(results[0], len(doc["choices"]))
+    return {"letter_accuracy": float(letter == sqa_doc_to_target(doc))}
 
 
 # ---- MMBench (EN and CN) ----------------------------------------------------------------------------
@@ -79,15 +107,6 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and value not in ("", "nan")
 
 
-def mmbench_doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
-    """`{hint} {question} {options}` + "\\n" + post prompt, as lmms-eval's MMBench tasks build it."""
-    options = "\n".join([MMBENCH_OPTIONS_HEADER] + [f"{k}. {v}" for k, v in _options(doc).items()])
-    query = f"{doc['hint']} {doc['question']} {options}" if _present(doc.get("hint")) else f"{doc['question']} {options}"
-    if lmms_eval_specific_kwargs:
-        query = f"{query}\n{lmms_eval_specific_kwargs['post_prompt']}"
-    return query
-
-
 def mmbench_process_results(doc: dict, results: list[str]) -> dict:
     pred = metrics.mmbench_letter(results[0], _options(doc))
     return {"circular_accuracy": {"index": int(doc["index"]), "answer": doc["answer"], "pred": pred,
@@ -96,6 +115,24 @@ def mmbench_process_results(doc: dict, results: list[str]) -> dict:
 
 def mmbench_aggregate(records: list[dict]) -> float:
     return 100 * metrics.circular_accuracy(records)
+
+
+def mmbench_submission_process_results(doc: dict, results: list[str]) -> dict:
+    record = {c: doc.get(c) for c in (*submissions.MMBENCH_COLUMNS, "answer", "split")}
+    return {"submission": {**record, "index": int(doc["index"]), "prediction": results[0]}}
+
+
+def _mmbench_aggregate_submission(results: list[dict], args, lang: str) -> None:
+    path = _submission_path(MMBENCH_SUBMISSION.format(lang=lang), args)
+    submissions.mmbench_submission(results).to_excel(path, index=False, engine="openpyxl")
+
+
+def mmbench_en_aggregate_submission(results: list[dict], args) -> None:
+    _mmbench_aggregate_submission(results, args, "en")
+
+
+def mmbench_cn_aggregate_submission(results: list[dict], args) -> None:
+    _mmbench_aggregate_submission(results, args, "cn")
 
 
 # ---- MM-Vet ----------------------------------------------------------------------------------------

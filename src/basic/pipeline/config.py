@@ -7,7 +7,7 @@ the runs they show. An unknown key, a missing key or a wrong type is a `ConfigEr
 (`runs.basic-vicuna-7b.basic.das_weight`).
 
 `command(study, stage, run)` resolves one stage of one run into the argv of the real command line: `basic
-mini backbones` / `basic checkpoints`, `basic train` under the profile's launcher (`basic.launch`), `basic
+mini backbones` / `basic checkpoints`, `basic train` under the profile's launcher (`basic.pipeline.launch`), `basic
 evaluate`. The pipeline's stage glue (`basic stage`) runs it; `basic stage --dry` prints every command.
 The paths the stages share are functions here, so that dvc.yaml and the commands cannot disagree.
 """
@@ -15,27 +15,33 @@ The paths the stages share are functions here, so that dvc.yaml and the commands
 from __future__ import annotations
 
 import re
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from ruamel.yaml import YAML, YAMLError
 
-from basic.launch import LaunchError, LaunchSpec, batch_args, eval_command, train_command
+from basic.pipeline.launch import LaunchError, LaunchSpec, batch_args, eval_command, train_command
 from basic.method.config import BasicArguments
+from basic.pipeline import flags as flags_
+from basic.schema import build as _build_schema
+from basic.schema import check_keys
+from basic.schema import check_type as _check_type
 
 PARAMS_FILE = Path("params.yaml")
 WORLDS = ("mini", "full")
-STAGES = ("backbones", "pretrain", "finetune", "evaluate")
-TABLES = ("main", "loss_ablation", "cross_model", "layer_weights", "supervision_strength")
+STAGES = ("backbones", "pretrain", "finetune", "evaluate", "analyze")
+# The paper's tables (and `depth`, the ablation it states in words), then `analysis`: the runs whose visual
+# embeddings the analyze stage reads (the paper's section 3), a list of runs rather than a table of scores.
+TABLES = ("main", "loss_ablation", "cross_model", "layer_weights", "supervision_strength", "depth", "analysis")
+ANALYSIS_TABLE = "analysis"
 BASELINE = "llava-1.5"
 METHOD = "basic"
 
 BACKBONES_DIR = Path("models/backbones")
 METRICS_DIR = Path("results/metrics")
 CURVES_DIR = Path("results/curves")
+ANALYSIS_DIR = Path("results/analysis")
 # Where each world keeps the training data of each stage: (--data_path, --image_folder) under data/<profile>/.
 # mini: docs/interfaces.md (basic mini data); full: LLaVA's playground layout (docs/full_study.md).
 DATA_LAYOUT = {
@@ -78,9 +84,16 @@ class Profile:
     evaluate: Flags
     """Options of `basic evaluate` (benchmarks, batch_size, ...)."""
     launch: LaunchSpec
-    """Processes per run: launcher, GPUs per node, nodes, DeepSpeed config per stage (basic.launch)."""
+    """Processes per run: launcher, GPUs per node, nodes, DeepSpeed config per stage (basic.pipeline.launch)."""
     env: dict[str, str]
     """Environment of the stage commands, e.g. OMP_NUM_THREADS (one thread per process on a small CPU)."""
+
+
+@dataclass(frozen=True)
+class FullData:
+    """The full world's `data` block: the manifests whose files `basic prepare` checks (basic.full.download)."""
+
+    manifests: list[str]
 
 
 @dataclass(frozen=True)
@@ -150,66 +163,21 @@ class Study:
 # Strict loading
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def check(value: Any, tp: Any, path: str) -> Any:
+    return _check_type(value, tp, path, ConfigError)
 
 
-def _check(value: Any, tp: Any, path: str) -> Any:
-    """`value` as type `tp` (a small subset of typing: scalars, unions, list, dict), or a ConfigError."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in args:
-            try:
-                return _check(value, option, path)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{path}: expected {' or '.join(map(_type_name, args))}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        return [_check(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {_check(k, args[0], f"{path} key"): _check(v, args[1], f"{path}.{k}") for k, v in value.items()}
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{path}: expected nothing (null), got {value!r}")
-        return None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Any, path: str, **given: Any) -> Any:
-    """A `cls` dataclass from a mapping, refusing unknown and missing keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls) if f.name not in given]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(names)})")
-    values = dict(given)
-    for f in fields(cls):
-        if f.name in given:
-            continue
-        if f.name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{path}.{f.name}: missing")
-            continue
-        values[f.name] = _check(data[f.name], hints[f.name], f"{path}.{f.name}")
-    return cls(**values)
+def build(cls: type, data: Any, path: str, **given: Any) -> Any:
+    return _build_schema(cls, data, path, ConfigError, **given)
 
 
 def _stage_flags(flags: Flags, path: str) -> None:
+    """A training block: `basic train`'s flags (plus `global_batch_size`), none the pipeline sets itself."""
+    flags_.check({k: v for k, v in flags.items() if k != GLOBAL_BATCH}, flags_.train_options(), path, ConfigError)
+    check(flags.get(GLOBAL_BATCH), int | None, f"{path}.{GLOBAL_BATCH}")
     reserved = sorted(set(flags) & PIPELINE_FLAGS)
     if reserved:
-        raise ConfigError(f"{path}: {', '.join(reserved)} are set by the pipeline from the run (see basic.config)")
+        raise ConfigError(f"{path}: {', '.join(reserved)} are set by the pipeline from the run (see basic.pipeline.config)")
     if GLOBAL_BATCH in flags:
         if "per_device_train_batch_size" not in flags or "gradient_accumulation_steps" in flags:
             raise ConfigError(f"{path}.{GLOBAL_BATCH}: give per_device_train_batch_size with it, and no "
@@ -222,17 +190,18 @@ def _profile(data: Any, path: str) -> Profile:
     launch = data.get("launch")
     try:
         spec = LaunchSpec.from_dict(launch, where=f"{path}.launch") if isinstance(launch, dict) else None
-    except (LaunchError, TypeError) as e:
+    except LaunchError as e:
+        raise ConfigError(str(e)) from None
+    except TypeError as e:
         raise ConfigError(f"{path}.launch: {e}") from None
     if spec is None:
         raise ConfigError(f"{path}.launch: expected a mapping (launcher, gpus_per_node, nodes, ...), got {launch!r}")
-    profile = _build(Profile, {k: v for k, v in data.items() if k != "launch"}, path, launch=spec)
+    profile = build(Profile, {k: v for k, v in data.items() if k != "launch"}, path, launch=spec)
     if profile.world not in WORLDS:
         raise ConfigError(f"{path}.world: {profile.world!r} is not one of {', '.join(WORLDS)}")
     for stage in ("pretrain", "finetune"):
         _stage_flags(getattr(profile, stage), f"{path}.{stage}")
-    if profile.world == "full" and not profile.data.get("manifests"):
-        raise ConfigError(f"{path}.data.manifests: the full world needs the manifests of its data (e.g. [full])")
+    _command_flags(profile, path)
     benchmarks = profile.evaluate.get("benchmarks")
     if not isinstance(benchmarks, list) or not benchmarks:
         raise ConfigError(f"{path}.evaluate.benchmarks: expected a non-empty list of benchmark names")
@@ -241,6 +210,24 @@ def _profile(data: Any, path: str) -> Profile:
         raise ConfigError(f"{path}.evaluate.benchmarks: {', '.join(map(str, unknown))} not in the {profile.world} "
                           f"benchmark map ({', '.join(_benchmark_names(profile.world))})")
     return profile
+
+
+def _command_flags(profile: Profile, path: str) -> None:
+    """The data, backbones and evaluate blocks: the options of the commands they are passed to."""
+    from basic.eval.options import build_parser as evaluate_parser  # argparse and yaml only: cheap
+
+    if profile.world == "mini":
+        flags_.check(profile.data, flags_.mini_data_options(), f"{path}.data", ConfigError)
+        flags_.check(profile.backbones, flags_.mini_backbones_options(), f"{path}.backbones", ConfigError)
+    else:
+        from basic.full.checkpoints import build_parser as checkpoints_parser, load_backbones
+
+        build(FullData, profile.data, f"{path}.data")
+        flags_.check(profile.backbones, flags_.parser_options(checkpoints_parser(load_backbones())),
+                     f"{path}.backbones", ConfigError)
+    # `benchmarks` is a list here (checked against the benchmark map below), comma-joined on the command line.
+    flags_.check({k: v for k, v in profile.evaluate.items() if k != "benchmarks"},
+                 flags_.parser_options(evaluate_parser()), f"{path}.evaluate", ConfigError)
 
 
 def _benchmark_names(world: str) -> list[str]:
@@ -253,15 +240,13 @@ def _run(name: str, data: Any, backbones: Backbones) -> Run:
     path = f"runs.{name}"
     if not RUN_NAME.fullmatch(name):
         raise ConfigError(f"{path}: a run name is letters, digits, '-' and '_' only (it is a DVC key path and a folder)")
-    run = _build(Run, data, path, name=name)
+    run = build(Run, data, path, name=name)
     if run.encoder not in backbones.encoders:
         raise ConfigError(f"{path}.encoder: {run.encoder!r} is not in backbones.encoders ({', '.join(backbones.encoders)})")
     if run.llm not in backbones.llms:
         raise ConfigError(f"{path}.llm: {run.llm!r} is not in backbones.llms ({', '.join(backbones.llms)})")
-    known = {f.name.removeprefix("basic_") for f in fields(BasicArguments)}
-    unknown = sorted(set(run.basic) - known)
-    if unknown:
-        raise ConfigError(f"{path}.basic: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
+    check_keys(run.basic, [f.name.removeprefix("basic_") for f in fields(BasicArguments)], f"{path}.basic",
+               error=ConfigError)
     try:
         run.basic_args
     except (ValueError, TypeError) as e:
@@ -278,20 +263,15 @@ def parse(data: Any, where: str = str(PARAMS_FILE)) -> Study:
     try:
         if not isinstance(data, dict):
             raise ConfigError(f"expected a mapping at the top, got {data!r}")
-        known = {f.name for f in fields(Study)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
-        for key in known:
-            if key not in data:
-                raise ConfigError(f"{key}: missing")
-        profile = _check(data["profile"], str, "profile")
-        profiles = {name: _profile(p, f"profiles.{name}") for name, p in _check(data["profiles"], dict[str, Any], "profiles").items()}
+        known = [f.name for f in fields(Study)]
+        check_keys(data, known, "", known, ConfigError)
+        profile = check(data["profile"], str, "profile")
+        profiles = {name: _profile(p, f"profiles.{name}") for name, p in check(data["profiles"], dict[str, Any], "profiles").items()}
         if profile not in profiles:
             raise ConfigError(f"profile: {profile!r} is not one of the profiles ({', '.join(profiles)})")
-        backbones = _build(Backbones, data["backbones"], "backbones")
-        runs = {name: _run(name, r, backbones) for name, r in _check(data["runs"], dict[str, Any], "runs").items()}
-        tables = _check(data["tables"], dict[str, list[str]], "tables")
+        backbones = build(Backbones, data["backbones"], "backbones")
+        runs = {name: _run(name, r, backbones) for name, r in check(data["runs"], dict[str, Any], "runs").items()}
+        tables = check(data["tables"], dict[str, list[str]], "tables")
         for table, names in tables.items():
             if table not in TABLES:
                 raise ConfigError(f"tables.{table}: unknown table (tables: {', '.join(TABLES)})")
@@ -413,9 +393,27 @@ def command(study: Study, stage: str, run_name: str | None = None) -> list[str]:
     if run_name is None:
         raise ConfigError(f"the {stage} stage runs per run: name one ({', '.join(study.runs)})")
     run = study.run(run_name)
+    if stage == "analyze":
+        return analyze_command(study, run.name)
     if stage == "evaluate":
         return eval_command(profile.launch, [
             "--checkpoint", str(run_dir(run.name) / "finetune"), "--out", str(metrics_file(run.name)),
             "--profile", profile.world, "--data", str(study.data_dir), "--log_dir", str(run_dir(run.name) / "evaluate"),
             *cli_argv({**profile.evaluate, "benchmarks": ",".join(run.benchmarks or profile.evaluate["benchmarks"])})])
     return train_command(profile.launch, stage, train_flags(study, stage, run))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The embedding analysis (the paper's section 3): `basic analyze` on a run's stage-2 checkpoint
+
+
+def analysis_file(run: str) -> Path:
+    return ANALYSIS_DIR / f"{run}.json"
+
+
+def analyze_command(study: Study, run_name: str) -> list[str]:
+    """`basic analyze` of one run's stage-2 checkpoint in the active profile (its defaults: 300 held-out mini
+    images, or the paper's 30 at full scale), one process: it reads hidden states, no training launch."""
+    run = study.run(run_name)
+    return ["basic", "analyze", "--checkpoint", str(run_dir(run.name) / "finetune"), "--data", str(study.data_dir),
+            "--out", str(analysis_file(run.name)), "--profile", study.active.world]

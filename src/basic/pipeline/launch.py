@@ -10,27 +10,37 @@ parallel on one node: `basic evaluate --num_processes N` (which starts `accelera
 itself and writes the metrics JSON), or plain lmms-eval through `lmms_eval_command`.
 
 On more than one node, every node runs the same command with its own `NODE_RANK` (0..nodes-1) and the
-same `MASTER_ADDR` (node 0's host). `sbatch_script` wraps a command in `pipeline/slurm/stage.sbatch`
-(one task per node, both variables set from SLURM) and `submit` hands it to `sbatch`, chaining a run's
-stages with `afterok` dependencies, so independent runs of the study run on different nodes at once.
+same `MASTER_ADDR` (node 0's host). The DeepSpeed launcher also needs the job's nodes as a hostfile
+(`host slots=<GPUs>` per line, node-rank order): its command reads `--hostfile $BASIC_HOSTFILE` and, with
+`--no_ssh`, starts only its own node's workers (without a hostfile it sees only localhost and refuses more
+than one node). `write_hostfile` writes one from an explicit host list or from SLURM's allocation
+(`scontrol show hostnames`); `basic launch hostfile` is its command line. torchrun and accelerate need no
+hostfile. `sbatch_script` wraps a command in `pipeline/slurm/stage.sbatch` (one task per node with all
+its CPUs, `NODE_RANK`, `MASTER_ADDR` and `BASIC_HOSTFILE` set from SLURM) and `submit` hands it to
+`sbatch`, chaining a run's stages with `afterok` dependencies, so independent runs of the study run on
+different nodes at once.
 
 Command line: `basic launch train --stage pretrain --launcher deepspeed --gpus-per-node 8 -- <train flags>`
-prints (`--print`), runs, or submits (`--slurm ...`) the command; `basic launch study` submits every run of
-params.yaml at once (`study_jobs`: `basic stage <stage> <run>` per job, a run's stages chained).
+prints (`--print`), runs, or submits (`--slurm ...`) the command; `basic submit` (basic.pipeline.submit)
+submits every run of params.yaml at once.
+`basic launch hostfile --nodes 2 --gpus-per-node 8 [--hosts gpu-1 gpu-2] [--out FILE]` writes a hostfile.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from string import Template
 from typing import Any
+
+from basic.schema import check_keys
 
 LAUNCHERS = ("deepspeed", "torchrun", "accelerate", "python")
 STAGES = ("pretrain", "finetune")
@@ -39,19 +49,13 @@ TRAIN_MODULE = "basic.train"
 EVAL_MODULE = "lmms_eval"
 NODE_RANK = "$NODE_RANK"
 MASTER_ADDR = "$MASTER_ADDR"
+HOSTFILE_ENV = "BASIC_HOSTFILE"
+HOSTFILE = f"${HOSTFILE_ENV}"
 SBATCH_TEMPLATE = Path("pipeline/slurm/stage.sbatch")
 
 
 class LaunchError(ValueError):
     """A launch spec or request that cannot work; the message names the field."""
-
-
-def _strict(cls, data: Mapping[str, Any], where: str):
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise LaunchError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(names))})")
-    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class LaunchSpec:
         data = dict(data)
         if "deepspeed" in data:
             data["deepspeed"] = {**DEEPSPEED_CONFIGS, **(data["deepspeed"] or {})}
-        return _strict(cls, data, where)
+        return cls(**check_keys(data, [f.name for f in fields(cls)], where, error=LaunchError))
 
     @property
     def world_size(self) -> int:
@@ -99,8 +103,9 @@ def launcher_argv(spec: LaunchSpec, module: str) -> list[str]:
         return ["python", "-m", module]
     if spec.launcher == "deepspeed":
         argv = ["deepspeed", "--num_gpus", str(spec.gpus_per_node), "--master_port", str(spec.master_port)]
-        if multi:  # each node launches its own workers; no ssh/pdsh from node 0
-            argv += ["--num_nodes", str(spec.nodes), "--node_rank", NODE_RANK, "--master_addr", MASTER_ADDR, "--no_ssh"]
+        if multi:  # each node launches its own workers (no ssh/pdsh from node 0), the hostfile says how many nodes
+            argv += ["--hostfile", HOSTFILE, "--num_nodes", str(spec.nodes), "--node_rank", NODE_RANK,
+                     "--master_addr", MASTER_ADDR, "--no_ssh"]
         return argv + ["--module", module]
     if spec.launcher == "torchrun":
         argv = ["torchrun", "--nnodes", str(spec.nodes), "--nproc_per_node", str(spec.gpus_per_node),
@@ -115,6 +120,41 @@ def launcher_argv(spec: LaunchSpec, module: str) -> list[str]:
     if multi:
         argv += ["--machine_rank", NODE_RANK, "--main_process_ip", MASTER_ADDR]
     return argv + ["-m", module]
+
+
+def slurm_hosts(nodelist: str | None = None) -> list[str]:
+    """The hosts of the SLURM allocation (`$SLURM_JOB_NODELIST` expanded by `scontrol show hostnames`)."""
+    nodelist = nodelist or os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise LaunchError("no hosts given and SLURM_JOB_NODELIST is not set: pass the hosts (--hosts) or run "
+                          "inside a SLURM allocation")
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise LaunchError(f"scontrol show hostnames {nodelist} failed: {e}") from None
+    return out.stdout.split()
+
+
+def hostfile_text(spec: LaunchSpec, hosts: Sequence[str] | None = None) -> str:
+    """DeepSpeed's hostfile of `spec`'s nodes: one `host slots=<GPUs per node>` line each, in node-rank order;
+    the hosts are `hosts`, else SLURM's allocation, and must be `spec.nodes` distinct names."""
+    hosts = list(hosts) if hosts else slurm_hosts()
+    if len(hosts) != spec.nodes or len(set(hosts)) != len(hosts):
+        raise LaunchError(f"hostfile: {len(hosts)} hosts ({', '.join(hosts)}) for nodes={spec.nodes}; "
+                          "give one distinct host per node")
+    return "".join(f"{host} slots={spec.gpus_per_node}\n" for host in hosts)
+
+
+def write_hostfile(path: str | Path, spec: LaunchSpec, hosts: Sequence[str] | None = None) -> Path:
+    """Write `hostfile_text(spec, hosts)` to `path`, through a temporary name, so that nodes writing it at
+    once cannot tear it."""
+    text = hostfile_text(spec, hosts)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
 
 
 def train_command(spec: LaunchSpec, stage: str, train_args: Sequence[str], module: str = TRAIN_MODULE) -> list[str]:
@@ -194,7 +234,7 @@ class SlurmSpec:
         for key in ("directives", "setup"):
             if key in data:
                 data[key] = tuple(data[key])
-        return _strict(cls, data, where)
+        return cls(**check_keys(data, [f.name for f in fields(cls)], where, error=LaunchError))
 
 
 class _Template(Template):
@@ -215,7 +255,8 @@ def sbatch_script(command: Sequence[str], spec: LaunchSpec, slurm: SlurmSpec, jo
     per_node = f"export NODE_RANK=$SLURM_NODEID; exec {to_shell(command)}"
     try:
         return _Template(template.read_text()).substitute(
-            job_name=job_name, nodes=spec.nodes, time=slurm.time, log_dir=slurm.log_dir,
+            job_name=job_name, nodes=spec.nodes, slots=spec.gpus_per_node, time=slurm.time, log_dir=slurm.log_dir,
+            hostfile_dir=shlex.quote(str(Path(workdir).resolve() / slurm.log_dir)),
             directives="\n".join(f"#SBATCH {d}" for d in directives),
             workdir=shlex.quote(str(Path(workdir).resolve())), setup="\n".join(slurm.setup),
             command=shlex.quote(per_node))
@@ -269,26 +310,6 @@ def submit_runs(runs: Mapping[str, Sequence[Job]], slurm: SlurmSpec, sbatch: str
     return ids
 
 
-RUN_STAGES = ("pretrain", "finetune", "evaluate")
-
-
-def study_jobs(params: str | Path = "params.yaml", runs: Sequence[str] | None = None) -> dict[str, list[Job]]:
-    """Every run of params.yaml (or `runs`) as SLURM jobs, in its active profile: the run's pretrain, finetune
-    and evaluate stages, each running `basic stage <stage> <run>` (what dvc.yaml runs: basic.config resolves
-    the launch line, and the stage writes its training curves). Data and backbones must be in place."""
-    from basic import config  # config builds its commands with this module: import it only when needed
-
-    study = config.load(params)
-    spec = study.active.launch
-    jobs = {}
-    for run in runs or list(study.runs):
-        study.run(run)  # unknown names fail here, naming the runs there are
-        jobs[run] = [Job(stage, ("basic", "stage", stage, run, "--params", str(params)),
-                         spec if stage != "evaluate" else replace(spec, nodes=1), gpus=spec.launcher != "python")
-                     for stage in RUN_STAGES]
-    return jobs
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -296,9 +317,9 @@ def study_jobs(params: str | Path = "params.yaml", runs: Sequence[str] | None = 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="basic launch", description=__doc__.split("\n\n")[0],
                                 epilog="Everything after `--` goes to the launched module.")
-    p.add_argument("what", choices=("train", "evaluate", "lmms-eval", "study"),
+    p.add_argument("what", choices=("train", "evaluate", "lmms-eval", "hostfile"),
                    help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval; "
-                        "study: submit every run of params.yaml to SLURM at once (stages chained)")
+                        "hostfile: write the DeepSpeed hostfile of a multi-node run (--hosts, else the SLURM allocation)")
     p.add_argument("--stage", choices=STAGES, help="training stage (train only)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="deepspeed",
                    help="train: process launcher (lmms-eval: accelerate, or python for one process)")
@@ -309,12 +330,19 @@ def _parser() -> argparse.ArgumentParser:
                    "under pipeline/); 'none' for none")
     p.add_argument("--module", default=TRAIN_MODULE, help=f"training module (default {TRAIN_MODULE})")
     p.add_argument("--print", action="store_true", help="print the command (or sbatch script) and exit")
-    p.add_argument("--params", default="params.yaml", help="study: the study's params, in their active profile "
-                   "(default %(default)s)")
-    p.add_argument("--runs", nargs="+", help="study: only these runs")
-    g = p.add_argument_group("SLURM (submit instead of running here)")
-    g.add_argument("--slurm", action="store_true")
+    p.add_argument("--hosts", nargs="+", help="hostfile: the nodes in node-rank order (default: scontrol show hostnames)")
+    p.add_argument("--out", help="hostfile: where to write it (default: print it)")
+    g = add_slurm_arguments(p)
+    g.add_argument("--slurm", action="store_true", help="submit instead of running here")
     g.add_argument("--job-name")
+    g.add_argument("--after", action="append", default=[], metavar="JOB_ID", help="start after these jobs succeed")
+    g.add_argument("--no-wait", action="store_true", help="return once submitted (default: wait for the job)")
+    return p
+
+
+def add_slurm_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The cluster options of `SlurmSpec` (shared by `basic launch --slurm` and `basic submit`)."""
+    g = p.add_argument_group("SLURM")
     g.add_argument("--partition")
     g.add_argument("--account")
     g.add_argument("--qos")
@@ -325,39 +353,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--setup", action="append", default=[], metavar="SHELL_LINE")
     g.add_argument("--log-dir", default="logs/slurm")
     g.add_argument("--template", default=str(SBATCH_TEMPLATE))
-    g.add_argument("--after", action="append", default=[], metavar="JOB_ID", help="start after these jobs succeed")
-    g.add_argument("--no-wait", action="store_true", help="return once submitted (default: wait for the job)")
-    return p
+    return g
 
 
-def _slurm_spec(args: argparse.Namespace) -> SlurmSpec:
+def slurm_spec(args: argparse.Namespace) -> SlurmSpec:
     return SlurmSpec(args.partition, args.account, args.qos, args.time, args.cpus_per_task, args.mem,
                      log_dir=args.log_dir, directives=tuple(args.sbatch_directive), setup=tuple(args.setup),
                      template=args.template)
-
-
-def _submit_study(args: argparse.Namespace) -> int:
-    from basic import config
-
-    try:
-        jobs = study_jobs(args.params, args.runs)
-        if args.print:  # the plan: each job's command and the launch line it resolves to
-            study = config.load(args.params)
-            for run, stages in jobs.items():
-                for job in stages:
-                    print(f"# {run}.{job.name} ({study.profile}): {job.spec.nodes} node(s) x {job.spec.gpus_per_node} GPUs")
-                    print(f"{to_shell(job.command)}\n#   -> {to_shell(config.command(study, job.name, run))}")
-            return 0
-    except config.ConfigError as e:
-        raise LaunchError(str(e)) from None
-    slurm = _slurm_spec(args)
-    ids = submit_runs(jobs, slurm)
-    for run, stages in jobs.items():
-        print(f"{run}: " + ", ".join(f"{job.name} {job_id}" for job, job_id in zip(stages, ids[run])))
-    names = " ".join(f"{stage}@{run}" for run in jobs for stage in RUN_STAGES)
-    print("When the jobs have finished (squeue -u $USER), record their outputs in DVC and make the tables:\n"
-          f"  dvc commit -f {names}\n  dvc repro report")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,8 +368,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv[:split])
     rest = argv[split + 1:]
     try:
-        if args.what == "study":
-            return _submit_study(args)
+        if args.what == "hostfile":
+            spec = LaunchSpec("deepspeed", args.gpus_per_node, args.nodes, args.master_port)
+            if args.out:
+                print(write_hostfile(args.out, spec, args.hosts))
+            else:
+                print(hostfile_text(spec, args.hosts), end="")
+            return 0
         if args.what == "train":
             if not args.stage:
                 raise LaunchError("train needs --stage pretrain|finetune")
@@ -386,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if spec.nodes > 1:
                 raise LaunchError("more than one node: run this on every node with NODE_RANK and MASTER_ADDR set "
-                                  "(see --print), or submit with --slurm")
+                                  f"(and, for deepspeed, {HOSTFILE_ENV}: `basic launch hostfile`; see --print), "
+                                  "or submit with --slurm")
             return subprocess.call(command)
-        slurm = _slurm_spec(args)
+        slurm = slurm_spec(args)
         name = args.job_name or (f"basic-{args.stage}" if args.what == "train" else f"basic-{args.what}")
         script = sbatch_script(command, spec, slurm, name)
         if args.print:

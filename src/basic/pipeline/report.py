@@ -2,19 +2,23 @@
 
 Pure functions the notebooks call (notebooks/*.ipynb only load, call and show):
 
-- `load(params, metrics_dir)` -> `Results`: the study (basic.config), every run's metrics JSON
+- `load(params, metrics_dir)` -> `Results`: the study (basic.pipeline.config), every run's metrics JSON
   (`{benchmark: {score, n, split, scored_by, status}}`, written by `basic evaluate`) and the reference
   numbers (`reference_numbers.yaml`, this package's copy of the paper's tables).
 - `family_table(results, family)`: one table of the paper (main, loss_ablation, cross_model,
-  layer_weights, supervision_strength) as a tidy frame, one row per (table row, benchmark): our score
-  (mean over the seeds of that setting), its spread (sd) and seed count, the paper's score, and both
-  deltas against the table's baseline row. A table's runs are matched to the paper's rows by what they
-  are (method, LLM, encoder, which losses, schedules), never by name; a run that matches no row of the
-  paper gets its own row; a run without metrics is reported `missing` (a benchmark missing from its
-  metrics: `not evaluated`), never dropped.
+  layer_weights, supervision_strength, and depth: the ablation the paper states in words) as a tidy frame,
+  one row per (table row, benchmark): our score (mean over the seeds of that setting), its spread (sd) and
+  seed count, the paper's score, and both deltas against the table's baseline row. A table's runs are
+  matched to the paper's rows by what they are (method, LLM, encoder, which losses, schedules, k), never by
+  name; a run that matches no row of the paper gets its own row; a run without metrics is reported
+  `missing` (a benchmark missing from its metrics: `not evaluated`), never dropped.
 - `markdown(table)`, `write_table(table, dir, name)`: Markdown and CSV; `plot_family(table)`: a seaborn figure.
 - `curves_from_state`, `write_curves`, `load_curves`, `curves_summary`, `plot_curves`: training curves
   (LM, DAS and SDS terms) from the trainer's log history.
+- `load_analysis`, `analysis_frame`, `analysis_table`, `analysis_markdown`, `write_analysis_table`,
+  `analysis_findings`, `plot_analysis`, `plot_patches`: the paper's visual-embedding analysis (section 3) from results/analysis/
+  (`basic analyze`): per-layer curves of the meaningful, grounded and end-token shares with the seed spread,
+  the initial counts beside the paper's 74 / 576 and 217 / 576, the replacement test, example patches.
 
 `main(argv)` is `basic report`: it executes every notebook with papermill (kernel named) into
 results/notebooks/, renders each to HTML with nbconvert, and so writes results/tables/.
@@ -23,6 +27,8 @@ results/notebooks/, renders each to HTML with nbconvert, and so writes results/t
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import math
 import sys
@@ -34,17 +40,19 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from basic import config
+from basic.pipeline import config
+from basic.pipeline.stage import CURVE_TERMS
 from basic.eval.benchmarks import benchmark_map
 
 REFERENCE_FILE = "reference_numbers.yaml"
-FAMILIES = config.TABLES
+FAMILIES = tuple(t for t in config.TABLES if t != config.ANALYSIS_TABLE)  # tables of benchmark scores
 TITLES = {
     "main": "Table 1: main results",
     "loss_ablation": "Table 2: loss ablation (Vicuna-7B)",
     "cross_model": "Table 3: other LLMs and encoders (the paper: MMBench-EN only)",
     "layer_weights": "Table 4a: layer-weight schedule",
     "supervision_strength": "Table 4b: supervision strength (patch weights)",
+    "depth": "Depth ablation: k supervising layers of the Vicuna-7B stand-in (the paper: in words only)",
 }
 # The row each table's deltas are taken against (what the paper compares with): attributes it overrides.
 BASELINES: dict[str, dict[str, Any]] = {
@@ -53,8 +61,8 @@ BASELINES: dict[str, dict[str, Any]] = {
     "cross_model": {"method": config.BASELINE},
     "layer_weights": {"layer_weights": "increasing"},
     "supervision_strength": {"patch_weights": "attention"},
+    "depth": {"layers": "half"},
 }
-CURVE_TERMS = ("loss", "lm_loss", "das", "sds")
 NOTEBOOKS = Path("notebooks")
 NOTEBOOKS_OUT = Path("results/notebooks")
 TABLES_DIR = Path("results/tables")
@@ -78,7 +86,7 @@ class Results:
 
 
 def references() -> dict:
-    return yaml.safe_load((resources.files("basic") / REFERENCE_FILE).read_text(encoding="utf-8"))
+    return yaml.safe_load((resources.files("basic.pipeline") / REFERENCE_FILE).read_text(encoding="utf-8"))
 
 
 def load_metrics(metrics_dir: str | Path) -> dict[str, dict[str, dict]]:
@@ -109,7 +117,8 @@ def attributes(run: config.Run) -> dict[str, Any]:
     return {"method": run.method, "llm": run.llm, "encoder": run.encoder,
             "das": args.basic_das_weight > 0, "sds": args.basic_sds_weight > 0,
             "layer_weights": args.basic_layer_weights if args.enabled else None,
-            "patch_weights": args.basic_patch_weights if args.enabled else None}
+            "patch_weights": args.basic_patch_weights if args.enabled else None,
+            "layers": (args.basic_layers or "half") if args.enabled else None}
 
 
 def reference_rows(refs: dict, family: str) -> tuple[list[str], list[dict]]:
@@ -151,6 +160,9 @@ def _label(attrs: dict, keys: list[str]) -> str:
     parts = []
     for k in keys:
         v = attrs.get(k)
+        if k == "layers":  # the paper's k; none: no BASIC
+            parts.append(f"k={v}" if v is not None else f"{config.BASELINE} (no BASIC)")
+            continue
         parts.append(("+" if v else "-") + k.upper() if isinstance(v, bool) else str(v))
     return " ".join(parts)
 
@@ -219,7 +231,9 @@ def family_table(results: Results, family: str) -> pd.DataFrame:
             attrs = {k: ref[k] for k in keys}
             rows += [{"row": _label(attrs, keys), **attrs, "benchmark": b, "ours": None, "ours_sd": None, "seeds": 0,
                       "runs": "", "status": "not run", "paper": ref["paper"].get(b), "_order": i} for b in columns]
-    table = pd.DataFrame(rows)
+    # The columns are named even when there is no row (a table with no run and no paper numbers, e.g. depth).
+    table = pd.DataFrame(rows, columns=["row", *keys, "benchmark", "ours", "ours_sd", "seeds", "runs", "status", "paper",
+                                        "_order"])
     table = table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     return _with_deltas(table, family, keys)
 
@@ -278,7 +292,7 @@ def findings(table: pd.DataFrame, family: str) -> str:
     benchmarks on which every run scores the same (no signal). Written so the notebook states a null result."""
     scored = table[table.ours.notna()]
     flat = [b for b, g in scored.groupby("benchmark", sort=False) if g.ours.nunique() == 1 and len(g) > 1]
-    lines = [f"**What Table {TITLES[family].split(':')[0].split()[-1]} shows** (Δ vs {_baseline_text(family)}):", ""]
+    lines = [f"**What {TITLES[family].split(':')[0]} shows** (Δ vs {_baseline_text(family)}):", ""]
     for row, g in table[table.ours_delta.notna() & ~table.benchmark.isin(flat)].groupby("row", sort=False):
         d = g.ours_delta.astype(float)
         text = f"- {row}: mean Δ {d.mean():+.1f} over {len(d)} benchmarks ({(d > 0).sum()} up, {(d < 0).sum()} down)"
@@ -360,9 +374,12 @@ def plot_family(table: pd.DataFrame, seeds: pd.DataFrame | None = None, title: s
     paper = table.dropna(subset=["paper"]).drop_duplicates(["row", "benchmark"])
     if not paper.empty:
         sns.barplot(paper, x="benchmark", y="paper", hue="row", order=benches, palette=palette, ax=axes[1], legend=False)
+    else:
+        axes[1].text(0.5, 0.5, "no published numbers", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set(title="paper", ylabel="score", xlabel="")
-    fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=palette[r]) for r in rows], labels=rows,
-               loc="lower center", ncol=min(len(rows), 4), frameon=False)
+    if rows:
+        fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=palette[r]) for r in rows], labels=rows,
+                   loc="lower center", ncol=min(len(rows), 4), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(rows) - 1) // 4), 1, 1))
@@ -371,25 +388,6 @@ def plot_family(table: pd.DataFrame, seeds: pd.DataFrame | None = None, title: s
 
 # ---------------------------------------------------------------------------------------------------------
 # Training curves
-
-
-def curves_from_state(state_file: str | Path) -> list[dict]:
-    """The training log lines (those with a `loss`) of a trainer_state.json: step, epoch and the loss terms."""
-    path = Path(state_file)
-    if not path.is_file():
-        raise ReportError(f"{path}: no trainer state (the training stage writes it)")
-    history = json.loads(path.read_text(encoding="utf-8")).get("log_history")
-    if not isinstance(history, list):
-        raise ReportError(f"{path}: no log_history list")
-    keep = ("step", "epoch", *CURVE_TERMS, "learning_rate", "grad_norm")
-    return [{k: line[k] for k in keep if k in line} for line in history if "loss" in line]
-
-
-def write_curves(state_file: str | Path, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(curves_from_state(state_file), indent=1) + "\n", encoding="utf-8")
-    return out
 
 
 def load_curves(curves_dir: str | Path = config.CURVES_DIR, runs: list[str] | None = None) -> pd.DataFrame:
@@ -428,12 +426,278 @@ def plot_curves(curves: pd.DataFrame):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The embedding analysis (the paper's section 3): results/analysis/<run>.json, written by `basic analyze`
+
+ANALYSIS_MEASURES = ("meaningful_fraction", "grounded_fraction", "eos_fraction")
+
+
+def load_analysis(analysis_dir: str | Path = config.ANALYSIS_DIR) -> dict[str, dict]:
+    """Every `<run>.json` of `basic analyze` in `analysis_dir` (none yet: empty); a bad file is an error naming it."""
+    out = {}
+    for path in sorted(Path(analysis_dir).glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ReportError(f"{path}: not valid JSON ({e})") from None
+        missing = [k for k in ("summary", "setup", "layers", "replacement", "examples") if not isinstance(data, dict)
+                   or k not in data]
+        if missing:
+            raise ReportError(f"{path}: not a `basic analyze` result (no {', '.join(missing)})")
+        out[path.stem] = data
+    return out
+
+
+def analysis_rows(study: config.Study, runs: list[str]) -> dict[str, str]:
+    """run -> row label: what the run is (method, LLM, encoder, k when not half); runs equal but for the seed share
+    a row, and rows that would share a label but differ elsewhere are told apart by their first run."""
+    labels, settings = {}, {}
+    for name in runs:
+        attrs = attributes(study.runs[name])
+        label = f"{attrs['method']} {attrs['llm']} {attrs['encoder']}"
+        if attrs["layers"] not in (None, "half"):
+            label += f" k={attrs['layers']}"
+        labels[name], settings[name] = label, json.dumps(study.runs[name].settings, sort_keys=True)
+    for label in set(labels.values()):
+        names = [n for n in runs if labels[n] == label]
+        if len({settings[n] for n in names}) > 1:
+            firsts = {}
+            for n in names:
+                firsts.setdefault(settings[n], n)
+            for n in names:
+                labels[n] = f"{label} [{firsts[settings[n]]}]"
+    return labels
+
+
+def analysis_frame(study: config.Study, analyses: dict[str, dict], runs: list[str] | None = None) -> pd.DataFrame:
+    """Long frame of the per-layer curves: run, row, seed, layer, reading (cosine | logit_lens), measure, value,
+    for the analysed runs among `runs` (default: the runs `tables.analysis` names)."""
+    runs = [r for r in dict.fromkeys(runs or study.tables.get(config.ANALYSIS_TABLE, [])) if r in analyses]
+    rows = analysis_rows(study, runs)
+    lines = []
+    for name in runs:
+        for layer in analyses[name]["layers"]:
+            for reading in ("cosine", "logit_lens"):
+                for measure in ANALYSIS_MEASURES:
+                    value = layer[reading].get(measure)
+                    if value is not None:
+                        lines.append({"run": name, "row": rows[name], "seed": study.runs[name].seed,
+                                      "layer": layer["layer"], "reading": reading, "measure": measure, "value": value})
+    return pd.DataFrame(lines, columns=["run", "row", "seed", "layer", "reading", "measure", "value"])
+
+
+def _paper_count(refs: dict, run: config.Run) -> float | None:
+    """The paper's meaningful initial embeddings (of 576) for a run of its own setting (LLaVA-1.5, or BASIC with
+    the paper's choices: k half, increasing layer weights, attention patch weights, both losses)."""
+    attrs, counts = attributes(run), refs["analysis"]["meaningful_initial_embeddings"]
+    if attrs["method"] == config.BASELINE:
+        return counts[config.BASELINE]
+    paper = attrs["das"] and attrs["sds"] and attrs["layers"] == "half" and attrs["layer_weights"] == "increasing" \
+        and attrs["patch_weights"] == "attention"
+    return counts[config.METHOD] if paper else None
+
+
+ANALYSIS_COLUMNS = {  # summary key -> column of the analysis table
+    "initial_meaningful_per_576": "meaningful initial / 576",
+    "initial_grounded_fraction": "grounded initial",
+    "peak_grounded_fraction": "grounded peak",
+    "initial_eos_fraction": "eos initial",
+    "last_layer_eos_fraction": "eos last layer",
+    "replacement_exact_match": "replaced = real",
+    "blank_exact_match": "blank = real",
+}
+
+
+def analysis_table(study: config.Study, analyses: dict[str, dict], refs: dict,
+                   runs: list[str] | None = None) -> pd.DataFrame:
+    """One line per row (setting) of the analysed runs: the seeds, images and patches, each summary number as mean
+    and sd over the seeds (`<column>` and `<column> sd`), and the paper's meaningful initial count for its own
+    settings (`paper / 576`)."""
+    runs = [r for r in dict.fromkeys(runs or study.tables.get(config.ANALYSIS_TABLE, [])) if r in analyses]
+    rows = analysis_rows(study, runs)
+    lines = []
+    for row in dict.fromkeys(rows[r] for r in runs):
+        names = [r for r in runs if rows[r] == row]
+        first = analyses[names[0]]["setup"]
+        line: dict[str, Any] = {"row": row, "method": study.runs[names[0]].method, "llm": study.runs[names[0]].llm,
+                                "layers": attributes(study.runs[names[0]])["layers"], "seeds": len(names),
+                                "runs": ";".join(names), "images": first["images"],
+                                "patches": first["patches_per_image"], "llm_layers": first["llm_layers"]}
+        for key, column in ANALYSIS_COLUMNS.items():
+            values = [analyses[n]["summary"][key] for n in names if analyses[n]["summary"].get(key) is not None]
+            line[column], line[f"{column} sd"] = _mean_sd([float(v) for v in values])
+        line["paper / 576"] = _paper_count(refs, study.runs[names[0]])
+        lines.append(line)
+    return pd.DataFrame(lines)
+
+
+def _pm(mean: float | None, sd: float | None, digits: int) -> str:
+    if mean is None or pd.isna(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None and pd.notna(sd) else "")
+
+
+def analysis_markdown(table: pd.DataFrame) -> str:
+    """The analysis table as Markdown: mean ± sd over seeds per setting, the paper's count beside ours."""
+    head = ["row", "seeds", "images", *ANALYSIS_COLUMNS.values(), "paper / 576"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for line in table.itertuples(index=False):
+        d = dict(zip(table.columns, line))
+        cells = [d["row"], str(d["seeds"]), str(d["images"])]
+        for column in ANALYSIS_COLUMNS.values():
+            cells.append(_pm(d[column], d[f"{column} sd"], 1 if "576" in column else 3))
+        cells.append("" if d["paper / 576"] is None or pd.isna(d["paper / 576"]) else f"{d['paper / 576']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_analysis_table(table: pd.DataFrame, out_dir: str | Path, name: str = "analysis") -> tuple[Path, Path]:
+    """`<name>.csv` (every number, sd columns included) and `<name>.md` (`analysis_markdown`) in `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / f"{name}.csv", out / f"{name}.md"
+    table.to_csv(csv, index=False, float_format="%.6g")
+    md.write_text(analysis_markdown(table), encoding="utf-8")
+    return csv, md
+
+
+def _delta(a: pd.Series, b: pd.Series, column: str) -> tuple[float, float | None]:
+    """a - b of a column, and the standard error of that difference from the seed spreads (None: one seed)."""
+    d = float(a[column]) - float(b[column])
+    sa, sb = a[f"{column} sd"], b[f"{column} sd"]
+    se = math.sqrt(sa ** 2 / a.seeds + sb ** 2 / b.seeds) if pd.notna(sa) and pd.notna(sb) else None
+    return d, se
+
+
+def _judged(d: float, se: float | None, digits: int) -> str:
+    text = f"{d:+.{digits}f}"
+    if se is None:
+        return text + " (one seed: no spread to judge it by)"
+    return text + f" ({'beyond' if abs(d) > 2 * se else 'within'} twice its seed standard error, {se:.{digits}f})"
+
+
+def analysis_findings(table: pd.DataFrame, frame: pd.DataFrame, refs: dict) -> str:
+    """What the analysis shows, computed from its table and curves (Markdown), beside the paper's statements:
+    BASIC minus LLaVA-1.5 in meaningful and grounded initial embeddings (with the seed spread), how the shares
+    move over the layers, the end token in the last layer, and the replacement test against its blank control."""
+    counts = refs["analysis"]["meaningful_initial_embeddings"]
+    lines = ["**What the embedding analysis shows** (cosine matches; mean over seeds):", ""]
+    if table.empty:
+        return "\n".join(lines + ["- no analysed run yet."]) + "\n"
+    llava = table[table.method == config.BASELINE]
+    for _, base in llava.iterrows():
+        ours = table[(table.method == config.METHOD) & (table.llm == base.llm) & (table.layers == "half")]
+        for _, row in ours.iterrows():
+            d, se = _delta(row, base, "meaningful initial / 576")
+            paper = counts[config.METHOD] - counts[config.BASELINE]
+            text = (f"- {row.row} vs {base.row}: meaningful initial embeddings "
+                    f"{_pm(row['meaningful initial / 576'], None, 1)} vs {_pm(base['meaningful initial / 576'], None, 1)} "
+                    f"of 576, Δ {_judged(d, se, 1)}; paper {counts[config.METHOD]} vs {counts[config.BASELINE]}, "
+                    f"Δ {paper:+d}.")
+            if pd.notna(row["grounded initial"]) and pd.notna(base["grounded initial"]):
+                d, se = _delta(row, base, "grounded initial")
+                text += f" Grounded initial embeddings: Δ {_judged(d, se, 3)}."
+            lines.append(text)
+    cosine = frame[frame.reading == "cosine"]
+    for row, g in cosine.groupby("row", sort=False):
+        mean = g.groupby(["measure", "layer"]).value.mean()
+        layers = sorted(g.layer.unique())
+        last, half = layers[-1], layers[len(layers) // 2]
+        parts = []
+        for measure in ("meaningful_fraction", "grounded_fraction"):
+            if measure in mean.index.get_level_values(0):
+                m = mean[measure]
+                parts.append(f"{measure.split('_')[0]} {m[0]:.3f} -> {m[half]:.3f} (layer {half}) -> {m[last]:.3f} "
+                             f"(layer {last})")
+        eos = mean["eos_fraction"]
+        parts.append(f"end token {eos[0]:.3f} -> {eos[last]:.3f}")
+        lines.append(f"- {row}, over the layers: " + "; ".join(parts) + ".")
+    for _, row in table.iterrows():
+        replaced, blank = row["replaced = real"], row["blank = real"]
+        d = replaced - blank
+        # Binomial standard error of the difference of two shares over the same questions (unpaired: conservative).
+        se = math.sqrt((replaced * (1 - replaced) + blank * (1 - blank)) / (row.images * row.seeds))
+        verdict = ("more of the answer than a blank image does" if d > 2 * se else
+                   "less of the answer than a blank image does" if d < -2 * se else
+                   "no more of the answer than a blank image does, within twice the standard error")
+        lines.append(f"- {row.row}, replacement test: the answer with the matched tokens' embeddings equals the real "
+                     f"one for {replaced:.3f} of the questions, the answer with a blank image for {blank:.3f} "
+                     f"(Δ {d:+.3f}, standard error {se:.3f}): the matched tokens carry {verdict}.")
+    lines += ["", (f"Paper ({refs['analysis']['images']} images): {counts[config.BASELINE]} / 576 meaningful initial "
+                   f"embeddings for LLaVA-1.5, {counts[config.METHOD]} / 576 for BASIC. {refs['analysis']['layers']}")]
+    return "\n".join(lines) + "\n"
+
+
+def plot_analysis(frame: pd.DataFrame, reading: str = "cosine"):
+    """Per-layer curves of the meaningful, grounded and end-token shares, one line per row (mean over seeds, band:
+    sd), layer 0 being the initial embeddings."""
+    import seaborn as sns
+
+    data = frame[frame.reading == reading]
+    measures = [m for m in ANALYSIS_MEASURES if m in set(data.measure)]
+    grid = sns.relplot(data, x="layer", y="value", hue="row", col="measure", col_order=measures, kind="line",
+                       errorbar="sd", marker="o", facet_kws={"sharey": False}, height=3.2, aspect=1.1)
+    grid.set_titles("{col_name}" + f" ({reading})")
+    for ax in grid.axes.flat:
+        ax.set_xlabel("layer (0: initial embeddings)")
+    return grid.figure
+
+
+def plot_patches(analysis: dict, images: int = 3, layers: list[int] | None = None, reading: str = "cosine",
+                 title: str | None = None):
+    """Example images of one run with the matched token of every patch written on it (its first six characters;
+    a token in another script as its first code point),
+    one column per layer (default: initial, middle, last); with scene annotations (mini), the patches of an
+    object or the sign are outlined in yellow."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from basic.mini.scenes import SIGN
+
+    examples = analysis["examples"][:images]
+    n_layers = analysis["setup"]["llm_layers"]
+    layers = layers if layers is not None else sorted({0, max(1, n_layers // 2), n_layers})
+    fig, axes = plt.subplots(len(examples), len(layers), figsize=(3.3 * len(layers), 3.5 * len(examples)),
+                             squeeze=False)
+    for r, example in enumerate(examples):
+        image = Image.open(io.BytesIO(base64.b64decode(example["image_png"]))).convert("RGB")
+        grid = example["grid"]
+        for c, layer in enumerate(layers):
+            ax = axes[r][c]
+            ax.imshow(image, extent=(0, grid, grid, 0), interpolation="nearest")
+            tokens = example["matches"][reading][layer]
+            for k, token in enumerate(tokens):
+                shown = token[:6] if token.isascii() else f"U+{ord(token[0]):04X}"  # the default font has no CJK
+                ax.text(k % grid + 0.5, k // grid + 0.5, shown, ha="center", va="center",
+                        fontsize=max(3.5, 40 / grid), color="black",
+                        bbox={"boxstyle": "square,pad=0.05", "fc": "white", "alpha": 0.55, "lw": 0})
+            for x in range(grid + 1):
+                ax.axhline(x, color="white", lw=0.3)
+                ax.axvline(x, color="white", lw=0.3)
+            for k, label in enumerate(example.get("labels") or []):
+                if label >= 0 or label == SIGN:  # an object's index, or the sign
+                    ax.add_patch(plt.Rectangle((k % grid, k // grid), 1, 1, fill=False, ec="gold", lw=0.8))
+            ax.set_xticks([]), ax.set_yticks([])
+            name = "initial" if layer == 0 else f"layer {layer}"
+            ax.set_title(f"{name}" + (f"\nQ: {example['question'].splitlines()[0][:40]}" if c == 0 else ""), fontsize=8)
+        axes[r][-1].set_xlabel(f"answer: {example['answer'][:30]!r}\nreplaced: {example['replaced_answer'][:30]!r}",
+                               fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
 # `basic report`
 
 
 def show(table: pd.DataFrame, family: str | None = None) -> None:
     """Display the Markdown view and, for a table of the paper, its findings in a notebook (print elsewhere)."""
-    text = markdown(table, family) + ("\n" + findings(table, family) if family else "")
+    show_markdown(markdown(table, family) + ("\n" + findings(table, family) if family else ""))
+
+
+def show_markdown(text: str) -> None:
+    """Display Markdown in a notebook (print elsewhere)."""
     try:
         from IPython.display import Markdown, display
 
@@ -473,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=NOTEBOOKS_OUT, help="executed notebooks and their HTML")
     p.add_argument("--metrics", type=Path, default=config.METRICS_DIR)
     p.add_argument("--curves", type=Path, default=config.CURVES_DIR)
+    p.add_argument("--analysis", type=Path, default=config.ANALYSIS_DIR, help="`basic analyze` results")
     p.add_argument("--tables", type=Path, default=TABLES_DIR)
     p.add_argument("--kernel", default=KERNEL, help="Jupyter kernel (default %(default)s, installed with ipykernel)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks (names without .ipynb)")
@@ -489,12 +754,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         results = load(args.params, args.metrics)  # fail early, in this process, on a bad params.yaml or metrics file
+        load_analysis(args.analysis)
         missing = missing_runs(results)
         if missing:
             print(f"basic report: {len(missing)} of {len(results.study.runs)} runs have no metrics yet "
                   f"(shown as missing): {', '.join(missing)}", file=sys.stderr)
         run_notebooks(notebooks, args.out, {"params_file": str(args.params), "metrics_dir": str(args.metrics),
-                                            "curves_dir": str(args.curves), "tables_dir": str(args.tables)},
+                                            "curves_dir": str(args.curves), "tables_dir": str(args.tables),
+                                            "analysis_dir": str(args.analysis)},
                       args.kernel)
     except (config.ConfigError, ReportError) as e:
         print(f"basic report: {e}", file=sys.stderr)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from basic.schema import check_keys
+
 MANIFEST = "manifests/checkpoints/backbones.yaml"
 RECORD = "checkpoints.json"
 # What transformers reads from a checkpoint besides the weights.
@@ -44,13 +46,12 @@ class Backbone:
 
 def load_backbones(path: Path | None = None) -> dict[str, Backbone]:
     """The pinned backbones, by name; a revision that is not a full commit id is refused."""
-    text = path.read_text() if path else (resources.files("basic") / MANIFEST).read_text()
+    text = path.read_text() if path else (resources.files("basic.full") / MANIFEST).read_text()
     where = str(path or MANIFEST)
     data = yaml.safe_load(text)
     out = {}
     for name, d in (data.get("backbones") or {}).items():
-        if set(d) - {"repo", "revision", "gated"} or not {"repo", "revision"} <= set(d):
-            raise CheckpointError(f"{where}: backbone {name} needs exactly repo, revision (and gated)")
+        check_keys(d, ("repo", "revision", "gated"), f"{where}: backbones.{name}", ("repo", "revision"), CheckpointError)
         rev = str(d["revision"])
         if len(rev) != 40 or any(c not in "0123456789abcdef" for c in rev):
             raise CheckpointError(f"{where}: backbone {name}: revision {rev!r} is not a 40-hex commit id")
@@ -132,14 +133,18 @@ def check(backbones: dict[str, Backbone], dest: Path) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
-    backbones = load_backbones()
+def build_parser(backbones: dict[str, Backbone]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="basic checkpoints", description=__doc__.split("\n\n")[0])
     p.add_argument("--dest", type=Path, default=Path("models/backbones"), help="one folder per backbone (default %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help="huggingface_hub cache (default: HF_HOME's)")
     p.add_argument("--only", nargs="+", choices=sorted(backbones), help="fetch only these backbones")
     p.add_argument("--check", action="store_true", help="only report what is missing (no network)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    backbones = load_backbones()
+    args = build_parser(backbones).parse_args(argv)
     chosen = {n: backbones[n] for n in (args.only or backbones)}
     if args.check:
         problems = check(chosen, args.dest)

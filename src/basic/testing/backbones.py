@@ -17,14 +17,6 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
-    GemmaConfig,
-    GemmaForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Phi3Config,
-    Phi3ForCausalLM,
     PreTrainedTokenizerFast,
     SiglipImageProcessor,
     SiglipVisionConfig,
@@ -32,6 +24,7 @@ from transformers import (
 )
 
 from basic.data.templates import TEMPLATES
+from basic.families import FAMILIES, SPECIAL_TOKENS
 
 _CORPUS = (
     "a red circle sits left of a blue square . the green triangle is small . what colour is the shape ? "
@@ -41,29 +34,38 @@ _CORPUS = (
     "yes no unanswerable A B C D 0 1 2 3 4 5 6 7 8 9 红色 的 圆 形 蓝 绿 这 是 什么 颜色 ? 。"
 )
 
-# family -> (config class, model class, chat template, special tokens: bos, eos, unk, pad)
-FAMILIES = {
-    "llama": (LlamaConfig, LlamaForCausalLM, "v1", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
-    "mistral": (MistralConfig, MistralForCausalLM, "mistral", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
-    "gemma": (GemmaConfig, GemmaForCausalLM, "gemma", dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>")),
-    "phi3": (Phi3Config, Phi3ForCausalLM, "phi3", dict(bos="<s>", eos="<|endoftext|>", unk="<unk>", pad="<|endoftext|>")),
-}
-SPECIAL_TOKENS = [
-    "<unk>", "<s>", "</s>", "<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>",
-    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>", "[INST]", "[/INST]",
-]
 
 
-def tiny_tokenizer(family: str = "llama", vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with `family`'s special tokens and chat template (deterministic)."""
+TOKENIZER_KINDS = ("byte_bpe", "word", "sentencepiece")
+
+
+def tiny_tokenizer(family: str = "llama", vocab_size: int = 320, kind: str = "byte_bpe") -> PreTrainedTokenizerFast:
+    """A tokenizer with `family`'s special tokens and chat template (deterministic), of one of three kinds:
+    `byte_bpe` (GPT-2 style byte-level BPE, as the mini LLMs use), `word` (whole words, no byte-level
+    decoder: transformers cannot build its stop-string criterion for it), `sentencepiece` (Llama-2 style
+    Unigram with the `▁` word marker)."""
     _, _, template, tokens = FAMILIES[family]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
+    if kind == "byte_bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    elif kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    elif kind == "sentencepiece":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token="<unk>",
+                                          show_progress=False)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {', '.join(TOKENIZER_KINDS)}")
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=tokens["bos"], eos_token=tokens["eos"], unk_token=tokens["unk"],
@@ -126,4 +128,4 @@ def save_tiny_vision(kind: str, out_dir: str | Path, image_size: int = 16, patch
     return out
 
 
-__all__ = ["FAMILIES", "save_tiny_llm", "save_tiny_vision", "tiny_llm_config", "tiny_tokenizer"]
+__all__ = ["save_tiny_llm", "save_tiny_vision", "tiny_llm_config", "tiny_tokenizer"]

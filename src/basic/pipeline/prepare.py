@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from basic import config
+from basic.pipeline import config
 
 
 class PrepareError(RuntimeError):
@@ -26,7 +26,7 @@ def mini_argv(study: config.Study) -> list[str]:
 
 def check_full(study: config.Study) -> None:
     """Fail naming every missing or unverified file of the profile's manifests under data/<profile>."""
-    from basic.download import DownloadError, check, load_manifest
+    from basic.full.download import DownloadError, check, load_manifest
 
     dest = study.data_dir
     problems = []

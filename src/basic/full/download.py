@@ -1,6 +1,6 @@
 """`basic download`: fetch the files a manifest lists, verified, resumable, in parallel.
 
-A manifest (YAML, see `basic/manifests/`) lists `files`, each `{url, sha256, path}` with optional `size`,
+A manifest (YAML, see `basic/full/manifests/`) lists `files`, each `{url, sha256, path}` with optional `size`,
 `unpack: zip|tar`, `unpack_to` and `provides`, and optionally `image_lists` (OCR-VQA: one image per URL of a
 list file). `include:` pulls in other manifests. Shipped manifests are named without `.yaml`
 (`basic download --manifest full --dest data/full`).
@@ -48,6 +48,8 @@ from urllib.parse import unquote, urlparse
 import requests
 import yaml
 from tqdm import tqdm
+
+from basic.schema import check_keys
 
 STATE_FILE = ".basic-download.json"
 CHUNK = 1 << 20
@@ -125,8 +127,8 @@ _TOP_KEYS = {"name", "description", "include", "files", "image_lists"}
 
 
 def manifest_names() -> list[str]:
-    """Names of the manifests shipped in `basic/manifests/`."""
-    folder = resources.files("basic") / "manifests"
+    """Names of the manifests shipped in `basic/full/manifests/`."""
+    folder = resources.files("basic.full") / "manifests"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -135,22 +137,11 @@ def resolve_manifest(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = resources.files("basic") / "manifests" / f"{name_or_path}.yaml"
+    shipped = resources.files("basic.full") / "manifests" / f"{name_or_path}.yaml"
     if shipped.is_file():
         return Path(str(shipped))
     raise DownloadError(
         f"manifest {str(name_or_path)!r} is neither a file nor a shipped manifest ({', '.join(manifest_names())})")
-
-
-def _check_keys(where: str, data: Any, allowed: set[str], required: set[str]) -> None:
-    if not isinstance(data, dict):
-        raise DownloadError(f"{where}: expected a mapping, got {type(data).__name__}")
-    unknown = set(data) - allowed
-    if unknown:
-        raise DownloadError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
-    missing = required - set(data)
-    if missing:
-        raise DownloadError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
 
 
 def _relative(where: str, value: Any) -> str:
@@ -163,7 +154,7 @@ def _relative(where: str, value: Any) -> str:
 
 
 def _parse_file(where: str, d: dict) -> FileEntry:
-    _check_keys(where, d, _FILE_KEYS, {"path", "url", "sha256"})
+    check_keys(d, _FILE_KEYS, where, {"path", "url", "sha256"}, error=DownloadError)
     where = f"{where} ({d['path']})"
     sha = d["sha256"]
     if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
@@ -183,7 +174,7 @@ def _parse_file(where: str, d: dict) -> FileEntry:
 
 
 def _parse_list(where: str, d: dict) -> ImageList:
-    _check_keys(where, d, _LIST_KEYS, {"name", "format", "list", "dest", "report", "max_missing"})
+    check_keys(d, _LIST_KEYS, where, {"name", "format", "list", "dest", "report", "max_missing"}, error=DownloadError)
     if d["format"] not in LIST_FORMATS:
         raise DownloadError(f"{where}: format must be one of {', '.join(LIST_FORMATS)}, got {d['format']!r}")
     if not isinstance(d["max_missing"], int) or d["max_missing"] < 0:
@@ -205,7 +196,7 @@ def load_manifest(name_or_path: str | os.PathLike, _seen: tuple[Path, ...] = ())
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise DownloadError(f"{path}: not valid YAML: {e}") from e
-    _check_keys(str(path), data, _TOP_KEYS, {"name"})
+    check_keys(data, _TOP_KEYS, str(path), {"name"}, error=DownloadError)
     files: list[FileEntry] = []
     lists: list[ImageList] = []
     for inc in data.get("include", []):
