@@ -44,7 +44,7 @@ from basic.data.templates import get_template
 from basic.mini.language import ask, caption, prompt
 from basic.mini.scenes import Scene, SceneSampler, render
 from basic.model import build, projector_of, set_trainable
-from basic.testing import FAMILIES
+from basic.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 # The probe scenes' own random streams (far from basic.mini.scenes.STREAMS' purposes): training and held out.
