@@ -21,7 +21,7 @@ setup: $(BIN)/.installed
 study: setup
 	$(BIN)/python pipeline/study.py
 
-quick: setup  # the main table on the small quick profile, in build/quick/ (about 5 minutes)
+quick: setup  # the main table on the small quick profile, in build/quick/ (a few minutes)
 	$(BIN)/python pipeline/study.py --quick
 
 test: setup

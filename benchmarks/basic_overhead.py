@@ -1,35 +1,45 @@
 """What BASIC costs: step time and peak memory of BASIC vs the LLaVA-1.5 baseline vs a naive BASIC.
 
 One process, one random LLaVA (transformers' LlavaForConditionalGeneration, the engine's freezing), one
-batch and seed; the three variants take turns, step after step, so that they see the same machine state:
+padded batch (rows right-padded to 100/90/80/70 % of the length, with their attention masks) and seed;
+the variants take turns, step after step (A B C C B A A B C ...), so that they see the same machine state
+and the same weights' drift:
 
 - `baseline`: the LLaVA-1.5 step (SDPA; the loss as the model computes it), what `basic train` runs with
   the BASIC weights at 0;
 - `basic`: the same step through `basic.method.objective.BasicObjective` (paper weights 1.0 / 0.01,
-  k = half the layers): the BASIC attention wrapper, hooks keeping only image positions, blockwise SDS;
+  k = half the layers): the BASIC attention wrapper, hooks keeping only image positions, SDS;
 - `naive`: the obvious implementation: eager attention with `output_attentions=True` and
   `output_hidden_states=True`, patch weights and v_hat read off those, then the same DAS/SDS functions.
   Its terms must equal BASIC's (up to rounding): `terms` in the JSON shows both.
 
 A step is forward, backward and an AdamW step on the stage's trainable parameters (stage 1: projector;
-stage 2: projector + LLM; the vision tower is always frozen). Time: median over the measured steps
-(wall clock, CUDA synchronised). Memory: peak bytes of live tensors during a step, everything included
+stage 2: projector + LLM; the vision tower is always frozen); nothing is read back from the device until
+the step is over. Time: median over the timed steps and the median of the per-round ratios (CPU: the
+process's CPU time, since the wall clock of a shared CPU measures the neighbours; CUDA: wall clock,
+synchronised), with quartiles. Memory: peak bytes of live tensors during a step, everything included
 (weights, optimizer state, activations); on CUDA `max_memory_allocated`, on CPU the PyTorch profiler's
-allocation events (a separate step per variant, as the profiler slows the step down), added to the bytes
-alive at the step's start. `--scale mini` (default) is the embedded world's shapes on CPU; `--scale 7b` is
-a Vicuna-7B-shaped LLM with a CLIP-L/336-shaped tower (576 image tokens), 2048-token sequences, bf16,
-gradient checkpointing and TF32, as LLaVA-1.5's scripts train (GPU). Output: benchmarks/results/
+allocation events (a separate step per variant), added to the bytes alive at the step's start. After the
+timed rounds, a few BASIC steps are timed per component (`COMPONENTS`: scoring, hooks, SDS, DAS; CUDA
+events on a GPU) as fractions of the baseline step. `--scale mini` (default) is the embedded world's
+shapes on CPU; `--scale 7b` a Vicuna-7B-shaped LLM with a CLIP-L/336-shaped tower (576 image tokens),
+2048-token rows, bf16, gradient checkpointing and TF32, as LLaVA-1.5's scripts train (GPU). The JSON
+names the commit and the code path it measured. Output: benchmarks/results/
 basic_overhead_<scale>_stage<N>_<device>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
 import platform
 import statistics
+import subprocess
 import time
+from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -37,16 +47,28 @@ from typing import ClassVar
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from basic.method import attention, das_loss, sds_loss
+from basic.method import attention, capture, das_loss, losses, sds_loss
+from basic.method import objective as objective_module
 from basic.method.capture import default_layers, locate
 from basic.method.config import BasicArguments
 from basic.method.losses import layer_weights
 from basic.method.objective import BasicObjective
 from basic.model import set_trainable
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 VARIANTS = ("baseline", "basic", "naive")
-GOALS = {"cpu": {"time": 1.05, "memory": 1.05}, "cuda": {"time": 1.03, "memory": 1.05}}
+GOALS = {"cpu": {"time": 1.05, "memory": 1.02}, "cuda": {"time": 1.03, "memory": 1.02}}
+# BASIC's parts, by the functions that do them: (owner, attribute, component).
+COMPONENTS = (
+    (attention, "image_attention", "scoring"),
+    (capture, "locate", "hooks"),
+    (capture.Capture, "_image_features", "hooks"),
+    (capture.Capture, "keep_image_positions", "hooks"),
+    (capture.Capture, "patch_weights", "hooks"),
+    (objective_module, "sds_loss", "sds"),
+    (objective_module, "das_loss", "das"),
+)
 
 
 @dataclass(frozen=True)
@@ -149,29 +171,26 @@ class Naive:
 
     def __call__(self, model, inputs):
         out = model(**inputs, output_attentions=True, output_hidden_states=True)
-        images = len(inputs["pixel_values"])
-        p = locate(inputs["input_ids"], inputs["attention_mask"], None, model.config.image_token_id, images)
-        image = p.image_mask
+        images, d = len(inputs["pixel_values"]), out.image_hidden_states.shape[-1]
+        m = out.image_hidden_states.numel() // (images * d)
+        p = locate(inputs["input_ids"], inputs["attention_mask"], None, model.config.image_token_id, images, m)
         with torch.no_grad():
-            v_hat = sum(w * out.hidden_states[i + 1][image].float() for i, w in enumerate(self.weights))
+            v_hat = sum(w * out.hidden_states[i + 1].reshape(-1, d)[p.flat].float() for i, w in enumerate(self.weights))
             totals = 0
             for att in out.attentions[: self.k]:
-                att = att[p.rows]  # [R, heads, S, S]
-                R, heads, _, _ = att.shape
-                rows_q = att.gather(2, p.q_index[:, None, :, None].expand(R, heads, -1, att.shape[-1]))
-                on_image = rows_q.gather(3, p.k_index[:, None, None, :].expand(R, heads, rows_q.shape[2], -1))
-                counts = (p.q_index[:, :, None] > p.k_end[:, None, :]) & p.q_valid[..., None] & p.k_valid[:, None]
-                totals = totals + torch.where(counts, on_image.float().sum(1), 0.0).sum(1) / heads
-            per_token = torch.where(p.queries_per_token > 0, totals / (self.k * p.queries_per_token.clamp(min=1)), 0.0)
-            a = per_token.new_zeros(images * p.m)
-            a[p.k_token[p.k_valid]] = per_token[p.k_valid]
-            a = a.view(images, p.m)
-        v = out.image_hidden_states.view(images, p.m, -1)
+                att = att[p.row]  # [images, heads, S, S]
+                heads, Q = att.shape[1], p.queries.shape[1]
+                rows_q = att.gather(2, p.queries[:, None, :, None].expand(images, heads, Q, att.shape[-1]))
+                on_image = rows_q.gather(3, p.keys[:, None, None, :].expand(images, heads, Q, m))
+                totals = totals + torch.where(p.q_valid[:, None, :, None], on_image.float(), 0.0).sum((1, 2)) / heads
+            count = p.query_count[:, None]
+            a = torch.where(count > 0, totals / (self.k * count.clamp(min=1)), 0.0)
+        v = out.image_hidden_states.view(images, m, -1)
         v_hat = v_hat.view(v.shape)
         das = das_loss(v, v_hat, a)
-        sds = sds_loss(v.float(), v_hat, a, model.get_input_embeddings().weight.detach())
+        sds = sds_loss(v, v_hat, a, model.get_input_embeddings().weight.detach())
         extra = self.args.basic_das_weight * das + self.args.basic_sds_weight * sds
-        return out.loss + extra, {"das": das.item(), "sds": sds.item()}
+        return out.loss + extra, {"das": das.detach(), "sds": sds.detach()}
 
 
 class KernelUse:
@@ -198,45 +217,46 @@ class Runner:
         self.objective = BasicObjective(args, model)  # switches the LLM to basic_sdpa
         self.naive = Naive(model, args)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+        self.optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=device.type == "cuda")
 
     # The LLM's attention per variant, for the forward pass and the backward pass (checkpointing recomputes).
     IMPLEMENTATION: ClassVar[dict[str, str]] = {"baseline": "sdpa", "basic": attention.PREFIX + "sdpa",
                                                 "naive": "eager"}
 
-    def loss(self, variant: str, inputs) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, variant: str, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if variant == "baseline":
             return self.model(**inputs).loss, {}
         if variant == "basic":
             out = self.objective(self.model, inputs)
-            return out.outputs.loss + out.extra_loss, {k: v.item() for k, v in out.logs.items()}
+            return out.outputs.loss + out.extra_loss, out.logs
         return self.naive(self.model, inputs)
 
-    def step(self, variant: str, inputs) -> dict[str, float]:
+    def step(self, variant: str, inputs) -> dict[str, torch.Tensor]:
+        """One training step; its loss and terms stay on the device (read them after timing)."""
         self.model.set_attn_implementation({"text_config": self.IMPLEMENTATION[variant]})
         loss, terms = self.loss(variant, inputs)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.item(), **terms}
+        return {"loss": loss.detach(), **terms}
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed_step(self, variant: str, inputs) -> tuple[float, float, int | None]:
-        """(wall seconds, CPU seconds of this process, CUDA peak bytes or None)."""
+    def timed_step(self, variant: str, inputs) -> tuple[float, float, int | None, dict[str, torch.Tensor]]:
+        """(wall seconds, CPU seconds of this process, CUDA peak bytes or None, the step's loss and terms)."""
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.synchronize()
         start, cpu_start = time.perf_counter(), time.process_time()
-        self.step(variant, inputs)
+        values = self.step(variant, inputs)
         self.synchronize()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         peak = torch.cuda.max_memory_allocated() if self.device.type == "cuda" else None
-        return seconds, cpu_seconds, peak
+        return seconds, cpu_seconds, peak, values
 
-    def terms(self, inputs) -> dict[str, dict[str, float]]:
+    def terms(self, inputs, naive: bool = True) -> dict[str, dict[str, float]]:
         """BASIC's terms (through SDPA's kernel, and through whole scored rows) and the naive version's, on the
         same weights (no step taken): they must agree."""
         with torch.no_grad():
@@ -248,10 +268,12 @@ class Runner:
                 rows = self.objective(self.model, inputs)
             finally:
                 attention.sdpa_with_log_norm = kernel
-            self.model.set_attn_implementation({"text_config": self.IMPLEMENTATION["naive"]})
-            _, naive = self.naive(self.model, inputs)
-        return {"basic": {k: v.item() for k, v in out.logs.items()},
-                "basic_scoring_rows": {k: v.item() for k, v in rows.logs.items()}, "naive": naive}
+            terms = {"basic": {k: v.item() for k, v in out.logs.items()},
+                     "basic_scoring_rows": {k: v.item() for k, v in rows.logs.items()}}
+            if naive:
+                self.model.set_attn_implementation({"text_config": self.IMPLEMENTATION["naive"]})
+                terms["naive"] = {k: v.item() for k, v in self.naive(self.model, inputs)[1].items()}
+        return terms
 
     def cpu_peak(self, variant: str, inputs) -> int:
         """Bytes alive at the step's start plus the highest excursion above them during the step."""
@@ -276,22 +298,110 @@ def live_bytes(model, optimizer, inputs) -> int:
     return sum(storages.values())
 
 
-def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: torch.device) -> dict:
+class ComponentTimer:
+    """Time inside BASIC's parts (`COMPONENTS`) during steps: the outermost part running is charged. CPU:
+    the process's CPU time; CUDA: events around the part's kernels (read once the steps are over)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.spans: dict[str, list] = defaultdict(list)
+        self.active = False
+
+    @contextlib.contextmanager
+    def patched(self):
+        originals = [(owner, name, getattr(owner, name)) for owner, name, _ in COMPONENTS]
+        for (owner, name, component), (_, _, function) in zip(COMPONENTS, originals):
+            setattr(owner, name, self._wrap(function, component))
+        try:
+            yield self
+        finally:
+            for owner, name, function in originals:
+                setattr(owner, name, function)
+
+    def _wrap(self, function, component: str):
+        def timed(*args, **kwargs):
+            if self.active:
+                return function(*args, **kwargs)
+            self.active = True
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            else:
+                began = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                if self.cuda:
+                    end.record()
+                    self.spans[component].append((start, end))
+                else:
+                    self.spans[component].append(time.process_time() - began)
+                self.active = False
+
+        return timed
+
+    def seconds(self, steps: int) -> dict[str, float]:
+        """Seconds per step in each component (CUDA: synchronises)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+
+        def span(record) -> float:
+            return record[0].elapsed_time(record[1]) / 1e3 if self.cuda else record
+
+        return {name: sum(map(span, spans)) / steps for name, spans in self.spans.items()}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values), "max": max(values)}
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:  # a copy of the tree without .git (a GPU machine): the caller may name the commit
+        return {"commit": os.environ.get("BASIC_COMMIT"), "dirty": None}
+    # results written by earlier runs do not change the code measured
+    return {"commit": commit,
+            "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results"))}
+
+
+def code_path(model, kernel_use: KernelUse) -> dict:
+    """How this run's BASIC computed: the attention path of layers 1..k and the precision of SDS's products."""
+    E = model.get_input_embeddings().weight
+    vocabulary = losses._Vocabulary(E, torch.float32 if E.dtype != torch.float64 else torch.float64)
+    if vocabulary.low is None:
+        products = f"{vocabulary.dtype} products"
+    elif vocabulary.mixed:
+        products = f"{E.dtype} operands, float32 results (mixed product)"
+    else:
+        products = f"{E.dtype}-rounded operands, float32 products"
+    return {"attention_layers_1_k": {"sdpa_kernel_with_log_norm": kernel_use.kernel, "rows_scored": kernel_use.rows},
+            "sds_products": products, "tf32": torch.backends.cuda.matmul.allow_tf32}
+
+
+def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: torch.device,
+        variants: tuple[str, ...] = VARIANTS, component_steps: int = 3, after=None) -> dict:
+    """The interleaved measurement; `after(runner, inputs)` may add entries to the result at the end."""
     torch.manual_seed(0)
     model = build(shape, stage, device)
     inputs = make_batch(shape, device)
     runner = Runner(model, device)
-    terms = runner.terms(inputs)
+    terms = runner.terms(inputs, naive="naive" in variants)
     kernel_use = KernelUse()
     results: dict[str, dict] = {v: {"seconds": [], "cpu_seconds": [], "peak_bytes": [], "status": "ok"}
-                                for v in VARIANTS}
+                                for v in variants}
+    last: dict[str, dict[str, torch.Tensor]] = {}
     for round_ in range(warmup + steps):
-        for variant in VARIANTS:
+        # A B C, then C B A: each variant as often early as late in a round (machine drift cancels in pairs)
+        for variant in (variants if round_ % 2 == 0 else variants[::-1]):
             record = results[variant]
             if record["status"] != "ok":
                 continue
             try:
-                seconds, cpu_seconds, peak = runner.timed_step(variant, inputs)
+                seconds, cpu_seconds, peak, last[variant] = runner.timed_step(variant, inputs)
             except torch.OutOfMemoryError as error:
                 record.update(status="out of memory", error=str(error).splitlines()[0])
                 runner.optimizer.zero_grad(set_to_none=True)
@@ -306,34 +416,48 @@ def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: t
             print(f"{variant:9s} step {round_}: {seconds:.3f} s ({cpu_seconds:.3f} s CPU)"
                   + (f", peak {peak / 2**30:.2f} GiB" if peak else ""), flush=True)
     if device.type == "cpu":
-        for variant in VARIANTS:
+        for variant in variants:
             results[variant]["peak_bytes"] = [runner.cpu_peak(variant, inputs)]
+    # On a shared CPU the wall clock mostly measures the neighbours; the process's CPU time measures the step.
+    timer = "cpu_seconds" if device.type == "cpu" else "seconds"
     summary = {}
     for variant, record in results.items():
         if record["status"] == "ok":
             record["median_seconds"] = statistics.median(record["seconds"])
             record["median_cpu_seconds"] = statistics.median(record["cpu_seconds"])
+            record["time_spread"] = spread(record[timer])
             record["peak_gib"] = max(record["peak_bytes"]) / 2**30
+            record["last_step"] = {k: v.item() for k, v in last[variant].items()}
         summary[variant] = record
     ratios = {}
     base = summary["baseline"]
-    # On a shared CPU the wall clock mostly measures the neighbours; the process's CPU time measures the step.
-    timer = "median_cpu_seconds" if device.type == "cpu" else "median_seconds"
-    for variant in ("basic", "naive"):
+    for variant in variants[1:]:
         record = summary[variant]
         if record["status"] == "ok" and base["status"] == "ok":
-            ratios[variant] = {"time": record[timer] / base[timer], "memory": record["peak_gib"] / base["peak_gib"],
+            per_round = [t / b for t, b in zip(record[timer], base[timer])]
+            ratios[variant] = {"time": record[f"median_{timer}"] / base[f"median_{timer}"],
+                               "time_per_round": spread(per_round), "memory": record["peak_gib"] / base["peak_gib"],
                                "wall_time": record["median_seconds"] / base["median_seconds"]}
+    components = None
+    if "basic" in variants and summary["basic"]["status"] == "ok" and component_steps:
+        timer_ = ComponentTimer(device)
+        with timer_.patched():
+            for _ in range(component_steps):
+                runner.step("basic", inputs)
+        per_step = timer_.seconds(component_steps)
+        base_step = base[f"median_{timer}"]
+        components = {name: {"seconds": seconds, "fraction_of_baseline_step": seconds / base_step}
+                      for name, seconds in sorted(per_step.items())}
     goals = GOALS[device.type]
     basic = ratios.get("basic")
-    return {
+    return (after(runner, inputs) if after else {}) | {
         "scale": scale, "stage": stage, "shape": asdict(shape), "image_tokens": shape.image_tokens,
         "basic_layers": runner.objective.k, "device": device_name(device), "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps,
+        "code": git_state(), "code_path": code_path(model, kernel_use),
+        "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps, "order": "interleaved: " + " ".join(variants) + ", reversed every other round",
         "time_measured_by": "process CPU time" if device.type == "cpu" else "wall clock (CUDA synchronised)",
-        "terms_on_the_same_weights": terms,
-        "basic_attention_layers": {"sdpa_kernel_with_log_norm": kernel_use.kernel, "rows_scored": kernel_use.rows},
-        "variants": summary, "ratios_to_baseline": ratios, "goals": goals,
+        "terms_on_the_same_weights": terms, "variants": summary, "ratios_to_baseline": ratios,
+        "basic_components": components, "goals": goals,
         "within_goals": None if basic is None else {k: basic[k] <= goals[k] for k in goals},
     }
 
@@ -351,8 +475,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, help="override the LLM's layer count (e.g. stage 2 at 7B width)")
     parser.add_argument("--batch", type=int, help="override the per-device batch")
     parser.add_argument("--seq-len", type=int, help="override the sequence length")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="baseline first; they take turns step after step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/basic_overhead_*.json)")
@@ -365,7 +491,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # LLaVA's --tf32 True
-    result = run(args.scale, args.stage, shape, args.warmup, args.steps, device)
+    if args.variants[0] != "baseline":
+        parser.error("--variants must start with baseline")
+    result = run(args.scale, args.stage, shape, args.warmup, args.steps, device, tuple(args.variants))
     out = args.out or RESULTS / f"basic_overhead_{args.scale}_stage{args.stage}_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -1,25 +1,21 @@
-"""`make study`: the whole study of params.yaml (mini profile by default) through DVC, from a fresh clone.
+"""`make study` and `make quick`: `dvc repro` of params.yaml's study, set up for a fresh clone.
 
-    python pipeline/study.py             # every stage of every run, then the report (dvc repro)
-    python pipeline/study.py --main      # only the main table's seed-0 runs, then the report
-    python pipeline/study.py --quick     # the main table on the small `quick` profile, in build/quick/
-    python pipeline/study.py --jobs 1    # one stage at a time, DVC's own output streamed
+    python pipeline/study.py             # dvc repro: every stage of every run, then the notebooks
+    python pipeline/study.py --quick     # the main table's seed-0 runs on the small `quick` profile, in build/quick/
+    python pipeline/study.py --force     # extra arguments go to `dvc repro`
 
-Every stage is run by DVC (`dvc repro --single-item <stage>`, in dependency order), so dvc.lock, the cache
-and `dvc status` are exactly what a plain `dvc repro` leaves. DVC runs one stage at a time, but it releases
-its repository lock while a stage's command runs, so the runs' independent stage chains (pretrain ->
-finetune -> evaluate) go side by side, `--jobs` at a time (default: one per CPU; each stage uses one
-thread in the mini profile). With more than one job, each stage's output goes to logs/<stage>.log and
-this script prints one line per stage start and end, with the elapsed time; a failing stage's log tail
-is printed, running stages finish, and nothing new starts. Initialises DVC if the checkout has no .dvc/,
-puts this interpreter's scripts first on PATH and keeps everything offline. Extra arguments go to each
-`dvc repro` (e.g. `--force`). Exit code: 0, or the first failing stage's.
+It runs a plain `dvc repro` (the same command a user types once the venv is active), after initialising
+DVC if the checkout has no .dvc/, with this interpreter's scripts first on PATH and everything offline,
+then prints the total elapsed time and `dvc status`. Every stage already says what it does: `basic stage`
+prints a line when it starts and when it ends (with its time), keeps the stage's output in
+logs/<stage>[@<run>].log and repeats the end of it when the stage fails; each mini stage uses both cores
+(data-parallel training and evaluation, params.yaml's `launch`).
 
 `--quick` leaves this checkout alone: it copies it (what git tracks or would track, without results/ and
 dvc.lock) to a fresh build/quick/, sets `profile: quick` (a smaller world, the three backbones the main
-table needs, fewer steps: params.yaml) and keeps only the main table's seed-0 runs there, then runs the
-study in that copy: the whole path (world, backbones, both stages, lmms-eval, analysis, notebooks) in minutes, with
-numbers that are a smoke reading, not the committed mini study's.
+table needs, fewer steps: params.yaml), keeps only the main table's seed-0 runs there and runs the study
+in that copy: the whole path (world, backbones, both stages, lmms-eval, analysis, notebooks) in minutes,
+with numbers that are a smoke reading, not the committed mini study's. Exit code: `dvc repro`'s.
 """
 
 from __future__ import annotations
@@ -40,7 +36,6 @@ QUICK = ROOT / "build" / "quick"
 
 sys.path.insert(0, str(ROOT / "src"))
 from basic.pipeline import config  # noqa: E402
-from basic.pipeline.submit import RUN_STAGES  # noqa: E402
 
 
 def environment(root: Path) -> dict[str, str]:
@@ -93,80 +88,10 @@ def ensure_dvc(root: Path, env: dict[str, str]) -> None:
     subprocess.run(dvc("init", "-q", *([] if scm else ["--no-scm"])), cwd=root, env=env, check=True)
 
 
-def plan(root: Path, main_only: bool) -> list[list[str]]:
-    """The study's stages as chains in dependency order: [prepare], [backbones], one chain per run (its
-    analyze stage last, for the runs `tables.analysis` names), [report]."""
-    params = config.read(root / config.PARAMS_FILE)
-    runs = main_runs(params) if main_only else list(params["runs"])
-    analysed = set(params["tables"].get(config.ANALYSIS_TABLE, []))
-    chains = [[f"{stage}@{run}" for stage in RUN_STAGES] + (["analyze@" + run] if run in analysed else [])
-              for run in runs]
-    return [["prepare"], ["backbones"], *chains, ["report"]]
-
-
-class Progress:
-    def __init__(self, total: int):
-        self.total, self.started, self.count = total, time.time(), 0
-
-    def clock(self, since: float | None = None) -> str:
-        return time.strftime("%H:%M:%S", time.gmtime(time.time() - (since or self.started)))
-
-    def say(self, text: str) -> None:
-        print(f"study: {text}", flush=True)
-
-    def start(self, stage: str) -> None:
-        self.count += 1
-        self.say(f"[{self.count}/{self.total}] {stage} ({self.clock()} elapsed)")
-
-
-def repro(root: Path, stage: str, extra: list[str], env: dict[str, str], log: Path | None) -> subprocess.Popen:
-    args = dvc("--wait-for-lock", "repro", "--single-item", *extra, stage)
-    if log is None:
-        return subprocess.Popen(args, cwd=root, env=env)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        return subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def run_chains(root: Path, chains: list[list[str]], jobs: int, extra: list[str], env: dict[str, str],
-               progress: Progress) -> int:
-    """Run the chains, `jobs` at a time; each chain's stages in order. Returns the first failure's exit code."""
-    pending = [list(chain) for chain in chains]
-    running: dict[subprocess.Popen, tuple[str, list[str], float, Path | None]] = {}
-    failure = 0
-    while pending or running:
-        while pending and len(running) < jobs and not failure:
-            chain = pending.pop(0)
-            stage = chain.pop(0)
-            progress.start(stage)
-            log = None if jobs == 1 else root / "logs" / f"{stage}.log"
-            running[repro(root, stage, extra, env, log)] = (stage, chain, time.time(), log)
-        if failure and not running:
-            break
-        time.sleep(0.5)
-        for process in [p for p in running if p.poll() is not None]:
-            stage, rest, began, log = running.pop(process)
-            if process.returncode:
-                failure = failure or process.returncode
-                progress.say(f"{stage} FAILED (exit {process.returncode}) after {progress.clock(began)}")
-                if log:
-                    tail = log.read_text(errors="replace").splitlines()[-40:]
-                    print("\n".join(tail) + f"\nstudy: full log: {log}", flush=True)
-            else:
-                if log:
-                    progress.say(f"{stage} done in {progress.clock(began)}")
-                if rest:
-                    pending.insert(0, rest)  # finish a started run before starting another
-    return failure
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    only = p.add_mutually_exclusive_group()
-    only.add_argument("--main", action="store_true", help="only the main table's seed-0 runs, then the report")
-    only.add_argument("--quick", action="store_true",
-                      help=f"the main table's seed-0 runs on the `quick` profile, in a fresh copy ({QUICK.relative_to(ROOT)}/)")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="stages side by side (default: CPUs)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"the main table's seed-0 runs on the `quick` profile, in a fresh copy ({QUICK.relative_to(ROOT)}/)")
     args, extra = p.parse_known_args(argv)
     root = ROOT
     if args.quick:
@@ -175,18 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study: quick: profile quick, runs {', '.join(runs)}, in {root}", flush=True)
     env = environment(root)
     ensure_dvc(root, env)
-    groups = plan(root, args.main)
-    progress = Progress(sum(len(chain) for chain in groups))
-    first, second, *runs, last = groups
-    code = 0
-    for chains, jobs in (([first], 1), ([second], 1), (runs, max(1, args.jobs)), ([last], 1)):
-        code = run_chains(root, chains, jobs, extra, env, progress)
-        if code:
-            break
+    started = time.perf_counter()
+    code = subprocess.run(dvc("repro", *extra), cwd=root, env=env).returncode
+    elapsed = time.strftime("%H:%M:%S", time.gmtime(time.perf_counter() - started))
     where = "" if root == ROOT else f"{root.relative_to(ROOT)}/"
-    progress.say(f"{'done' if code == 0 else f'failed (exit {code})'} in {progress.clock()}; tables in "
-                 f"{where}results/tables/, notebooks in {where}results/notebooks/")
-    if code == 0 and not args.main:
+    print(f"study: dvc repro {'done' if code == 0 else f'failed (exit {code})'} in {elapsed}; tables in "
+          f"{where}results/tables/, notebooks in {where}results/notebooks/", flush=True)
+    if code == 0:
         subprocess.run(dvc("status"), cwd=root, env=env, check=False)
     return code
 

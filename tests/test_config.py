@@ -106,8 +106,12 @@ def test_bad_params_name_the_key(raw, edit, message):
 def test_training_commands_mini(study):
     pre = config.command(study, "pretrain", "basic-vicuna-13b")
     fine = config.command(study, "finetune", "basic-vicuna-13b")
-    assert pre[:3] == ["python", "-m", "basic.train"]
-    flags = dict(zip(pre[3::2], pre[4::2]))
+    # both cores: two data-parallel processes, the global batch kept by halving the per-device one
+    assert pre[:pre.index("basic.train") + 1] == ["torchrun", "--nnodes", "1", "--nproc_per_node", "2", "--standalone",
+                                                  "-m", "basic.train"]
+    pre, fine = pre[pre.index("basic.train") + 1:], fine[fine.index("basic.train") + 1:]
+    flags = dict(zip(pre[0::2], pre[1::2]))
+    assert (flags["--per_device_train_batch_size"], flags["--gradient_accumulation_steps"]) == ("16", "1")
     assert flags["--version"] == "plain" and flags["--tune_mm_mlp_adapter"] == "True"
     assert flags["--model_name_or_path"] == "models/backbones/vicuna-13b"
     assert flags["--vision_tower"] == "models/backbones/clip-l-336"
@@ -115,7 +119,7 @@ def test_training_commands_mini(study):
     assert flags["--output_dir"] == "models/basic-vicuna-13b/pretrain"
     assert flags["--basic_das_weight"] == "1.0" and flags["--basic_sds_weight"] == "0.01"
     assert "--deepspeed" not in flags
-    fine_flags = dict(zip(fine[3::2], fine[4::2]))
+    fine_flags = dict(zip(fine[0::2], fine[1::2]))
     assert fine_flags["--version"] == "v1"
     assert fine_flags["--pretrain_mm_mlp_adapter"] == "models/basic-vicuna-13b/pretrain/mm_projector.safetensors"
     assert fine_flags["--image_aspect_ratio"] == "pad"

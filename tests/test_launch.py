@@ -238,7 +238,7 @@ def test_command_line_prints_the_command_and_the_script(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert L.main(["train", "--stage", "finetune", "--launcher", "torchrun", "--gpus-per-node", "4", "--print",
                    "--", "--version", "v1"]) == 0
-    assert capsys.readouterr().out.strip() == ("torchrun --nnodes 1 --nproc_per_node 4 --master_port 29500 -m basic.train "
+    assert capsys.readouterr().out.strip() == ("torchrun --nnodes 1 --nproc_per_node 4 --standalone -m basic.train "
                                                "--version v1 --deepspeed pipeline/zero3.json")
     assert L.main(["train", "--stage", "pretrain", "--nodes", "2", "--slurm", "--partition", "a100", "--print"]) == 0
     out = capsys.readouterr().out

@@ -28,8 +28,18 @@ def test_smoke_run_writes_all_variants(stage, tmp_path):
     assert {v: r["status"] for v, r in result["variants"].items()} == dict.fromkeys(basic_overhead.VARIANTS, "ok")
     assert all(len(r["cpu_seconds"]) == 2 and r["peak_gib"] > 0 for r in result["variants"].values())
     assert set(result["ratios_to_baseline"]) == {"basic", "naive"}
-    # k = 2 layers, each step also recomputed by checkpointing: 3 timed steps and 1 profiled step
-    assert result["basic_attention_layers"] == {"sdpa_kernel_with_log_norm": 2 * 2 * 4, "rows_scored": 0}
+    assert result["order"].startswith("interleaved: baseline basic naive") and result["code"]["commit"]
+    for record in result["variants"].values():
+        spread = record["time_spread"]
+        assert spread["min"] <= spread["q1"] <= spread["median"] <= spread["q3"] <= spread["max"]
+    assert result["ratios_to_baseline"]["basic"]["time_per_round"]["median"] > 0
+    # k = 2 layers, each step also recomputed by checkpointing: 3 timed steps, 1 profiled, 3 timed per component
+    path = result["code_path"]
+    assert path["attention_layers_1_k"] == {"sdpa_kernel_with_log_norm": 2 * 2 * 7, "rows_scored": 0}
+    assert path["sds_products"] == "torch.bfloat16-rounded operands, float32 products"  # CPU: no mixed product
+    components = result["basic_components"]
+    assert set(components) == {"scoring", "hooks", "sds", "das"}
+    assert all(c["seconds"] > 0 and c["fraction_of_baseline_step"] > 0 for c in components.values())
     terms = result["terms_on_the_same_weights"]
     for name in ("das", "sds"):  # bf16 model: eager and SDPA differ in rounding only
         assert terms["basic"][name] == pytest.approx(terms["naive"][name], rel=0.05)

@@ -1,7 +1,7 @@
 """BasicObjective on tiny LLaVA models: the terms from one training forward pass, against direct formulas.
 
 v_hat is checked against `output_hidden_states` (layers 1..k < L are the raw residual stream), the loss
-terms against the float64 formulas of DESIGN.md, the LM loss against the model's own, and the gradients:
+terms against the float64 formulas of docs/method.md, the LM loss against the model's own, and the gradients:
 with a detached target BASIC reaches only the projector. Gradient checkpointing (whose backward recomputes
 every layer's attention) must give the same terms and gradients.
 """
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_method_patch_weights import FAMILIES, batch, tiny_llava
+from test_method_patch_weights import FAMILIES, batch
 
 from basic.method import attention, layer_weights, patch_weights
 from basic.method.capture import Capture
 from basic.method.config import BasicArguments
-from basic.method.objective import BasicObjective
-from basic.objective import ObjectiveOutput
+from basic.method.objective import BasicObjective, ObjectiveOutput
+from basic.testing.backbones import tiny_llava
 
 PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 

@@ -13,20 +13,11 @@ import copy
 import pytest
 import torch
 from PIL import Image
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    SiglipImageProcessor,
-    SiglipVisionConfig,
-)
 
 from basic.method import attention, patch_weights
 from basic.method.attention import image_attention
 from basic.method.capture import locate
-from basic.testing.backbones import tiny_llm_config, tiny_tokenizer
+from basic.testing.backbones import tiny_llava
 
 FAMILIES = ("llama", "mistral", "gemma", "phi3")
 # Float32 models: eager attention takes its softmax in float32 anyway, and in float64 its additive mask turns
@@ -38,30 +29,6 @@ PROMPTS = (
     "how many objects are there ? two three four",  # text only
     f"describe the image . {IMAGE}\nthe green triangle is small .",
 )
-
-
-def tiny_llava(family: str, encoder: str = "clip", layers: int = 4, dtype=torch.float32, seed: int = 0):
-    """A random LLaVA (basic.testing.backbones's tiny LLM config, a tiny CLIP/SigLIP tower) and its processor."""
-    tokenizer = tiny_tokenizer(family)
-    tokenizer.add_tokens([IMAGE], special_tokens=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token
-    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "image_size": 16, "patch_size": 4}
-    clip = encoder == "clip"
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**vision) if clip else SiglipVisionConfig(**vision),
-        text_config=tiny_llm_config(family, tokenizer, layers=layers), image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
-        image_seq_length=16, vision_feature_layer=-2, vision_feature_select_strategy="default" if clip else "full",
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).to(dtype)
-    image_processor = (CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}) if clip
-                       else SiglipImageProcessor(size={"height": 16, "width": 16}))
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
-                               vision_feature_select_strategy=config.vision_feature_select_strategy,
-                               num_additional_image_tokens=int(clip), image_token=IMAGE)
-    return model, processor
 
 
 def images(n: int) -> list[Image.Image]:
@@ -202,20 +169,20 @@ def test_flash_style_padding_mask_matches_the_four_dimensional_mask(sliding_wind
     four_d = (positions[None, :] <= positions[:, None])[None, None] & padding.bool()[:, None, None, :]
     if sliding_window is not None:
         four_d &= (positions[None, :] > positions[:, None] - sliding_window)[None, None]
-    p = locate(ids, padding, None, image_token_id=9, images=3)
-    kwargs = {"scaling": hd**-0.5, "sliding_window": sliding_window, "rows": p.rows, "q_index": p.q_index,
-              "q_valid": p.q_valid, "k_index": p.k_index, "k_end": p.k_end, "k_valid": p.k_valid}
-    flash = image_attention(query, key, padding, **kwargs)
-    sdpa = image_attention(query, key, four_d, **kwargs, block_elements=1)  # one query per block
+    p = locate(ids, padding, None, image_token_id=9, images=3, m=3)
+    kwargs = {"scaling": hd**-0.5, "sliding_window": sliding_window}
+    flash = image_attention(query, key, padding, p, **kwargs)
+    sdpa = image_attention(query, key, four_d, p, **kwargs, block_elements=1)  # one query per block
     torch.testing.assert_close(flash, sdpa, rtol=1e-12, atol=1e-14)
     additive = torch.zeros(four_d.shape, dtype=torch.float64).masked_fill(~four_d, torch.finfo(torch.float64).min)
-    torch.testing.assert_close(image_attention(query, key, additive, **kwargs), sdpa, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(image_attention(query, key, additive, p, **kwargs), sdpa, rtol=1e-12, atol=1e-14)
     # given the rows' log-normalisers, only query x image-key scores are needed: same result, any mask form
     scores = (query @ key.repeat_interleave(2, 1).transpose(-1, -2)) * hd**-0.5
     log_norm = scores.masked_fill(~four_d, -torch.inf).logsumexp(-1)
-    for mask in (padding, four_d, additive):
-        torch.testing.assert_close(image_attention(query, key, mask, **kwargs, log_norm=log_norm), sdpa,
-                                   rtol=1e-12, atol=1e-14)
+    for mask in (padding, four_d, additive, four_d.expand(-1, heads, -1, -1)):
+        for block_elements in (1, 2**25):
+            torch.testing.assert_close(image_attention(query, key, mask, p, **kwargs, log_norm=log_norm,
+                                                       block_elements=block_elements), sdpa, rtol=1e-12, atol=1e-14)
     # direct formula for one image token: row 1, token at position 6, queries after position 7
     probs = scores[1].masked_fill(~four_d[1], -torch.inf).softmax(-1)
     torch.testing.assert_close(sdpa[1, 1], probs[:, 8:, 6].sum(1).mean())
@@ -252,3 +219,23 @@ def test_a_refusing_kernel_falls_back_to_scoring_rows_with_a_warning(monkeypatch
     got = patch_weights(model, inputs, k=2)
     assert "no kernel for these inputs" in caplog.text
     torch.testing.assert_close(got.double(), eager_reference(model, inputs, 2), **EAGER_TOL)
+
+
+def test_scoring_at_7b_shapes_computes_only_the_text_query_by_image_key_block():
+    """One supervised layer of LLaVA-1.5-7B (batch 8, 576 image tokens after a 35-token prefix, 2048 tokens,
+    32 heads of 128), on the meta device: the products are the [queries after the image x image keys] block
+    per head (with the kernel's log-normalisers), within 5 % (two log-normaliser columns, padded to 132)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    B, heads, S, hd, m = 8, 32, 2048, 128, 576
+    ids = torch.zeros(B, S, dtype=torch.long)
+    ids[:, 35:35 + m] = 9
+    p = locate(ids.to("meta"), torch.ones(B, S, dtype=torch.long, device="meta"), None, 9, images=B, m=m)
+    query = torch.empty(B, heads, S, hd, dtype=torch.bfloat16, device="meta")
+    log_norm = torch.empty(B, heads, S, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        totals = image_attention(query, query, None, p, scaling=hd**-0.5, log_norm=log_norm)
+    assert totals.shape == (B, m)
+    block = 2 * B * heads * (S - m) * m * hd  # every query slot after an image against its keys
+    assert block <= counter.get_total_flops() <= 1.05 * block
+    assert (S - m) / (S - 35 - m) < 1.03  # the query slots: the positions after the image, few more

@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from basic.objective import ObjectiveOutput
+from basic.method.objective import ObjectiveOutput
 from basic.train import parse_args, train
 
 TOY_WEIGHT = 0.5

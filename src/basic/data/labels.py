@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from basic.data.templates import IMAGE_TOKEN, ChatTemplate
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label of tokens not trained on (transformers' cross-entropy ignore_index)
 ANSWER_OPEN, ANSWER_CLOSE = "\ue000", "\ue001"  # Unicode private-use characters: never in real text
 ROLES = {"human": "user", "gpt": "assistant"}
 

@@ -1,6 +1,6 @@
 """The BASIC method: the LLM's own shallow-layer visual embeddings supervise the projector's output.
 
-The contract (DESIGN.md, "The method, precisely"): `layer_weights(k, scheme)`, `patch_weights(model,
+The contract (docs/method.md): `layer_weights(k, scheme)`, `patch_weights(model,
 inputs, k, scheme)`, `das_loss(v, v_hat, a)`, `sds_loss(v, v_hat, a, E)`. The trainer uses
 `basic.method.objective.BasicObjective`, which computes everything from the training forward pass itself.
 """

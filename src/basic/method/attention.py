@@ -139,76 +139,131 @@ def restore(model, implementation: str) -> None:
         model.set_attn_implementation({"text_config": implementation})
 
 
-def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, *,
-                    scaling: float, sliding_window: int | None, rows: torch.Tensor, q_index: torch.Tensor,
-                    q_valid: torch.Tensor, k_index: torch.Tensor, k_end: torch.Tensor, k_valid: torch.Tensor,
-                    log_norm: torch.Tensor | None = None, block_elements: int = SCORE_BLOCK_ELEMENTS) -> torch.Tensor:
-    """Per image token, the sum over its text queries of the head-mean softmax probability on it.
+def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, positions, *,
+                    scaling: float, sliding_window: int | None = None, log_norm: torch.Tensor | None = None,
+                    block_elements: int = SCORE_BLOCK_ELEMENTS) -> torch.Tensor:
+    """Per image token, the sum over its image's text queries of the head-mean softmax probability on it.
 
     query [B, heads, S, hd] and key [B, kv_heads, S, hd] as the attention function receives them (after
     RoPE, key/value heads not repeated); `attention_mask` as the layer's mask function made it: None
     (causal, plus `sliding_window` when given, as flash attention applies it), a [B, S] padding mask
-    (flash attention), or a 4-D boolean / additive mask. `rows` selects batch rows; per selected row,
-    `q_index`/`q_valid` [R, Q] are the text query positions, `k_index`/`k_valid` [R, N] the image token
-    positions and `k_end` [R, N] the last position of each token's image: a query counts for an image only
-    when it comes after it. With `log_norm` [B, heads, S] (the kernel's logsumexp of every row) only the
-    query x image-key scores are computed; without it, the softmax needs every key a query may see, so
-    whole rows are scored, a block of queries at a time. Scores are taken in float32 (float64 for float64
-    inputs). Returns [R, N].
+    (flash attention), or a 4-D boolean / additive mask. `positions` (`basic.method.capture.Positions`)
+    gives per image its `row`, its tokens' positions `keys` [images, m], and the positions after it,
+    `queries` [images, Q], with `q_valid` marking its text queries. With `log_norm` [B, heads, S] (the
+    kernel's logsumexp of every row) only the query x image-key scores are computed; without it, the
+    softmax needs every key a query may see, so whole rows are scored first for their log-normalisers,
+    a block of queries at a time. Scores are float32 (float64 for float64 inputs). Returns [images, m].
+
+    One product per block yields the log-probabilities themselves: the queries carry -logsumexp as extra
+    columns (split in two, so that TF32 products keep it exact) against columns of ones beside the scaled
+    keys. The block is exponentiated in place and summed over heads, then over the image's text queries
+    (other query slots drop out there): three passes over it. The mask is read only for the image keys.
+    A block holds whole images' query slots, or the slots of one image in chunks, so that each image's
+    keys are read once per block.
     """
     dtype = torch.promote_types(query.dtype, torch.float32)
-    q, k = query[rows], key[rows]
-    R, heads, S, hd = q.shape
-    kv_heads = k.shape[1]
+    heads, S, hd = query.shape[1:]
+    kv_heads = key.shape[1]
     group = heads // kv_heads
-    N = k_index.shape[1]
-    if log_norm is None:
-        keys, key_positions = k.to(dtype), torch.arange(S, device=q.device).expand(R, S)
+    row, keys, queries, q_valid = positions.row, positions.keys, positions.queries, positions.q_valid
+    images, m = keys.shape
+    slots = queries.shape[1]
+    width = -(-(hd + 2) // 4) * 4  # scaled query | -lse (high, low) | zeros, a multiple of 16 bytes in float32
+    image_keys = torch.zeros((images, kv_heads, m, width), dtype=dtype, device=query.device)
+    image_keys[..., :hd] = _take(key, row, keys).transpose(1, 2)  # [images, kv_heads, m, hd]
+    image_keys[..., :hd] *= scaling
+    image_keys[..., hd:hd + 2] = 1
+    row_keys = None
+    if log_norm is None:  # whole rows of keys for the log-normalisers
+        row_keys = key.index_select(0, row).to(dtype) * scaling  # [images, kv_heads, S, hd]
+    per_slot = heads * (S if log_norm is None else m)
+    if per_slot * slots <= block_elements:
+        image_block, slot_block = block_elements // max(per_slot * slots, 1), max(slots, 1)
     else:
-        keys, key_positions = k.gather(2, k_index[:, None, :, None].expand(R, kv_heads, N, hd)).to(dtype), k_index
-        log_norm = log_norm[rows]
-    block = max(1, block_elements // max(R * heads * key_positions.shape[1], 1))
-    totals = torch.zeros((R, N), dtype=dtype, device=q.device)
-    for start in range(0, q_index.shape[1], block):
-        qi = q_index[:, start:start + block]
-        c = qi.shape[1]
-        qc = q.gather(2, qi[:, None, :, None].expand(R, heads, c, hd)).to(dtype)
-        # Query heads h = kv * group + g share kv head `kv`, as repeat_kv pairs them, without copying keys.
-        scores = torch.matmul(qc.view(R, kv_heads, group * c, hd), keys.transpose(-1, -2))
-        scores = scores.view(R, heads, c, -1) * scaling
-        visible = _visible(attention_mask, rows, qi, key_positions, sliding_window, S)  # [R, 1|heads, c, keys]
-        counts = (qi[:, :, None] > k_end[:, None, :]) & q_valid[:, start:start + block, None] & k_valid[:, None, :]
-        if visible.dtype != torch.bool:  # an additive mask
-            scores += visible.to(dtype)
-        if log_norm is None:
-            if visible.dtype == torch.bool:
-                scores.masked_fill_(~visible, -torch.inf)
-            row_norm = scores.logsumexp(-1, keepdim=True)
-            scores = scores.gather(-1, k_index[:, None, None, :].expand(R, heads, c, N))
-        else:
-            row_norm = log_norm.gather(2, qi[:, None, :].expand(R, heads, c))[..., None].to(dtype)
-            if visible.dtype == torch.bool and visible.shape[1] == 1:
-                counts &= visible[:, 0]
-            elif visible.dtype == torch.bool:
-                scores.masked_fill_(~visible, -torch.inf)
-        probs = (scores - row_norm).exp_().sum(1)  # [R, c, N], summed over heads
-        totals += torch.where(counts, probs, 0.0).sum(1)  # where, not *: padded query slots may be NaN
+        image_block, slot_block = 1, max(1, block_elements // per_slot)
+    totals = torch.zeros((images, m), dtype=dtype, device=query.device)
+    for first in range(0, images, image_block):
+        ii = slice(first, first + image_block)
+        n = len(range(images)[ii])
+        for start in range(0, slots, slot_block):
+            qi, valid = queries[ii, start:start + slot_block], q_valid[ii, start:start + slot_block]
+            c = qi.shape[1]
+            q = torch.empty((n, heads, c, width), dtype=dtype, device=query.device)
+            q[..., :hd] = _take(query, row[ii], qi).transpose(1, 2)  # [n, heads, c, hd]
+            q[..., hd + 2:] = 0
+            if log_norm is None:
+                scores = torch.matmul(q[..., :hd].view(n, kv_heads, group * c, hd), row_keys[ii].transpose(-1, -2))
+                scores = scores.view(n, heads, c, S)
+                every_key = torch.arange(S, device=query.device).expand(n, S)
+                _apply(scores, _visible(attention_mask, row[ii], qi, every_key, sliding_window, S, causal=True))
+                row_norm = scores.logsumexp(-1)
+                del scores
+            else:
+                row_norm = log_norm[row[ii, None], :, qi].transpose(1, 2).to(dtype)  # [n, heads, c]
+            # A row with no visible key (lse -inf: a slot that is no text query) gets 0 instead: nothing
+            # overflows (nor runs into CPUs' slow exp of huge negatives); such slots drop out below.
+            minus = torch.where(row_norm.isfinite(), -row_norm, 0.0)
+            high = minus.to(torch.bfloat16).to(dtype)  # exact in TF32
+            q[..., hd] = high
+            q[..., hd + 1] = minus - high
+            # Query heads h = kv * group + g share kv head `kv`, as repeat_kv pairs them, without copying keys.
+            log_probs = torch.matmul(q.view(n, kv_heads, group * c, width), image_keys[ii].transpose(-1, -2))
+            log_probs = log_probs.view(n, heads, c, m)
+            visible = _visible(attention_mask, row[ii], qi, keys[ii], sliding_window, S, causal=False)
+            shared = visible is not None and visible.dtype == torch.bool and visible.shape[1] == 1
+            if not shared:
+                _apply(log_probs, visible)
+            probs = log_probs.exp_().sum(1)  # [n, c, m]
+            if shared:  # one mask for all heads: applied after the sum over heads
+                probs = torch.where(visible[:, 0], probs, 0.0)
+            totals[ii] += torch.bmm(valid.to(dtype)[:, None, :], probs).view(n, m)  # the image's text queries
     return totals / heads
 
 
-def _visible(attention_mask: torch.Tensor | None, rows: torch.Tensor, qi: torch.Tensor, key_positions: torch.Tensor,
-             sliding_window: int | None, kv_len: int) -> torch.Tensor:
-    """What the layer's mask says about queries `qi` [R, c] and keys `key_positions` [R, n]: a boolean
-    [R, 1, c, n] (or [R, heads, c, n]) tensor, or an additive one for a float mask."""
+def _take(x: torch.Tensor, row: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """x[row[:, None], :, positions] for x [B, heads, S, hd]: [n, p, heads, hd]. As a gather of whole
+    [heads, hd] rows where x is laid out [B, S, heads, hd] (as the attention projections leave it)."""
+    B, heads, S, hd = x.shape
+    try:
+        rows = x.transpose(1, 2).view(B * S, heads, hd)
+    except RuntimeError:  # another layout: gather elements
+        return x[row[:, None], :, positions]
+    return rows.index_select(0, (row[:, None] * S + positions).flatten()).view(*positions.shape, heads, hd)
+
+
+def _apply(scores: torch.Tensor, visible: torch.Tensor | None) -> None:
+    """Mask `scores` in place: -inf where a boolean mask hides a key, or add an additive mask."""
+    if visible is None:
+        return
+    if visible.dtype == torch.bool:
+        scores.masked_fill_(~visible, -torch.inf)
+    else:
+        scores += visible.to(scores.dtype)
+
+
+def _visible(attention_mask: torch.Tensor | None, row: torch.Tensor, qi: torch.Tensor, key_positions: torch.Tensor,
+             sliding_window: int | None, kv_len: int, causal: bool) -> torch.Tensor | None:
+    """What the layer's mask says about queries `qi` [images, c] and keys `key_positions` [images, n] of the
+    images' rows: a boolean [images, 1, c, n] (or [images, heads, c, n]) tensor, an additive one for a float
+    mask, or None when it hides nothing. `causal=False`: the keys come before every query (an image's keys)."""
     if attention_mask is None or attention_mask.ndim == 2:
-        allowed = key_positions[:, None, :] <= qi[:, :, None]
+        allowed = key_positions[:, None, :] <= qi[:, :, None] if causal else None
         if sliding_window is not None:
-            allowed &= key_positions[:, None, :] > qi[:, :, None] - sliding_window
+            inside = key_positions[:, None, :] > qi[:, :, None] - sliding_window
+            allowed = inside if allowed is None else allowed & inside
         if attention_mask is not None:
-            padding = attention_mask[rows][:, -kv_len:].bool()  # flash attention's 2-D mask, sliced as it does
-            allowed &= padding.gather(1, key_positions)[:, None, :]
-        return allowed[:, None]
-    R = len(rows)
-    mask = attention_mask[rows] if attention_mask.shape[0] > 1 else attention_mask.expand(R, -1, -1, -1)
-    mask = mask[torch.arange(R, device=qi.device)[:, None], :, qi]  # [R, c, 1|heads, S]
-    return mask.gather(-1, key_positions[:, None, None, :].expand(*mask.shape[:3], -1)).transpose(1, 2)
+            padding = attention_mask[:, -kv_len:].bool()[row].gather(1, key_positions)  # flash attention's mask
+            allowed = padding[:, None, :] if allowed is None else allowed & padding[:, None, :]
+        return None if allowed is None else allowed[:, None].expand(-1, -1, qi.shape[1], -1)
+    mask_row = row if attention_mask.shape[0] > 1 else torch.zeros_like(row)
+    if attention_mask.shape[1] == 1:  # the queries' whole mask rows (a row gather), then the keys' columns
+        plane = attention_mask[:, 0]
+        try:
+            rows = plane.view(-1, plane.shape[-1])
+        except RuntimeError:
+            rows = None
+        if rows is not None:
+            picked = rows.index_select(0, (mask_row[:, None] * plane.shape[1] + qi).flatten()).view(*qi.shape, -1)
+            return picked.gather(2, key_positions[:, None, :].expand(-1, qi.shape[1], -1))[:, None]
+    mask = attention_mask[mask_row[:, None, None], :, qi[:, :, None], key_positions[:, None, :]]  # [images, c, n, 1|h]
+    return mask.permute(0, 3, 1, 2)

@@ -4,11 +4,13 @@
 nothing is run twice) and handed to it as the `basic_recorder` keyword, which transformers passes down to
 the attention function (`basic.method.attention`). During the pass it
 
+- takes the tokens per image, m, from the projector's output shape, and locates the images and their
+  text queries (`locate`) with tensors of static shapes only: no host synchronisation in a step;
 - keeps, through forward hooks on decoder layers 1..k, only the image positions of each layer's output
   (the raw residual stream, before any final norm), summed with the layer weights into v_hat as the pass
   goes: one [image tokens, d] buffer, detached unless the target is meant to carry gradient;
-- adds up, in layers 1..k, the head-mean attention probability of each text query on each image token
-  that comes before it.
+- adds up, in layers 1..k, the head-mean attention probability of each text query on each token of the
+  image before it.
 
 Every layer is taken once: a gradient-checkpointing recompute in backward calls the attention function
 again, and is ignored. `patch_weights(model, inputs, k, scheme)` runs the same code path for a
@@ -24,13 +26,11 @@ from typing import Any
 import torch
 from typing_extensions import Self  # typing.Self from Python 3.11
 
+from basic.data.labels import IGNORE_INDEX
 from basic.method import attention
 from basic.method.config import ATTENTION_QUERIES, PATCH_WEIGHT_SCHEMES
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100  # label of tokens not trained on (transformers' cross-entropy ignore_index)
-
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     try:
@@ -47,56 +47,36 @@ def default_layers(model) -> int:
     return layers // 2
 
 
-def _packed(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions where each row of `mask` [B, S] is true, left-aligned: (index, valid), both [B, max count]."""
-    counts = mask.sum(1)
-    width = int(counts.max()) if mask.numel() else 0
-    index = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices[:, :width]
-    valid = torch.arange(width, device=mask.device)[None, :] < counts[:, None]
-    return index, valid
-
-
 @dataclass
 class Positions:
-    """Where the images and their text queries are in a batch (rows with at least one image token only)."""
+    """Where the images and their text queries are in a batch, per image, in static shapes."""
 
-    image_mask: torch.Tensor  # [B, S], image token positions
     images: int
     m: int  # tokens per image
-    rows: torch.Tensor  # [R], batch rows holding image tokens
-    q_index: torch.Tensor  # [R, Q] text query positions (after the row's first image)
-    q_valid: torch.Tensor
-    k_index: torch.Tensor  # [R, N] image token positions
-    k_valid: torch.Tensor
-    k_end: torch.Tensor  # [R, N] last position of the token's image
-    k_token: torch.Tensor  # [R, N] index of the token among all the batch's image tokens (row-major)
-    queries_per_token: torch.Tensor  # [R, N] text queries after the token's image
+    flat: torch.Tensor  # [images * m] flat position (row * S + position) of every image token, in image order
+    row: torch.Tensor  # [images] batch row of each image
+    keys: torch.Tensor  # [images, m] positions of its tokens in that row
+    queries: torch.Tensor  # [images, S - m] the positions after the image (the last position repeats past the end)
+    q_valid: torch.Tensor  # [images, S - m] which of them are the image's text queries
+    query_count: torch.Tensor  # [images] text queries after each image
 
 
 def locate(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
-           image_token_id: int, images: int, queries: str = "text") -> Positions:
-    """Image tokens and text queries of a batch; each image's m tokens must lie in one row, in image order."""
+           image_token_id: int, images: int, m: int, queries: str = "text") -> Positions:
+    """Image tokens and text queries of a batch whose image tokens are `images` runs of m (the model checks
+    the count), each in one row, in image order. Only device operations of static shapes: an image split
+    across rows is reported by an asynchronous device assertion."""
     if queries not in ATTENTION_QUERIES:
         raise ValueError(f"attention queries {queries!r} is not one of {', '.join(ATTENTION_QUERIES)}")
+    S = input_ids.shape[1]
     image = input_ids == image_token_id
-    tokens = int(image.sum())
-    if tokens == 0 or images == 0 or tokens % images:
-        raise ValueError(f"{tokens} image tokens in input_ids for {images} images: each image needs the same number")
-    m = tokens // images
-    rows = image.any(1).nonzero().squeeze(1)
-    k_index, k_valid = _packed(image[rows])
-    rank = image.flatten().cumsum(0).view_as(image) - 1
-    k_token = rank[rows].gather(1, k_index)
-    k_image = torch.where(k_valid, k_token // m, 0)
-    local_row = torch.arange(len(rows), device=image.device)[:, None].expand_as(k_index)
-    valid_image, valid_row, valid_pos = k_image[k_valid], local_row[k_valid], k_index[k_valid]
-    first_row = torch.full((images,), len(rows), device=image.device).scatter_reduce(0, valid_image, valid_row, "amin")
-    last_row = torch.full((images,), -1, device=image.device).scatter_reduce(0, valid_image, valid_row, "amax")
-    if (first_row != last_row).any():
-        raise ValueError(f"the image tokens of an image span two rows: is m = {m} tokens per image right?")
-    ends = torch.full((images,), -1, device=image.device).scatter_reduce(0, valid_image, valid_pos, "amax")
-    k_end = torch.where(k_valid, ends[k_image], -1)
-
+    # Image positions first, in order (a stable sort: no data-dependent shape as with nonzero).
+    flat = torch.sort((~image).flatten().to(torch.int8), stable=True).indices[: images * m]
+    per_image = flat.view(images, m)
+    row = per_image[:, 0] // S
+    torch._assert_async((per_image[:, -1] // S == row).all(),
+                        f"the image tokens of an image span two rows: is m = {m} tokens per image right?")
+    keys = per_image % S
     text = ~image
     if attention_mask is not None:
         text &= attention_mask.bool()
@@ -104,12 +84,55 @@ def locate(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels:
         if labels is None:
             raise ValueError(f"attention queries {queries!r} need labels to tell prompt from response")
         text &= (labels == IGNORE_INDEX) if queries == "prompt" else (labels != IGNORE_INDEX)
-    first_end = torch.where(k_valid, k_end, image.shape[1]).min(1).values
-    positions = torch.arange(image.shape[1], device=image.device)
-    q_index, q_valid = _packed(text[rows] & (positions[None, :] > first_end[:, None]))
-    per_image = ((q_index[first_row] > ends[:, None]) & q_valid[first_row]).sum(1)
-    return Positions(image, images, m, rows, q_index, q_valid, k_index, k_valid, k_end, k_token,
-                     torch.where(k_valid, per_image[k_image], 0))
+    # At most S - m positions come after an image of m tokens: the query slots of every image.
+    after = keys[:, -1:] + 1 + torch.arange(S - m, device=input_ids.device)
+    inside = after < S
+    after = after.clamp(max=S - 1)
+    q_valid = inside & text[row[:, None], after]
+    return Positions(images, m, flat, row, keys, after, q_valid, q_valid.sum(1))
+
+
+def check_image_tokens(input_ids: torch.Tensor, image_token_id: int, images: int) -> None:
+    """A clear error for a batch whose image tokens do not divide among its images (reads the count: for
+    use outside a training step, where the model's own check reports the same)."""
+    tokens = int((input_ids == image_token_id).sum())
+    if tokens == 0 or images == 0 or tokens % images:
+        raise ValueError(f"{tokens} image tokens in input_ids for {images} images: each image needs the same number")
+
+
+class SilentImages:
+    """Warns about images without a text query after them (their BASIC terms are 0) without waiting for the
+    device: a CUDA count is copied to the host as it is produced and read at a later step."""
+
+    def __init__(self):
+        self._pending: list[tuple[torch.Tensor, Any, int]] = []
+
+    def add(self, silent: torch.Tensor, images: int) -> None:
+        from torch._subclasses.fake_tensor import is_fake
+
+        if silent.device.type == "meta" or is_fake(silent):  # counting FLOPs: there is no count
+            return
+        if silent.device.type == "cuda":
+            host = torch.empty((), dtype=silent.dtype, pin_memory=True)
+            host.copy_(silent, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._pending.append((host, done, images))
+        else:
+            self._pending.append((silent, None, images))
+        self.report()
+
+    def report(self, wait: bool = False) -> None:
+        pending, self._pending = self._pending, []
+        for count, done, images in pending:
+            if done is not None and not wait and not done.query():
+                self._pending.append((count, done, images))
+                continue
+            if done is not None:
+                done.synchronize()
+            if int(count):
+                logger.warning("%d of %d images have no text query after them: their BASIC terms are 0",
+                               int(count), images)
 
 
 class Capture:
@@ -122,14 +145,24 @@ class Capture:
             raise ValueError(f"BASIC's k = {k}, but the LLM has {len(layers)} layers")
         if layer_weights is not None and len(layer_weights) != k:
             raise ValueError(f"{len(layer_weights)} layer weights for k = {k}")
+        if queries not in ATTENTION_QUERIES:
+            raise ValueError(f"attention queries {queries!r} is not one of {', '.join(ATTENTION_QUERIES)}")
+        if queries != "text" and inputs.get("labels") is None:
+            raise ValueError(f"attention queries {queries!r} need labels to tell prompt from response")
         pixel_values = inputs.get("pixel_values")
-        self.positions = locate(inputs["input_ids"], inputs.get("attention_mask"), inputs.get("labels"),
-                                model.config.image_token_id, 0 if pixel_values is None else len(pixel_values),
-                                queries)
+        self.images = 0 if pixel_values is None else len(pixel_values)
+        if self.images == 0:
+            raise ValueError("BASIC needs a batch with images (pixel_values)")
+        self._batch = (inputs["input_ids"], inputs.get("attention_mask"), inputs.get("labels"),
+                       model.config.image_token_id, queries)
+        self.projector = model.model.multi_modal_projector
         self.k, self.layers, self.detach_target = k, layers[:k], detach_target
         self.layer_weights = None if layer_weights is None else layer_weights.tolist()
+        self.m: int | None = None
+        self._positions: Positions | None = None
         self.target: torch.Tensor | None = None
         self.attention_totals: torch.Tensor | None = None
+        self.silent: torch.Tensor | None = None
         self._attention_seen: set[int] = set()
         self._hidden_seen: set[int] = set()
         self._handles: list = []
@@ -138,9 +171,19 @@ class Capture:
     def forward_kwargs(self) -> dict[str, Any]:
         return {"basic_recorder": self}
 
+    @property
+    def positions(self) -> Positions:
+        if self._positions is None:
+            if self.m is None:
+                raise RuntimeError("BASIC: the projector has not run in this forward pass (no image features)")
+            input_ids, attention_mask, labels, image_token_id, queries = self._batch
+            self._positions = locate(input_ids, attention_mask, labels, image_token_id, self.images, self.m, queries)
+        return self._positions
+
     def __enter__(self) -> Self:
+        self._handles = [self.projector.register_forward_hook(self._image_features)]
         if self.layer_weights is not None:
-            self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+            self._handles += [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -148,19 +191,30 @@ class Capture:
             handle.remove()
         self._handles = []
 
-    def _hook(self, index: int):
-        def keep_image_positions(module, args, output):
-            if index in self._hidden_seen:
-                return
-            self._hidden_seen.add(index)
-            hidden = output[0] if isinstance(output, tuple) else output
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_target):
-                part = hidden[self.positions.image_mask].to(torch.promote_types(hidden.dtype, torch.float32))
-                part = part.detach() if self.detach_target else part
-                weighted = self.layer_weights[index] * part
-                self.target = weighted if self.target is None else self.target + weighted
+    def _image_features(self, module, args, output) -> None:
+        """The projector's output, [images, m, d]: m from its (static) shape."""
+        self.m = output.numel() // (self.images * output.shape[-1])
 
-        return keep_image_positions
+    def _hook(self, index: int):
+        def hook(module, args, output):
+            self.keep_image_positions(index, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    def keep_image_positions(self, index: int, hidden: torch.Tensor) -> None:
+        """Adds layer `index`'s output at the image positions, weighted, to v_hat (once per layer)."""
+        if index in self._hidden_seen:
+            return
+        self._hidden_seen.add(index)
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_target):
+            part = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.positions.flat)
+            part = part.detach() if self.detach_target else part
+            weight = self.layer_weights[index]
+            if self.target is None:
+                self.target = part.to(dtype) * weight
+            else:
+                self.target.add_(part, alpha=weight)
 
     def observe(self, module, query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict,
                 log_norm: torch.Tensor | None = None) -> None:
@@ -170,19 +224,18 @@ class Capture:
         if layer >= self.k or layer in self._attention_seen:
             return
         self._attention_seen.add(layer)
-        if query.shape[2] != key.shape[2] or query.shape[2] != self.positions.image_mask.shape[1]:
+        sequence = self._batch[0].shape[1]
+        if query.shape[2] != key.shape[2] or query.shape[2] != sequence:
             raise RuntimeError(
-                f"BASIC records attention over the whole sequence ({self.positions.image_mask.shape[1]} tokens) "
-                f"in one pass; layer {layer} got {query.shape[2]} queries and {key.shape[2]} keys (a KV cache?)"
+                f"BASIC records attention over the whole sequence ({sequence} tokens) in one pass; layer "
+                f"{layer} got {query.shape[2]} queries and {key.shape[2]} keys (a KV cache?)"
             )
-        p = self.positions
         with torch.no_grad():
             totals = attention.image_attention(
-                query, key, attention_mask, scaling=kwargs.get("scaling") or module.scaling,
-                sliding_window=kwargs.get("sliding_window"), rows=p.rows, q_index=p.q_index, q_valid=p.q_valid,
-                k_index=p.k_index, k_end=p.k_end, k_valid=p.k_valid, log_norm=log_norm,
+                query, key, attention_mask, self.positions, scaling=kwargs.get("scaling") or module.scaling,
+                sliding_window=kwargs.get("sliding_window"), log_norm=log_norm,
             )
-        self.attention_totals = totals if self.attention_totals is None else self.attention_totals + totals
+        self.attention_totals = totals if self.attention_totals is None else self.attention_totals.add_(totals)
 
     def _check(self, seen: set[int], what: str) -> None:
         if seen != set(range(self.k)):
@@ -194,23 +247,18 @@ class Capture:
     def supervision(self) -> torch.Tensor:
         """v_hat, [images, m, d] (float32, or float64 for a float64 model)."""
         self._check(self._hidden_seen, "hidden states")
-        return self.target.view(self.positions.images, self.positions.m, -1)
+        return self.target.view(self.images, self.m, -1)
 
     def patch_weights(self, scheme: str = "attention") -> torch.Tensor:
         """a, [images, m]: per image token, the mean over layers 1..k, heads and the text queries after its image
-        of the attention probability on it; `uniform` gives every patch its image's mean. Detached."""
+        of the attention probability on it; `uniform` gives every patch its image's mean. Detached. `silent`
+        then holds the number of images without text queries (their weights are 0), on the device."""
         if scheme not in PATCH_WEIGHT_SCHEMES:
             raise ValueError(f"patch weight scheme {scheme!r} is not one of {', '.join(PATCH_WEIGHT_SCHEMES)}")
         self._check(self._attention_seen, "attention")
-        p = self.positions
-        counts = p.queries_per_token
-        per_token = torch.where(counts > 0, self.attention_totals / (self.k * counts.clamp(min=1)), 0.0)
-        flat = per_token.new_zeros(p.images * p.m)
-        flat[p.k_token[p.k_valid]] = per_token[p.k_valid]
-        weights = flat.view(p.images, p.m)
-        silent = int((weights.sum(1) == 0).sum())
-        if silent:
-            logger.warning("%d of %d images have no text query after them: their BASIC terms are 0", silent, p.images)
+        counts = self.positions.query_count[:, None]
+        weights = torch.where(counts > 0, self.attention_totals / (self.k * counts.clamp(min=1)), 0.0)
+        self.silent = (counts == 0).sum()
         if scheme == "uniform":
             weights = weights.mean(1, keepdim=True).expand_as(weights).clone()
         return weights
@@ -224,12 +272,17 @@ def patch_weights(model, inputs: dict[str, Any], k: int | None = None, scheme: s
     device = next(model.parameters()).device
     batch = {key: inputs[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "labels")
              if inputs.get(key) is not None}
+    check_image_tokens(batch["input_ids"], model.config.image_token_id, len(batch.get("pixel_values", ())))
     before = attention.enable(model)
     try:
         capture = Capture(model, batch, k, queries=queries)
         model_inputs = {key: value for key, value in batch.items() if key != "labels"}
         with torch.no_grad(), capture:
             model.model(**model_inputs, use_cache=False, **capture.forward_kwargs)
-        return capture.patch_weights(scheme)
+        weights = capture.patch_weights(scheme)
+        silent = SilentImages()
+        silent.add(capture.silent, capture.images)
+        silent.report(wait=True)
+        return weights
     finally:
         attention.restore(model, before)

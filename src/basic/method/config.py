@@ -2,7 +2,7 @@
 
 Defaults give the LLaVA-1.5 baseline (both loss weights 0): a LLaVA user's unchanged script trains
 plain LLaVA-1.5. The paper's setting is `--basic_das_weight 1.0 --basic_sds_weight 0.01`.
-Where the paper is silent, the choice is a flag whose default is the reading in DESIGN.md.
+Where the paper is silent, the choice is a flag whose default is the reading docs/method.md gives.
 """
 
 from __future__ import annotations

@@ -5,33 +5,39 @@ baseline does no extra work) and switches the LLM to the BASIC attention. Each c
 forward pass with a `Capture`, which yields the supervision embeddings v_hat (layers 1..k, weighted) and
 the patch weights a from that same pass; v is the projector's output as the model returns it
 (`image_hidden_states`, which carries the projector's graph). Only the terms whose weight is > 0 are
-computed, and each is logged unweighted (`das`, `sds`). See `basic.objective` for the interface.
+computed, and each is logged unweighted (`das`, `sds`). The trainer (`basic.train`) computes the
+LLaVA-1.5 loss itself when no objective is set, so the baseline is Trainer's own code path; an objective
+returns an `ObjectiveOutput`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from basic.distributed import gathered
 from basic.method import attention
-from basic.method.capture import Capture, decoder_layers, default_layers
+from basic.method.capture import Capture, SilentImages, decoder_layers, default_layers
 from basic.method.config import BasicArguments
 from basic.method.losses import das_loss, layer_weights, sds_loss
-from basic.objective import ObjectiveOutput
 
 logger = logging.getLogger(__name__)
 
 
-def _full(parameter: torch.nn.Parameter):
-    """The whole parameter even when DeepSpeed ZeRO-3 has partitioned it (read only)."""
-    if hasattr(parameter, "ds_id"):
-        import deepspeed
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns to the trainer from one forward pass it ran itself."""
 
-        return deepspeed.zero.GatheredParameters([parameter])
-    return contextlib.nullcontext()
+    outputs: Any
+    """The model's forward outputs; `outputs.loss` is the LM loss as the model computed it."""
+    extra_loss: torch.Tensor | None
+    """Weighted sum of the extra terms for this micro-batch (a mean over its images), or None.
+    The trainer scales it so that accumulation and data parallelism average it over the global batch."""
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Detached scalars to log (unweighted terms, e.g. `das`, `sds`), averaged by the trainer per window."""
 
 
 class BasicObjective:
@@ -43,6 +49,7 @@ class BasicObjective:
         if self.k > len(decoder_layers(model)):
             raise ValueError(f"--basic_layers {self.k}: the LLM has {len(decoder_layers(model))} layers")
         self.layer_weights = layer_weights(self.k, args.basic_layer_weights)
+        self.silent_images = SilentImages()
         base = attention.enable(model)
         logger.info(
             "BASIC: das %g, sds %g, k = %d of %d layers (%s), patch weights %s from %s queries, SDS vocabulary %s, "
@@ -72,13 +79,15 @@ class BasicObjective:
         v_hat = capture.supervision()
         v = outputs.image_hidden_states.view(v_hat.shape)
         a = capture.patch_weights(args.basic_patch_weights)
+        self.silent_images.add(capture.silent, capture.images)  # logged once the device has counted them
         terms: dict[str, torch.Tensor] = {}
         if args.basic_das_weight > 0:
             terms["das"] = das_loss(v, v_hat, a)
         if args.basic_sds_weight > 0:
             E, scale = self.vocabulary()
-            v32 = v.to(v_hat.dtype)
-            with _full(E):
-                terms["sds"] = sds_loss(v32 * scale, v_hat * scale, a, E)
+            if scale != 1.0:
+                v, v_hat = v * scale, v_hat * scale
+            with gathered([E]):
+                terms["sds"] = sds_loss(v, v_hat, a, E)
         extra = sum(getattr(args, f"basic_{name}_weight") * term for name, term in terms.items())
         return ObjectiveOutput(outputs, extra, {name: term.detach() for name, term in terms.items()})

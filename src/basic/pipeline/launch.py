@@ -108,10 +108,11 @@ def launcher_argv(spec: LaunchSpec, module: str) -> list[str]:
                      "--master_addr", MASTER_ADDR, "--no_ssh"]
         return argv + ["--module", module]
     if spec.launcher == "torchrun":
-        argv = ["torchrun", "--nnodes", str(spec.nodes), "--nproc_per_node", str(spec.gpus_per_node),
-                "--master_port", str(spec.master_port)]
+        argv = ["torchrun", "--nnodes", str(spec.nodes), "--nproc_per_node", str(spec.gpus_per_node)]
         if multi:
-            argv += ["--node_rank", NODE_RANK, "--master_addr", MASTER_ADDR]
+            argv += ["--master_port", str(spec.master_port), "--node_rank", NODE_RANK, "--master_addr", MASTER_ADDR]
+        else:  # a free local port of its own, so that runs side by side on one machine cannot collide
+            argv.append("--standalone")
         return argv + ["-m", module]
     argv = ["accelerate", "launch", "--num_machines", str(spec.nodes), "--num_processes", str(spec.world_size),
             "--main_process_port", str(spec.master_port)]

@@ -71,6 +71,21 @@ def clean_backbones(study: config.Study) -> None:
     shutil.rmtree(out)
 
 
+def repro_clock() -> str:
+    """How long the `dvc repro` (or `dvc exp run`) this stage runs under has been running, as `; study H:MM:SS`,
+    or '' outside one: the elapsed time of the whole study, in a plain `dvc repro`'s own output."""
+    import psutil  # a dependency of DVC's, so always there where DVC runs stages
+
+    for process in psutil.Process().parents():
+        try:
+            words = [os.path.basename(w) for w in process.cmdline()[:4]]
+        except psutil.Error:
+            continue
+        if "dvc" in words and ("repro" in words or "exp" in words):
+            return f"; study {time.strftime('%H:%M:%S', time.gmtime(time.time() - process.create_time()))}"
+    return ""
+
+
 def log_file(stage: str, run: str | None) -> Path:
     """Where a stage's output is kept besides the terminal: logs/<stage>[@<run>].log."""
     return LOG_DIR / f"{stage}{'@' + run if run else ''}.log"
@@ -106,7 +121,7 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
     if stage in ("pretrain", "finetune") and os.environ.get("NODE_RANK", "0") == "0":  # one node writes them
         state = config.run_dir(run) / stage / "trainer_state.json"
         write_curves(state, config.curves_file(run, stage))
-    print(f"basic stage: {name} done in {elapsed:.1f} s (log: {log})", flush=True)
+    print(f"basic stage: {name} done in {elapsed:.1f} s (log: {log}{repro_clock()})", flush=True)
     return 0
 
 

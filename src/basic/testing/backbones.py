@@ -2,7 +2,8 @@
 
 `save_tiny_llm(family, dir)` and `save_tiny_vision(kind, dir)` write ordinary Hugging Face checkpoint
 directories (weights, config, tokenizer or image processor), so the engine is exercised exactly as a
-user would call it, with paths instead of hub ids. The tokenizer is a small byte-level BPE trained on a
+user would call it, with paths instead of hub ids. `tiny_llava(family, encoder)` builds a random LLaVA
+and its processor in memory (`tiny_llava_config` its config alone, e.g. for fake tensors). The tokenizer is a small byte-level BPE trained on a
 fixed corpus; each family gets its own special tokens and chat template, as the real checkpoints do.
 The LLM tokenizers deliberately lack `<image>`: adding it is the engine's job.
 """
@@ -17,13 +18,17 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
+    CLIPVisionConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
     PreTrainedTokenizerFast,
     SiglipImageProcessor,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
 
-from basic.data.templates import TEMPLATES
+from basic.data.templates import IMAGE_TOKEN, TEMPLATES
 from basic.families import FAMILIES, SPECIAL_TOKENS
 
 _CORPUS = (
@@ -90,6 +95,49 @@ def tiny_llm_config(family: str, tokenizer: PreTrainedTokenizerFast, layers: int
     return config_cls(**kwargs)
 
 
+def tiny_llava_config(family: str = "llama", encoder: str = "clip", layers: int = 4,
+                      tokenizer: PreTrainedTokenizerFast | None = None) -> LlavaConfig:
+    """A random LLaVA's config: `family`'s tiny LLM (`tokenizer`, default `tiny_llava_tokenizer(family)`, must
+    hold `<image>`), a 2-layer CLIP or SigLIP tower on 16x16 images in 4x4 patches (16 image tokens)."""
+    if encoder not in ("clip", "siglip"):
+        raise ValueError(f"unknown vision kind {encoder!r}; known: clip, siglip")
+    tokenizer = tokenizer or tiny_llava_tokenizer(family)
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 16, "patch_size": 4}
+    clip = encoder == "clip"
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision) if clip else SiglipVisionConfig(**vision),
+        text_config=tiny_llm_config(family, tokenizer, layers=layers),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=16,
+        vision_feature_layer=-2, vision_feature_select_strategy="default" if clip else "full",
+    )
+
+
+def tiny_llava_tokenizer(family: str = "llama") -> PreTrainedTokenizerFast:
+    """`tiny_tokenizer(family)` with `<image>` added (and a pad token), as the engine prepares it."""
+    tokenizer = tiny_tokenizer(family)
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def tiny_llava(family: str = "llama", encoder: str = "clip", layers: int = 4, dtype: torch.dtype = torch.float32,
+               seed: int = 0) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A random LLaVA (`tiny_llava_config`) and its processor, in memory."""
+    tokenizer = tiny_llava_tokenizer(family)
+    config = tiny_llava_config(family, encoder, layers, tokenizer)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).to(dtype)
+    clip = encoder == "clip"
+    image_processor = (CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}) if clip
+                       else SiglipImageProcessor(size={"height": 16, "width": 16}))
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=4,
+                               vision_feature_select_strategy=config.vision_feature_select_strategy,
+                               num_additional_image_tokens=int(clip), image_token=IMAGE_TOKEN)
+    return model, processor
+
+
 def save_tiny_llm(family: str, out_dir: str | Path, layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
     """Write a random `family` causal LM with its tokenizer to `out_dir`; returns the directory."""
     out = Path(out_dir)
@@ -128,4 +176,5 @@ def save_tiny_vision(kind: str, out_dir: str | Path, image_size: int = 16, patch
     return out
 
 
-__all__ = ["save_tiny_llm", "save_tiny_vision", "tiny_llm_config", "tiny_tokenizer"]
+__all__ = ["save_tiny_llm", "save_tiny_vision", "tiny_llava", "tiny_llava_config", "tiny_llava_tokenizer",
+           "tiny_llm_config", "tiny_tokenizer"]
