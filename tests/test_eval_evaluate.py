@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from basic.eval.benchmarks import PAPER_BENCHMARKS, select
-from basic.eval.evaluate import EvaluationError, collect, main
+from basic.eval.evaluate import EvaluationError, add_blind, add_distinct, collect, lmms_eval_command, main, parse_args
 from basic.eval.judge import RuleJudge
 from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 from basic.mini.benchmarks import SPLITS
@@ -168,6 +168,42 @@ def _results_dir(tmp_path: Path, results: dict, samples: dict[str, list[dict]] |
     for task, records in (samples or {}).items():
         (run / f"20260101_000000_samples_{task}.jsonl").write_text("\n".join(map(json.dumps, records)))
     return tmp_path / "lmms_eval"
+
+
+def test_blind_run_records_blind_scores_beside_the_scores(world, tmp_path):
+    checkpoint, data = world
+    out = tmp_path / "blind.json"
+    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--batch_size", "4",
+                 "--benchmarks", "vqav2,mmb_en", "--blind", *FAST]) == 0
+    metrics = json.loads(out.read_text())
+    for name, entry in metrics.items():
+        assert isinstance(entry["blind_score"], float) and 0 <= entry["blind_score"] <= 100, name
+        assert 1 <= entry["blind_distinct_answers"] <= entry["n"] and 1 <= entry["distinct_answers"] <= entry["n"]
+        assert 0 <= entry["same_answer_blind"] <= 1
+    logs = tmp_path / "blind_logs"
+    assert (logs / "lmms_eval_blind.log").is_file()
+    [samples] = (logs / "lmms_eval_blind").rglob("*_samples_mini_vqav2.jsonl")
+    assert len(samples.read_text().splitlines()) == metrics["vqav2"]["n"]
+
+
+def test_blind_scores_distinct_and_unchanged_answers_come_from_the_sample_logs(tmp_path):
+    [vqav2] = select("mini", ["vqav2"])
+    answers = [{"doc_id": d, "filtered_resps": [a]} for d, a in enumerate(["red", "blue", "red", "no"])]
+    blind_answers = [{"doc_id": d, "filtered_resps": [a]} for d, a in enumerate(["no", "no", "red", "no"])]
+    output = _results_dir(tmp_path / "seen", {vqav2.task: {"exact_match,none": 0.5}}, {vqav2.task: answers})
+    blind_output = _results_dir(tmp_path / "blind", {vqav2.task: {"exact_match,none": 0.25}},
+                                {vqav2.task: blind_answers})
+    entries = {"vqav2": {"score": 50.0, "status": "scored"}}
+    add_distinct(entries, [vqav2], output)
+    add_blind(entries, {"vqav2": {"score": 25.0}}, [vqav2], output, blind_output)
+    assert entries["vqav2"] == {"score": 50.0, "status": "scored", "distinct_answers": 3, "blind_score": 25.0,
+                                "blind_distinct_answers": 2, "same_answer_blind": 0.5}
+    args = parse_args(["--checkpoint", "ckpt", "--out", "m.json", "--blind"])
+    assert args.blind
+    model_args = lmms_eval_command(args, ["mini_vqav2"], tmp_path, tmp_path, blind=True)
+    assert ",blind=True," in model_args[model_args.index("--model_args") + 1]
+    sighted = lmms_eval_command(args, ["mini_vqav2"], tmp_path, tmp_path)
+    assert "blind" not in sighted[sighted.index("--model_args") + 1]
 
 
 def test_collect_reports_pending_unscored_and_missing(tmp_path):

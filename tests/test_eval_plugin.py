@@ -148,6 +148,23 @@ def test_pad_checkpoints_get_square_images_in_the_mean_colour(checkpoint, docs):
     assert image.size[0] == image.size[1] == max(docs[0]["image"].size)
 
 
+def test_blind_replaces_every_image_by_a_blank_one_of_the_mean_colour_and_same_size(checkpoint, docs):
+    sighted, blind = _model(checkpoint, docs, 1), BasicLlava(pretrained=str(checkpoint), blind="True")
+    blind.task_dict = sighted.task_dict
+    for i, doc in enumerate(docs):
+        [seen] = sighted._visuals(lambda d: [d["image"]], TASK, SPLIT, i)
+        [blank] = blind._visuals(lambda d: [d["image"]], TASK, SPLIT, i)
+        assert blank.size == seen.size  # same size: the same image tokens
+        assert set(blank.getdata()) == {blind.pad_colour}
+    # Every doc asks the same question about another image: blind, the answers cannot differ.
+    same = [{**d, "question": "what colour is the shape ?"} for d in docs]
+    blind.task_dict = {TASK: {SPLIT: same}}
+    answers = blind.generate_until(_generate_requests(same, {"max_new_tokens": 5}))
+    assert len(set(answers)) == 1
+    with pytest.raises(ValueError, match="blind='maybe'"):
+        BasicLlava(pretrained=str(checkpoint), blind="maybe")
+
+
 # ---- lmms-eval 0.7.3 traps this project relies on being handled ----------------------------------------
 
 def test_filelock_pin_keeps_lmms_eval_importable():

@@ -171,8 +171,13 @@ def test_targets_are_the_answers_and_end_of_turn(world, family):
 
 def test_pretraining_docs_are_question_turns(world):
     docs = [json.loads(line) for line in (world / "text" / "llm_train.jsonl").read_text().splitlines()]
-    assert docs and all(1 <= len(d["turns"]) <= 5 for d in docs)
-    assert {t["style"] for d in docs for t in d["turns"]} == {"short", "mc", "vizwiz"}
+    # 3-5 question turns, half the English clear-scene documents opening with a brief-caption turn
+    questions = [[t for t in d["turns"] if t["style"] != "caption"] for d in docs]
+    assert docs and all(1 <= len(q) <= 5 for q in questions)
+    assert {t["style"] for q in questions for t in q} == {"short", "mc", "vizwiz"}
+    briefed = [d for d in docs if any(t["style"] == "caption" for t in d["turns"])]
+    assert briefed and all(d["turns"][0]["style"] == "caption" and d["lang"] == "en" for d in briefed)
+    assert all(sum(t["style"] == "caption" for t in d["turns"]) == 1 for d in briefed)
     evals = [json.loads(line) for line in (world / "text" / "llm_eval.jsonl").read_text().splitlines()]
     assert all(len(d["turns"]) == 1 for d in evals)
 

@@ -2,7 +2,7 @@
 
     basic evaluate --checkpoint models/<run>/finetune --out results/metrics/<run>.json \\
         [--profile mini|full] [--benchmarks vqav2,gqa,...] [--data data/mini] [--batch_size 8] \\
-        [--num_processes N] [--log_dir DIR] [--prompt_variant llava_v15|lmms_eval]
+        [--num_processes N] [--log_dir DIR] [--prompt_variant llava_v15|lmms_eval] [--blind]
 
 Steps: (1) judged benchmarks whose LLM judge cannot be reached are recorded `unscored` with the reason and
 not run; (2) the package's task YAMLs are copied to `<log_dir>/tasks` with the mini data paths pointing at
@@ -13,7 +13,11 @@ not run; (2) the package's task YAMLs are copied to `<log_dir>/tasks` with the m
 fails, and a missing one fails this command naming the task; (5) `--out` gets
 `{benchmark: {score, n, split, scored_by, status, task, prompt_variant, [reason | submission]}}` with status
 `scored`, `pending` (server-scored: submission file written, in the server's format, basic.eval.submissions)
-or `unscored` (judge unreachable: reason).
+or `unscored` (judge unreachable: reason), and `distinct_answers` (how many different answers the model gave).
+`--blind` runs lmms-eval a second time with every image replaced by a blank one in the image processor's mean
+colour (same size, same image tokens; `basic_llava`'s `blind` model arg) and adds `blind_score`,
+`blind_distinct_answers` and `same_answer_blind` (the share of questions answered identically without the
+image): a benchmark measures vision only where `score` is well above `blind_score`.
 """
 
 from __future__ import annotations
@@ -104,8 +108,11 @@ def task_data_files(tasks_dir: Path, task: str) -> list[Path]:
 
 # ---- running lmms-eval --------------------------------------------------------------------------------
 
-def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Path, output: Path) -> list[str]:
+def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Path, output: Path,
+                      blind: bool = False) -> list[str]:
     model_args = f"pretrained={Path(args.checkpoint).resolve()}"
+    if blind:
+        model_args += ",blind=True"
     if args.device:
         model_args += f",device={args.device}"
     dtype = args.dtype or ("float32" if args.profile == "mini" else "auto")
@@ -210,6 +217,42 @@ def collect(benchmarks: list[Benchmark], output: Path, judges: dict[str, str], t
     return entries
 
 
+def sample_answers(output: Path, task: str) -> dict[int, str]:
+    """doc id -> the model's filtered answer, from lmms-eval's per-sample log of `task` (empty if none)."""
+    samples = _newest(list(output.rglob(f"*_samples_{task}.jsonl")))
+    if samples is None:
+        return {}
+    answers = {}
+    for line in samples.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            response = record.get("filtered_resps")
+            answers[record["doc_id"]] = str(response[0] if isinstance(response, list) and response else response)
+    return answers
+
+
+def add_blind(entries: dict[str, dict], blind: dict[str, dict], benchmarks: list[Benchmark], output: Path,
+              blind_output: Path) -> None:
+    """Add the blind pass's score, its number of distinct answers and the share of answers it left unchanged
+    to each scored entry (the sighted pass's distinct answers are added by `add_distinct`)."""
+    for b in benchmarks:
+        entry, other = entries.get(b.name), blind.get(b.name)
+        if entry is None or other is None or entry["status"] != "scored":
+            continue
+        seen, unseen = sample_answers(output, b.task), sample_answers(blind_output, b.task)
+        shared = [d for d in seen if d in unseen]
+        entry.update(blind_score=other["score"], blind_distinct_answers=len(set(unseen.values())),
+                     same_answer_blind=round(sum(seen[d] == unseen[d] for d in shared) / len(shared), 4)
+                     if shared else None)
+
+
+def add_distinct(entries: dict[str, dict], benchmarks: list[Benchmark], output: Path) -> None:
+    """`distinct_answers` of each scored entry: how many different answers the model gave."""
+    for b in benchmarks:
+        if b.name in entries and entries[b.name]["status"] == "scored":
+            entries[b.name]["distinct_answers"] = len(set(sample_answers(output, b.task).values()))
+
+
 # ---- command line -------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -223,7 +266,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
     benchmarks = select(args.profile, [n.strip() for n in args.benchmarks.split(",") if n.strip()])
     log_dir = args.log_dir or args.out.with_name(f"{args.out.stem}_logs")
     output = log_dir / "lmms_eval"
-    for stale in (output, log_dir / "tasks"):  # results are found by globbing, so start clean
+    blind_output = log_dir / "lmms_eval_blind"
+    for stale in (output, blind_output, log_dir / "tasks"):  # results are found by globbing, so start clean
         shutil.rmtree(stale, ignore_errors=True)
     tasks_dir = render_tasks(args.data, log_dir / "tasks", args.prompt_variant)
     # The VQAv2 upload covers every test2015 question: the question file must be there before hours of generation.
@@ -265,6 +309,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
         tail = run_lmms_eval(command, log_dir / "lmms_eval.log", threads, extra_env)
         print(f"basic evaluate: lmms-eval took {time.perf_counter() - started:.1f} s", file=sys.stderr)
         entries.update(collect(to_run, output, judges, tail))
+        add_distinct(entries, to_run, output)
+        if args.blind:
+            blind_output.mkdir(parents=True, exist_ok=True)
+            command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, blind_output, blind=True)
+            tail = run_lmms_eval(command, log_dir / "lmms_eval_blind.log", threads, extra_env)
+            add_blind(entries, collect(to_run, blind_output, judges, tail), to_run, output, blind_output)
 
     ordered = {b.name: {**entries[b.name], "prompt_variant": args.prompt_variant} for b in benchmarks}
     args.out.parent.mkdir(parents=True, exist_ok=True)

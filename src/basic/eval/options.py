@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt_variant", default=prompts.DEFAULT_VARIANT, choices=prompts.VARIANTS,
                         help="prompts, generation settings and answer post-processing: llava_v15 (LLaVA-1.5's own "
                              "evaluation, the default) or lmms_eval (lmms-eval 0.7.3's defaults); docs/evaluation.md")
+    parser.add_argument("--blind", action="store_true",
+                        help="also evaluate with blank images of the image processor's mean colour (same image "
+                             "tokens) and record each benchmark's blind_score beside its score")
     return parser
 
 

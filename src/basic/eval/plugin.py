@@ -14,6 +14,10 @@ works), or `max_new_tokens`. Batches are left-padded
 rounding depends on the batch shape). Under
 `accelerate launch --num_processes N` each process loads the model on its own device and lmms-eval shards
 the documents by rank.
+
+`blind=True` is the blind baseline (`basic evaluate --blind`): every image is replaced by a blank one of the
+same size in the image processor's mean colour, so the prompt and the number of image tokens are unchanged
+and only the visual content is gone; what a model still answers right then comes from the question alone.
 """
 
 from __future__ import annotations
@@ -78,9 +82,9 @@ class BasicLlava(lmms):
     is_simple = True
 
     def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1,
-                 dtype: str = "auto", max_batch_size: int | None = None) -> None:
+                 dtype: str = "auto", max_batch_size: int | None = None, blind: bool | str = False) -> None:
         """`max_batch_size` is accepted because lmms-eval always passes it; it only serves `auto` batch sizes,
-        which this model refuses (a fixed batch keeps runs reproducible)."""
+        which this model refuses (a fixed batch keeps runs reproducible). `blind`: blank images (module docstring)."""
         super().__init__()
         from accelerate import PartialState
         from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -110,6 +114,9 @@ class BasicLlava(lmms):
             raise ValueError(f"{pretrained}/config.json: image_aspect_ratio={self.image_aspect_ratio!r}; "
                              "known: pad, square")
         self.pad_colour = background_color(self.processor.image_processor)
+        if str(blind).lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"basic_llava: blind={blind!r}; expected True or False")
+        self.blind = str(blind).lower() in ("true", "1")
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
@@ -124,6 +131,8 @@ class BasicLlava(lmms):
             if not isinstance(v, Image.Image):
                 raise TypeError(f"basic_llava takes images; task {task} doc {doc_id} gave a {type(v).__name__}")
         images = [v.convert("RGB") for v in flat]
+        if self.blind:
+            images = [Image.new("RGB", im.size, self.pad_colour) for im in images]
         if self.image_aspect_ratio == "pad":
             images = [expand2square(im, self.pad_colour) for im in images]  # as training did
         return images

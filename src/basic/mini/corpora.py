@@ -2,11 +2,11 @@
 
 - `pretrain_records`: the LLaVA-558K stand-in, one brief caption per training image, for the `plain`
   template (LLaVA replaces the human turn by the image alone, so the prompt wording does not matter).
-- `finetune_records`: the LLaVA-665K stand-in: multi-turn conversations with sentence answers,
-  short-answer VQA turns ("Answer the question using a single word or phrase."), multiple choice
-  ("Answer with the option's letter from the given choices directly."), detailed descriptions,
-  OCR-style sign reading, a few VizWiz-style turns that may be unanswerable, and text-only
-  conversations (no `image` key) over scenes given in words. English only, as LLaVA-665K is.
+- `finetune_records`: the LLaVA-665K stand-in: one short-answer VQA question per record ("Answer the
+  question using a single word or phrase."; OCR-style sign reading among them), multiple choice ("Answer
+  with the option's letter from the given choices directly."), a few VizWiz-style questions that may be
+  unanswerable, and text-only conversations (no `image` key) over scenes given in words; the types
+  `conversation` and `detail` exist but have no share (FINETUNE_MIX). English only, as LLaVA-665K is.
 - `text_docs`: what the mini LLMs are pretrained on: a scene described in words (English or Chinese)
   followed by question-answer turns in the LLaVA prompt styles; rendered later in each family's chat
   format.
@@ -38,7 +38,14 @@ DETAIL_PROMPTS = (
     "What do you see in this picture? Describe everything.", "Write a detailed description of the given image.",
 )
 # Share of each instruction type among image records (the rest of the mix is text-only, see finetune_records).
-FINETUNE_MIX = {"conversation": 0.25, "vqa": 0.35, "mc": 0.15, "detail": 0.15, "vizwiz": 0.10}
+# No conversations and no detailed descriptions (dark or blurry photos still get a description): in the
+# token-averaged loss their long answers outweigh the one-word answers, and with them stage 2 leaves the
+# mini models blind (benchmarks/seeing.py, benchmarks/results/seeing.json).
+FINETUNE_MIX = {"conversation": 0.0, "vqa": 0.80, "mc": 0.10, "detail": 0.0, "vizwiz": 0.10}
+# Questions per record (min, max): one. LLaVA-665K groups several questions about an image in one record;
+# here that leaves the mini models blind: later turns are answered from the earlier ones ("Is there a blue
+# circle?" ... "What color is the circle?") instead of from the image.
+TURNS = {"conversation": (1, 2), "vqa": (1, 1)}
 OPEN_KINDS = ("colour", "shape", "count", "exist", "position", "relation", "size", "text")
 
 
@@ -59,7 +66,8 @@ def pretrain_records(scenes: list[Scene], rng: np.random.Generator) -> list[dict
 
 
 def _image_conversation(scene: Scene, kind: str, rng: np.random.Generator) -> list[tuple[str, str]]:
-    n = int(rng.integers(2, 5))
+    low, high = TURNS.get(kind, (1, 1))
+    n = int(rng.integers(low, high + 1))
     if kind == "conversation":
         return [prompt(qa, "open", rng) for qa in distinct_questions(scene, rng, n, OPEN_KINDS)]
     if kind == "vqa":
@@ -99,13 +107,18 @@ def finetune_records(scenes: list[Scene], text_scenes: list[Scene], rng: np.rand
     return [records[int(i)] for i in order]
 
 
-def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int) -> dict:
+def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int, brief: bool = False) -> dict:
     """A scene in words followed by `n_turns` question-answer turns: the LLM pretraining unit.
 
     Styles: `short` and `mc` in both languages; `vizwiz` (English) adds the "respond with
-    'Unanswerable'" line and, when the description cannot answer, expects "unanswerable".
+    'Unanswerable'" line and, when the description cannot answer, expects "unanswerable". `brief`: the
+    first turn asks for the scene's brief caption (the LLaVA-558K stand-in's wording), read off the
+    description.
     """
     turns = []
+    if brief:
+        turns.append({"prompt": BRIEF_PROMPTS[int(rng.integers(len(BRIEF_PROMPTS)))], "answer": caption(scene, rng),
+                      "kind": "caption", "style": "caption"})
     for _ in range(n_turns):
         u = rng.random()
         if scene.quality != "clear" or (lang == "en" and u < 0.15):
@@ -123,13 +136,15 @@ def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int) ->
             "description": describe(scene, lang, rng), "turns": turns}
 
 
-def text_docs(scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1)) -> list[dict]:
+def text_docs(scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1),
+              brief_share: float = 0.0) -> list[dict]:
     """One `text_doc` per scene; language: Chinese for half the clear scenes; `turns` = (min, max)
-    question turns."""
+    question turns; `brief_share` of the English clear scenes open with a brief-caption turn."""
     docs = []
     for s in scenes:
         lang = "zh" if (s.quality == "clear" and rng.random() < 0.5) else "en"
-        docs.append(text_doc(s, rng, lang, int(rng.integers(turns[0], turns[1] + 1))))
+        brief = bool(brief_share) and lang == "en" and s.quality == "clear" and rng.random() < brief_share
+        docs.append(text_doc(s, rng, lang, int(rng.integers(turns[0], turns[1] + 1)), brief))
     return [d for d in docs if d["turns"]]
 
 

@@ -55,8 +55,8 @@ class EncoderSpec:
 
 
 ENCODER_SPECS: dict[str, EncoderSpec] = {
-    "clip-l-336": EncoderSpec("clip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=8),
-    "siglip": EncoderSpec("siglip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=8),
+    "clip-l-336": EncoderSpec("clip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=16),
+    "siglip": EncoderSpec("siglip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=16),
 }
 
 

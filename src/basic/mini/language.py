@@ -33,11 +33,12 @@ YES = {"en": "yes", "zh": "是"}
 NO = {"en": "no", "zh": "否"}
 UNANSWERABLE_ANSWER = "unanswerable"
 
-# Prompt suffixes: LLaVA-1.5's short-answer and multiple-choice instructions, lmms-eval's MMBench-CN and
-# VizWiz ones; the Chinese short-answer line is this world's own (LLaVA has none).
+# Prompt suffixes: LLaVA-1.5's short-answer and multiple-choice instructions (its MMBench-CN suffix, the
+# `--lang cn` one that basic.eval.prompts' llava_v15 variant asks with), lmms-eval's VizWiz one; the
+# Chinese short-answer line is this world's own (LLaVA has none).
 SHORT = {"en": "Answer the question using a single word or phrase.", "zh": "请用一个单词或短语回答这个问题。"}
 MC = {"en": "Answer with the option's letter from the given choices directly.",
-      "zh": "请直接使用所提供的选项字母作为答案回答。"}
+      "zh": "请直接回答选项字母。"}
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 LETTERS = "ABCDE"
 
