@@ -48,22 +48,43 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--names", nargs="+", default=["vicuna-7b", "clip-l-336"])
     parser.add_argument("--budgets", nargs="+", type=parse_budget, default=[(300, 2000), (500, 2600)])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=BackboneSettings.workers, help="as `basic mini backbones`")
+    parser.add_argument(
+        "--workers", type=int, default=BackboneSettings.workers, help="as `basic mini backbones`"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backbone_budget.json"))
     args = parser.parse_args(argv)
 
     runs = []
     for llm_steps, encoder_steps in args.budgets:
-        settings = replace(BackboneSettings(), llm_steps=llm_steps, clip_steps=encoder_steps, siglip_steps=encoder_steps,
-                           names=tuple(args.names), workers=args.workers)
+        settings = replace(
+            BackboneSettings(),
+            llm_steps=llm_steps,
+            clip_steps=encoder_steps,
+            siglip_steps=encoder_steps,
+            names=tuple(args.names),
+            workers=args.workers,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             metrics = build_backbones(args.data, Path(tmp), args.seed, settings)
-        runs.append({"llm_steps": llm_steps, "encoder_steps": encoder_steps, "wall_s": metrics["wall_s"],
-                     "backbones": {name: {"wall_s": m["wall_s"], **quality(m)}
-                                   for name, m in metrics["backbones"].items()}})
+        runs.append(
+            {
+                "llm_steps": llm_steps,
+                "encoder_steps": encoder_steps,
+                "wall_s": metrics["wall_s"],
+                "backbones": {
+                    name: {"wall_s": m["wall_s"], **quality(m)} for name, m in metrics["backbones"].items()
+                },
+            }
+        )
         print(json.dumps(runs[-1]), flush=True)
-    result = {"seed": args.seed, "data": str(args.data), "runs": runs, "cpus": os.cpu_count(),
-              "load_average_at_end": round(os.getloadavg()[0], 2), "machine": platform.processor() or platform.machine()}
+    result = {
+        "seed": args.seed,
+        "data": str(args.data),
+        "runs": runs,
+        "cpus": os.cpu_count(),
+        "load_average_at_end": round(os.getloadavg()[0], 2),
+        "machine": platform.processor() or platform.machine(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

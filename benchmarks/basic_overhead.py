@@ -97,31 +97,90 @@ class Shape:
 SCALES = {
     # The mini world's vicuna-7b stand-in and clip-l-336 stand-in (basic.mini), its 256-token limit and
     # stage-2 batch; fp32 on CPU as the mini profile trains.
-    "mini": Shape(hidden=128, layers=4, heads=4, intermediate=344, vocab=2048, vision_hidden=96, vision_layers=4,
-                  vision_heads=4, vision_intermediate=384, image_size=64, patch_size=8, seq_len=256, batch=16,
-                  dtype="float32", gradient_checkpointing=False),
+    "mini": Shape(
+        hidden=128,
+        layers=4,
+        heads=4,
+        intermediate=344,
+        vocab=2048,
+        vision_hidden=96,
+        vision_layers=4,
+        vision_heads=4,
+        vision_intermediate=384,
+        image_size=64,
+        patch_size=8,
+        seq_len=256,
+        batch=16,
+        dtype="float32",
+        gradient_checkpointing=False,
+    ),
     # The 7b mechanics (bf16, gradient checkpointing) at toy size: tests the script, measures nothing.
-    "smoke": Shape(hidden=64, layers=4, heads=4, intermediate=128, vocab=512, vision_hidden=32, vision_layers=2,
-                   vision_heads=4, vision_intermediate=64, image_size=32, patch_size=8, seq_len=64, batch=2,
-                   dtype="bfloat16", gradient_checkpointing=True),
+    "smoke": Shape(
+        hidden=64,
+        layers=4,
+        heads=4,
+        intermediate=128,
+        vocab=512,
+        vision_hidden=32,
+        vision_layers=2,
+        vision_heads=4,
+        vision_intermediate=64,
+        image_size=32,
+        patch_size=8,
+        seq_len=64,
+        batch=2,
+        dtype="bfloat16",
+        gradient_checkpointing=True,
+    ),
     # LLaVA-1.5-7B: Vicuna-7B, CLIP ViT-L/14-336 (576 tokens), 2048 tokens, bf16, gradient checkpointing.
-    "7b": Shape(hidden=4096, layers=32, heads=32, intermediate=11008, vocab=32064, vision_hidden=1024,
-                vision_layers=24, vision_heads=16, vision_intermediate=4096, image_size=336, patch_size=14,
-                seq_len=2048, batch=4, dtype="bfloat16", gradient_checkpointing=True),
+    "7b": Shape(
+        hidden=4096,
+        layers=32,
+        heads=32,
+        intermediate=11008,
+        vocab=32064,
+        vision_hidden=1024,
+        vision_layers=24,
+        vision_heads=16,
+        vision_intermediate=4096,
+        image_size=336,
+        patch_size=14,
+        seq_len=2048,
+        batch=4,
+        dtype="bfloat16",
+        gradient_checkpointing=True,
+    ),
 }
 
 
 def build(shape: Shape, stage: int, device: torch.device) -> LlavaForConditionalGeneration:
-    vision = CLIPVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate,
-                              num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
-                              image_size=shape.image_size, patch_size=shape.patch_size)
-    text = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                       num_key_value_heads=shape.heads, max_position_embeddings=max(4096, shape.seq_len),
-                       pad_token_id=0, use_cache=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token(shape),
-                         image_seq_length=shape.image_tokens, vision_feature_layer=-2,
-                         vision_feature_select_strategy="default")
+    vision = CLIPVisionConfig(
+        hidden_size=shape.vision_hidden,
+        intermediate_size=shape.vision_intermediate,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        image_size=shape.image_size,
+        patch_size=shape.patch_size,
+    )
+    text = LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=max(4096, shape.seq_len),
+        pad_token_id=0,
+        use_cache=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token(shape),
+        image_seq_length=shape.image_tokens,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
     config._attn_implementation = "sdpa"
     previous = torch.get_default_dtype()
     torch.set_default_dtype(getattr(torch, shape.dtype))  # no float32 copy of a 7B model on the way
@@ -147,7 +206,7 @@ def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> dict[str, t
     B, S, m = shape.batch, shape.seq_len, shape.image_tokens
     token = image_token(shape)
     ids = torch.randint(3, token, (B, S), generator=g)
-    ids[:, 8:8 + m] = token
+    ids[:, 8 : 8 + m] = token
     lengths = [max(8 + m + 8, int(S * (1 - 0.1 * (b % 4)))) for b in range(B)]
     mask = torch.zeros(B, S, dtype=torch.long)
     labels = torch.full((B, S), -100)
@@ -157,8 +216,12 @@ def make_batch(shape: Shape, device: torch.device, seed: int = 0) -> dict[str, t
         response = (8 + m + length) // 2
         labels[b, response:length] = ids[b, response:length]
     pixels = torch.randn(B, 3, shape.image_size, shape.image_size, generator=g)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
-            "pixel_values": pixels.to(device, getattr(torch, shape.dtype))}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+        "pixel_values": pixels.to(device, getattr(torch, shape.dtype)),
+    }
 
 
 class Naive:
@@ -173,16 +236,24 @@ class Naive:
         out = model(**inputs, output_attentions=True, output_hidden_states=True)
         images, d = len(inputs["pixel_values"]), out.image_hidden_states.shape[-1]
         m = out.image_hidden_states.numel() // (images * d)
-        p = locate(inputs["input_ids"], inputs["attention_mask"], None, model.config.image_token_id, images, m)
+        p = locate(
+            inputs["input_ids"], inputs["attention_mask"], None, model.config.image_token_id, images, m
+        )
         with torch.no_grad():
-            v_hat = sum(w * out.hidden_states[i + 1].reshape(-1, d)[p.flat].float() for i, w in enumerate(self.weights))
+            v_hat = sum(
+                w * out.hidden_states[i + 1].reshape(-1, d)[p.flat].float()
+                for i, w in enumerate(self.weights)
+            )
             totals = 0
             for att in out.attentions[: self.k]:
                 att = att[p.row]  # [images, heads, S, S]
                 heads, Q = att.shape[1], p.queries.shape[1]
                 rows_q = att.gather(2, p.queries[:, None, :, None].expand(images, heads, Q, att.shape[-1]))
                 on_image = rows_q.gather(3, p.keys[:, None, None, :].expand(images, heads, Q, m))
-                totals = totals + torch.where(p.q_valid[:, None, :, None], on_image.float(), 0.0).sum((1, 2)) / heads
+                totals = (
+                    totals
+                    + torch.where(p.q_valid[:, None, :, None], on_image.float(), 0.0).sum((1, 2)) / heads
+                )
             count = p.query_count[:, None]
             a = torch.where(count > 0, totals / (self.k * count.clamp(min=1)), 0.0)
         v = out.image_hidden_states.view(images, m, -1)
@@ -220,8 +291,11 @@ class Runner:
         self.optimizer = torch.optim.AdamW(trainable, lr=1e-6, fused=device.type == "cuda")
 
     # The LLM's attention per variant, for the forward pass and the backward pass (checkpointing recomputes).
-    IMPLEMENTATION: ClassVar[dict[str, str]] = {"baseline": "sdpa", "basic": attention.PREFIX + "sdpa",
-                                                "naive": "eager"}
+    IMPLEMENTATION: ClassVar[dict[str, str]] = {
+        "baseline": "sdpa",
+        "basic": attention.PREFIX + "sdpa",
+        "naive": "eager",
+    }
 
     def loss(self, variant: str, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if variant == "baseline":
@@ -268,8 +342,10 @@ class Runner:
                 rows = self.objective(self.model, inputs)
             finally:
                 attention.sdpa_with_log_norm = kernel
-            terms = {"basic": {k: v.item() for k, v in out.logs.items()},
-                     "basic_scoring_rows": {k: v.item() for k, v in rows.logs.items()}}
+            terms = {
+                "basic": {k: v.item() for k, v in out.logs.items()},
+                "basic_scoring_rows": {k: v.item() for k, v in rows.logs.items()},
+            }
             if naive:
                 self.model.set_attn_implementation({"text_config": self.IMPLEMENTATION["naive"]})
                 terms["naive"] = {k: v.item() for k, v in self.naive(self.model, inputs)[1].items()}
@@ -353,19 +429,29 @@ class ComponentTimer:
 
 def spread(values: list[float]) -> dict[str, float]:
     q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
-    return {"median": statistics.median(values), "q1": q[0], "q3": q[2], "min": min(values), "max": max(values)}
+    return {
+        "median": statistics.median(values),
+        "q1": q[0],
+        "q3": q[2],
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def git_state() -> dict:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
 
     commit = git("rev-parse", "HEAD")
     if not commit:  # a copy of the tree without .git (a GPU machine): the caller may name the commit
         return {"commit": os.environ.get("BASIC_COMMIT"), "dirty": None}
     # results written by earlier runs do not change the code measured
-    return {"commit": commit,
-            "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results"))}
+    return {
+        "commit": commit,
+        "dirty": bool(git("status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/results")),
+    }
 
 
 def code_path(model, kernel_use: KernelUse) -> dict:
@@ -378,12 +464,27 @@ def code_path(model, kernel_use: KernelUse) -> dict:
         products = f"{E.dtype} operands, float32 results (mixed product)"
     else:
         products = f"{E.dtype}-rounded operands, float32 products"
-    return {"attention_layers_1_k": {"sdpa_kernel_with_log_norm": kernel_use.kernel, "rows_scored": kernel_use.rows},
-            "sds_products": products, "tf32": torch.backends.cuda.matmul.allow_tf32}
+    return {
+        "attention_layers_1_k": {
+            "sdpa_kernel_with_log_norm": kernel_use.kernel,
+            "rows_scored": kernel_use.rows,
+        },
+        "sds_products": products,
+        "tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
 
 
-def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: torch.device,
-        variants: tuple[str, ...] = VARIANTS, component_steps: int = 3, after=None) -> dict:
+def run(
+    scale: str,
+    stage: int,
+    shape: Shape,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    variants: tuple[str, ...] = VARIANTS,
+    component_steps: int = 3,
+    after=None,
+) -> dict:
     """The interleaved measurement; `after(runner, inputs)` may add entries to the result at the end."""
     torch.manual_seed(0)
     model = build(shape, stage, device)
@@ -391,12 +492,13 @@ def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: t
     runner = Runner(model, device)
     terms = runner.terms(inputs, naive="naive" in variants)
     kernel_use = KernelUse()
-    results: dict[str, dict] = {v: {"seconds": [], "cpu_seconds": [], "peak_bytes": [], "status": "ok"}
-                                for v in variants}
+    results: dict[str, dict] = {
+        v: {"seconds": [], "cpu_seconds": [], "peak_bytes": [], "status": "ok"} for v in variants
+    }
     last: dict[str, dict[str, torch.Tensor]] = {}
     for round_ in range(warmup + steps):
         # A B C, then C B A: each variant as often early as late in a round (machine drift cancels in pairs)
-        for variant in (variants if round_ % 2 == 0 else variants[::-1]):
+        for variant in variants if round_ % 2 == 0 else variants[::-1]:
             record = results[variant]
             if record["status"] != "ok":
                 continue
@@ -413,8 +515,11 @@ def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: t
                 record["cpu_seconds"].append(cpu_seconds)
                 if peak is not None:
                     record["peak_bytes"].append(peak)
-            print(f"{variant:9s} step {round_}: {seconds:.3f} s ({cpu_seconds:.3f} s CPU)"
-                  + (f", peak {peak / 2**30:.2f} GiB" if peak else ""), flush=True)
+            print(
+                f"{variant:9s} step {round_}: {seconds:.3f} s ({cpu_seconds:.3f} s CPU)"
+                + (f", peak {peak / 2**30:.2f} GiB" if peak else ""),
+                flush=True,
+            )
     if device.type == "cpu":
         for variant in variants:
             results[variant]["peak_bytes"] = [runner.cpu_peak(variant, inputs)]
@@ -435,9 +540,12 @@ def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: t
         record = summary[variant]
         if record["status"] == "ok" and base["status"] == "ok":
             per_round = [t / b for t, b in zip(record[timer], base[timer])]
-            ratios[variant] = {"time": record[f"median_{timer}"] / base[f"median_{timer}"],
-                               "time_per_round": spread(per_round), "memory": record["peak_gib"] / base["peak_gib"],
-                               "wall_time": record["median_seconds"] / base["median_seconds"]}
+            ratios[variant] = {
+                "time": record[f"median_{timer}"] / base[f"median_{timer}"],
+                "time_per_round": spread(per_round),
+                "memory": record["peak_gib"] / base["peak_gib"],
+                "wall_time": record["median_seconds"] / base["median_seconds"],
+            }
     components = None
     if "basic" in variants and summary["basic"]["status"] == "ok" and component_steps:
         timer_ = ComponentTimer(device)
@@ -446,18 +554,32 @@ def run(scale: str, stage: int, shape: Shape, warmup: int, steps: int, device: t
                 runner.step("basic", inputs)
         per_step = timer_.seconds(component_steps)
         base_step = base[f"median_{timer}"]
-        components = {name: {"seconds": seconds, "fraction_of_baseline_step": seconds / base_step}
-                      for name, seconds in sorted(per_step.items())}
+        components = {
+            name: {"seconds": seconds, "fraction_of_baseline_step": seconds / base_step}
+            for name, seconds in sorted(per_step.items())
+        }
     goals = GOALS[device.type]
     basic = ratios.get("basic")
     return (after(runner, inputs) if after else {}) | {
-        "scale": scale, "stage": stage, "shape": asdict(shape), "image_tokens": shape.image_tokens,
-        "basic_layers": runner.objective.k, "device": device_name(device), "torch": torch.__version__,
-        "code": git_state(), "code_path": code_path(model, kernel_use),
-        "threads": torch.get_num_threads(), "warmup": warmup, "steps": steps, "order": "interleaved: " + " ".join(variants) + ", reversed every other round",
+        "scale": scale,
+        "stage": stage,
+        "shape": asdict(shape),
+        "image_tokens": shape.image_tokens,
+        "basic_layers": runner.objective.k,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "code": git_state(),
+        "code_path": code_path(model, kernel_use),
+        "threads": torch.get_num_threads(),
+        "warmup": warmup,
+        "steps": steps,
+        "order": "interleaved: " + " ".join(variants) + ", reversed every other round",
         "time_measured_by": "process CPU time" if device.type == "cpu" else "wall clock (CUDA synchronised)",
-        "terms_on_the_same_weights": terms, "variants": summary, "ratios_to_baseline": ratios,
-        "basic_components": components, "goals": goals,
+        "terms_on_the_same_weights": terms,
+        "variants": summary,
+        "ratios_to_baseline": ratios,
+        "basic_components": components,
+        "goals": goals,
         "within_goals": None if basic is None else {k: basic[k] <= goals[k] for k in goals},
     }
 
@@ -472,16 +594,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="mini")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=2)
-    parser.add_argument("--layers", type=int, help="override the LLM's layer count (e.g. stage 2 at 7B width)")
+    parser.add_argument(
+        "--layers", type=int, help="override the LLM's layer count (e.g. stage 2 at 7B width)"
+    )
     parser.add_argument("--batch", type=int, help="override the per-device batch")
     parser.add_argument("--seq-len", type=int, help="override the sequence length")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
-                        help="baseline first; they take turns step after step")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="baseline first; they take turns step after step",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)")
-    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/basic_overhead_*.json)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="JSON path (default: benchmarks/results/basic_overhead_*.json)"
+    )
     args = parser.parse_args(argv)
     shape = SCALES[args.scale]
     overrides = {"layers": args.layers, "batch": args.batch, "seq_len": args.seq_len}
@@ -497,7 +630,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or RESULTS / f"basic_overhead_{args.scale}_stage{args.stage}_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({"ratios_to_baseline": result["ratios_to_baseline"], "within_goals": result["within_goals"]}))
+    print(
+        json.dumps(
+            {"ratios_to_baseline": result["ratios_to_baseline"], "within_goals": result["within_goals"]}
+        )
+    )
     print(f"wrote {out}")
     return result
 

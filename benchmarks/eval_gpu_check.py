@@ -29,10 +29,14 @@ from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 def _requests(docs: list[dict], kind: str) -> list[Instance]:
     visual = lambda doc: [doc["image"]]
     if kind == "generate_until":
-        args = [(d["question"], {"max_new_tokens": 16, "until": ["\n\n"]}, visual, i, "t", "test")
-                for i, d in enumerate(docs)]
+        args = [
+            (d["question"], {"max_new_tokens": 16, "until": ["\n\n"]}, visual, i, "t", "test")
+            for i, d in enumerate(docs)
+        ]
     else:
-        args = [(d["question"], c, visual, i, "t", "test") for i, d in enumerate(docs) for c in (" red", " blue")]
+        args = [
+            (d["question"], c, visual, i, "t", "test") for i, d in enumerate(docs) for c in (" red", " blue")
+        ]
     return [Instance(kind, a, idx=0, metadata={"task": "t", "doc_id": a[3], "repeats": 1}) for a in args]
 
 
@@ -49,10 +53,15 @@ def batch_invariance(checkpoint: Path, dtype: str, docs: list[dict]) -> dict:
         seconds[bs] = round(time.perf_counter() - started, 2)
         device, model_dtype = str(model.model.device), str(model.model.dtype)
         del model
-    return {"device": device, "dtype": model_dtype, "docs": len(docs), "seconds": seconds,
-            "answers_differing_bs1_vs_bs8": sum(a != b for a, b in zip(answers[1], answers[8])),
-            "max_abs_logprob_diff": max(abs(a - b) for a, b in zip(logprobs[1], logprobs[8])),
-            "distinct_answers": len(set(answers[1]))}
+    return {
+        "device": device,
+        "dtype": model_dtype,
+        "docs": len(docs),
+        "seconds": seconds,
+        "answers_differing_bs1_vs_bs8": sum(a != b for a, b in zip(answers[1], answers[8])),
+        "max_abs_logprob_diff": max(abs(a - b) for a, b in zip(logprobs[1], logprobs[8])),
+        "distinct_answers": len(set(answers[1])),
+    }
 
 
 def main() -> None:
@@ -66,18 +75,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = save_tiny_llava(Path(tmp) / "checkpoint", hidden=128, image_size=32)
         rng = random.Random(0)
-        docs = [{"image": Image.new("RGB", (rng.randint(12, 60), rng.randint(12, 60)),
-                                    tuple(rng.randrange(256) for _ in "rgb")),
-                 "question": "what colour is the shape ?" + " describe it ." * rng.randint(0, 4)} for _ in range(args.docs)]
+        docs = [
+            {
+                "image": Image.new(
+                    "RGB",
+                    (rng.randint(12, 60), rng.randint(12, 60)),
+                    tuple(rng.randrange(256) for _ in "rgb"),
+                ),
+                "question": "what colour is the shape ?" + " describe it ." * rng.randint(0, 4),
+            }
+            for _ in range(args.docs)
+        ]
         report["float32"] = batch_invariance(checkpoint, "float32", docs)
         report["bfloat16"] = batch_invariance(checkpoint, "bfloat16", docs)
         data = write_benchmark_fixtures(Path(tmp) / "data", n=args.n)
         out = Path(tmp) / "metrics.json"
         started = time.perf_counter()
-        rc = evaluate(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--batch_size", "16",
-                       "--gen_kwargs", "max_new_tokens=8"])
-        report["evaluate"] = {"rc": rc, "seconds": round(time.perf_counter() - started, 1),
-                              "metrics": json.loads(out.read_text()) if rc == 0 else None}
+        rc = evaluate(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--batch_size",
+                "16",
+                "--gen_kwargs",
+                "max_new_tokens=8",
+            ]
+        )
+        report["evaluate"] = {
+            "rc": rc,
+            "seconds": round(time.perf_counter() - started, 1),
+            "metrics": json.loads(out.read_text()) if rc == 0 else None,
+        }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "eval_gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -38,8 +38,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 # Dense bf16 peak of the cards this may run on (vendor datasheets, without sparsity).
-PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
-                    "H200": 989.4, "A100": 312.0, "L40S": 362.1}
+PEAK_BF16_TFLOPS = {
+    "H100 80GB HBM3": 989.4,
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+}
 
 
 @dataclass(frozen=True)
@@ -77,13 +84,13 @@ def step_flops(shape: Shape, stage: str, batch: int, basic_layers: int | None) -
     after each image against its tokens (no grad)."""
     s = shape
     v_tokens = s.image_tokens + 1
-    vis_linear = s.vision_layers * (4 * s.vision_hidden ** 2 + 2 * s.vision_hidden * s.vision_intermediate)
-    vision = 2 * vis_linear * v_tokens + 4 * s.vision_layers * v_tokens ** 2 * s.vision_hidden
+    vis_linear = s.vision_layers * (4 * s.vision_hidden**2 + 2 * s.vision_hidden * s.vision_intermediate)
+    vision = 2 * vis_linear * v_tokens + 4 * s.vision_layers * v_tokens**2 * s.vision_hidden
     proj_params = s.vision_hidden * s.hidden + s.hidden * s.hidden
     projector = 3 * 2 * proj_params * s.image_tokens
-    llm_linear = s.layers * (4 * s.hidden ** 2 + 3 * s.hidden * s.intermediate) + s.hidden * s.vocab
+    llm_linear = s.layers * (4 * s.hidden**2 + 3 * s.hidden * s.intermediate) + s.hidden * s.vocab
     llm_matmul = 2 * llm_linear * s.seq_len * (3 if stage == "stage2" else 2)
-    attention = 3 * 4 * s.layers * s.seq_len ** 2 * s.hidden
+    attention = 3 * 4 * s.layers * s.seq_len**2 * s.hidden
     llava = batch * (vision + projector + llm_matmul + attention)
     extra = 0.0
     if basic_layers:
@@ -136,8 +143,10 @@ def run_stage(stage: str, batch: int, warmup: int, steps: int, smoke: bool) -> d
     card = result["device"]
     peak = next((v for key, v in PEAK_BF16_TFLOPS.items() if key in card), None) if not smoke else None
     if peak and base["status"] == "ok" and basic["status"] == "ok":
-        result["mfu"] = {"baseline": flops["llava"] / base["median_seconds"] / (peak * 1e12),
-                         "basic": (flops["llava"] + flops["basic_extra"]) / basic["median_seconds"] / (peak * 1e12)}
+        result["mfu"] = {
+            "baseline": flops["llava"] / base["median_seconds"] / (peak * 1e12),
+            "basic": (flops["llava"] + flops["basic_extra"]) / basic["median_seconds"] / (peak * 1e12),
+        }
     result["tflop_per_step"] = {key: v / 1e12 for key, v in flops.items()}
     return result
 
@@ -148,21 +157,29 @@ def _card_slug(card: str) -> str:
 
 def _probe_gpu() -> tuple[str, int] | None:
     """(name, total bytes) of GPU 0, asked in a child process so that this one never holds a CUDA context."""
-    code = ("import json, torch; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; "
-            "print(json.dumps(p and [p.name, p.total_memory]))")
+    code = (
+        "import json, torch; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; "
+        "print(json.dumps(p and [p.name, p.total_memory]))"
+    )
     answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(answer.strip().splitlines()[-1]) if answer.strip() else None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--smoke", action="store_true", help="toy shapes on CPU: tests the script, measures nothing")
+    p.add_argument(
+        "--smoke", action="store_true", help="toy shapes on CPU: tests the script, measures nothing"
+    )
     p.add_argument("--configs", nargs="+", default=["stage1", "stage2"], choices=["stage1", "stage2"])
     p.add_argument("--batch", type=int, default=None, help="rows per step (default 8; smoke: 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 3; smoke: 1)")
-    p.add_argument("--steps", type=int, default=None, help="timed rounds, each variant once (default 10; smoke: 2)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="timed rounds, each variant once (default 10; smoke: 2)"
+    )
     p.add_argument("--budget-s", type=float, default=480, help="stop starting stages after this")
-    p.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/gpu_check_<card>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default: benchmarks/results/gpu_check_<card>.json)"
+    )
     p.add_argument("--out-dir", type=Path, default=None, help="folder for gpu_check_<card>.json instead")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one stage, JSON to --out
     args = p.parse_args(argv)
@@ -191,10 +208,24 @@ def main(argv: list[str] | None = None) -> int:
             results[stage] = {"status": "skipped", "reason": f"time budget of {args.budget_s:.0f}s spent"}
             continue
         one_out = out.with_name(f"{out.stem}.{stage}.json")
-        cmd = [sys.executable, __file__, "--one", stage, "--out", str(one_out), "--batch", str(args.batch),
-               "--warmup", str(args.warmup), "--steps", str(args.steps)] + (["--smoke"] if args.smoke else [])
-        print(f"gpu_check: {stage} (batch {args.batch}, {args.warmup} warm-up + {args.steps} timed rounds) ...",
-              flush=True)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            stage,
+            "--out",
+            str(one_out),
+            "--batch",
+            str(args.batch),
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+        ] + (["--smoke"] if args.smoke else [])
+        print(
+            f"gpu_check: {stage} (batch {args.batch}, {args.warmup} warm-up + {args.steps} timed rounds) ...",
+            flush=True,
+        )
         t0 = time.time()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left, check=False)
@@ -208,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             results[stage] = {"status": "timeout"}
         r = results[stage]
         if r["status"] == "ok":
-            print(f"  ratios {json.dumps(r['ratios_to_baseline'])}, syncs "
-                  f"{r.get('host_synchronisations_per_step')} ({time.time() - t0:.0f}s)", flush=True)
+            print(
+                f"  ratios {json.dumps(r['ratios_to_baseline'])}, syncs "
+                f"{r.get('host_synchronisations_per_step')} ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
         else:
             print(f"  {r['status']}: {r.get('error', r.get('reason', ''))[-2000:]}", flush=True)
 
@@ -218,20 +252,38 @@ def main(argv: list[str] | None = None) -> int:
         if r["status"] == "ok" and "basic" in r["ratios_to_baseline"]:
             ratio = r["ratios_to_baseline"]["basic"]
             syncs = r.get("host_synchronisations_per_step")
-            comparison[stage] = {"step_time_ratio": ratio["time"], "per_round": ratio["time_per_round"],
-                                 "peak_memory_ratio": ratio["memory"],
-                                 "extra_syncs": None if syncs is None else syncs["basic"] - syncs["baseline"]}
+            comparison[stage] = {
+                "step_time_ratio": ratio["time"],
+                "per_round": ratio["time_per_round"],
+                "peak_memory_ratio": ratio["memory"],
+                "extra_syncs": None if syncs is None else syncs["basic"] - syncs["baseline"],
+            }
     import torch
     import transformers
 
     report = {
-        "check": "gpu_check", "smoke": args.smoke, "card": card,
-        "peak_bf16_tflops": next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None) if gpu else None,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "transformers": transformers.__version__},
-        "shape": asdict(VICUNA_7B), "settings": {"batch": args.batch, "warmup": args.warmup, "steps": args.steps,
-                                                 "order": "interleaved: baseline, basic, then basic, baseline"},
-        "stages": results, "basic_vs_baseline": comparison, "goals": {"time": 1.03, "memory": 1.02},
+        "check": "gpu_check",
+        "smoke": args.smoke,
+        "card": card,
+        "peak_bf16_tflops": next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
+        if gpu
+        else None,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+        },
+        "shape": asdict(VICUNA_7B),
+        "settings": {
+            "batch": args.batch,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "order": "interleaved: baseline, basic, then basic, baseline",
+        },
+        "stages": results,
+        "basic_vs_baseline": comparison,
+        "goals": {"time": 1.03, "memory": 1.02},
         "wall_s": time.time() - started,
     }
     out.write_text(json.dumps(report, indent=1))

@@ -35,14 +35,20 @@ def workspace(dest: Path, quick: Path) -> Path:
     """`dest` with the code, the quick world and backbones, and params.yaml launching like `profile: full`."""
     for needed in (quick / "data" / "quick", quick / "models" / "backbones"):
         if not needed.is_dir():
-            raise SystemExit(f"launch_gpu_check: {needed} is missing: run `python pipeline/study.py --quick` first")
+            raise SystemExit(
+                f"launch_gpu_check: {needed} is missing: run `python pipeline/study.py --quick` first"
+            )
     for name in ("src", "pipeline"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(quick / "data" / "quick", dest / "data" / "quick")
     shutil.copytree(quick / "models" / "backbones", dest / "models" / "backbones")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     profile = params["profiles"]["quick"]
-    profile["launch"] = {"launcher": "deepspeed", "gpus_per_node": 1, "nodes": 1}  # ZeRO-2 / ZeRO-3 by default
+    profile["launch"] = {
+        "launcher": "deepspeed",
+        "gpus_per_node": 1,
+        "nodes": 1,
+    }  # ZeRO-2 / ZeRO-3 by default
     for stage in ("pretrain", "finetune"):
         profile[stage].update(PRECISION)
     profile["env"] = {}
@@ -61,8 +67,13 @@ def run_stage(work: Path, stage: str, out: Path) -> dict:
     env = environment(work)
     start = time.time()
     with (out / f"{stage}.log").open("w") as log:
-        code = subprocess.call([sys.executable, "-m", "basic.cli", "stage", stage, RUN], cwd=work, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            [sys.executable, "-m", "basic.cli", "stage", stage, RUN],
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     result = {"exit": code, "wall_s": round(time.time() - start, 1)}
     curves = work / "results" / "curves" / RUN / f"{stage}.json"
     if curves.exists():
@@ -91,24 +102,36 @@ def answers(work: Path, n: int = 8) -> dict:
         question = record["conversations"][0]["value"].replace("<image>\n", "")
         prompt = processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
-            add_generation_prompt=True, tokenize=False)
+            add_generation_prompt=True,
+            tokenize=False,
+        )
         image = Image.open(work / "data" / "quick" / "images" / record["image"]).convert("RGB")
-        inputs = processor(text=[prompt], images=[image], add_special_tokens=False, return_tensors="pt").to("cuda")
+        inputs = processor(text=[prompt], images=[image], add_special_tokens=False, return_tensors="pt").to(
+            "cuda"
+        )
         inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-        text = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        shown.append({"question": question.split("\n")[0], "gold": record["conversations"][1]["value"], "answer": text})
+        text = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        shown.append(
+            {"question": question.split("\n")[0], "gold": record["conversations"][1]["value"], "answer": text}
+        )
         if len(shown) == n:
             break
-    return {"dtype": str(model.dtype), "device": str(model.device), "answers": shown,
-            "exact": sum(a["answer"].lower() == a["gold"].lower() for a in shown)}
+    return {
+        "dtype": str(model.dtype),
+        "device": str(model.device),
+        "answers": shown,
+        "exact": sum(a["answer"].lower() == a["gold"].lower() for a in shown),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", type=Path, default=ROOT / "build" / "launch_gpu_check")
-    p.add_argument("--quick", type=Path, default=ROOT / "build" / "quick", help="where `study.py --quick` ran")
+    p.add_argument(
+        "--quick", type=Path, default=ROOT / "build" / "quick", help="where `study.py --quick` ran"
+    )
     args = p.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     import deepspeed
@@ -117,14 +140,27 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         raise SystemExit("launch_gpu_check: needs a CUDA GPU (docs/full_study.md, section 7)")
-    result = {"check": "launch_gpu_check", "run": RUN, "card": torch.cuda.get_device_name(0),
-              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                           "deepspeed": deepspeed.__version__}, "precision": PRECISION}
+    result = {
+        "check": "launch_gpu_check",
+        "run": RUN,
+        "card": torch.cuda.get_device_name(0),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "deepspeed": deepspeed.__version__,
+        },
+        "precision": PRECISION,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = workspace(Path(tmp) / "work", args.quick)
-        result["commands"] = subprocess.run([sys.executable, "-m", "basic.cli", "stage", "--dry"], cwd=work,
-                                            env=environment(work), capture_output=True, text=True,
-                                            check=True).stdout.splitlines()
+        result["commands"] = subprocess.run(
+            [sys.executable, "-m", "basic.cli", "stage", "--dry"],
+            cwd=work,
+            env=environment(work),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
         for stage in ("pretrain", "finetune"):
             result[stage] = run_stage(work, stage, args.out_dir)
             if result[stage]["exit"]:

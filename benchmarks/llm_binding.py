@@ -65,9 +65,15 @@ def documents(scenes, kinds: tuple[str, ...], style: str, seed: int) -> list[dic
         if qa is None:
             continue
         text, answer = language.prompt(qa, style, rng)
-        docs.append({"id": scene.id, "lang": "en", "objects": len(scene.objects),
-                     "description": language.describe(scene, "en", rng),
-                     "turns": [{"prompt": text, "answer": answer, "kind": qa.kind, "style": style}]})
+        docs.append(
+            {
+                "id": scene.id,
+                "lang": "en",
+                "objects": len(scene.objects),
+                "description": language.describe(scene, "en", rng),
+                "turns": [{"prompt": text, "answer": answer, "kind": qa.kind, "style": style}],
+            }
+        )
     return docs
 
 
@@ -87,7 +93,9 @@ def circuit_loss(model, items, out, shape_ids: set[int], terms: tuple[str, ...])
 
     def lens(hidden, triples):
         rows, cols, targets = (torch.tensor(column) for column in zip(*triples))
-        return torch.nn.functional.cross_entropy(model.lm_head(model.model.norm(hidden[rows, cols].float())), targets)
+        return torch.nn.functional.cross_entropy(
+            model.lm_head(model.model.norm(hidden[rows, cols].float())), targets
+        )
 
     loss = torch.zeros(())
     if "prev" in terms:
@@ -96,7 +104,9 @@ def circuit_loss(model, items, out, shape_ids: set[int], terms: tuple[str, ...])
         loss = loss + lens(out.hidden_states[2], query)
     if "match" in terms:
         attention = out.attentions[2][:, 0].float()
-        loss = loss - torch.stack([torch.log(attention[r, a, cols].sum() + 1e-6) for r, a, cols in match]).mean()
+        loss = (
+            loss - torch.stack([torch.log(attention[r, a, cols].sum() + 1e-6) for r, a, cols in match]).mean()
+        )
     return loss
 
 
@@ -111,9 +121,15 @@ def shape_token_ids(tokenizer) -> set[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--name", default="vicuna-7b", choices=sorted(LLM_SPECS))
-    p.add_argument("--tokenizer", type=Path, default=ROOT / "data" / "mini" / "tokenizer",
-                   help="the world's tokenizer (basic mini data)")
-    p.add_argument("--kinds", default="colour", help="question kinds, comma-separated (basic.mini.language.KINDS)")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=ROOT / "data" / "mini" / "tokenizer",
+        help="the world's tokenizer (basic mini data)",
+    )
+    p.add_argument(
+        "--kinds", default="colour", help="question kinds, comma-separated (basic.mini.language.KINDS)"
+    )
     p.add_argument("--style", default="short", choices=("short", "open", "mc"))
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--every", type=int, default=200)
@@ -121,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--docs", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--circuit", default="", help=f"auxiliary circuit losses, comma-separated: {', '.join(CIRCUIT_TERMS)}")
+    p.add_argument(
+        "--circuit", default="", help=f"auxiliary circuit losses, comma-separated: {', '.join(CIRCUIT_TERMS)}"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_binding.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -133,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = family_tokenizer(PreTrainedTokenizerFast.from_pretrained(args.tokenizer), spec.family)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_scenes = _scenes(args.seed + 100, "llm_train", "bind", args.docs, **CLEAR)
-    eval_scenes = _scenes(args.seed + 100, "llm_eval", "bindeval", 500, frozenset(s.key for s in train_scenes), **CLEAR)
+    eval_scenes = _scenes(
+        args.seed + 100, "llm_eval", "bindeval", 500, frozenset(s.key for s in train_scenes), **CLEAR
+    )
     train = encode(documents(train_scenes, kinds, args.style, args.seed), tokenizer, spec.family)
     held_out = encode(documents(eval_scenes, kinds, args.style, args.seed + 1), tokenizer, spec.family)
     model = build_llm(spec, tokenizer, args.seed)
@@ -142,15 +162,39 @@ def main(argv: list[str] | None = None) -> int:
         aux_loss = functools.partial(circuit_loss, shape_ids=shape_token_ids(tokenizer), terms=terms)
     start, points = time.time(), []
     for chunk in range(args.steps // args.every):
-        losses = train_llm(model, train, args.every, args.batch, args.lr, args.seed + chunk, pad, desc=args.name,
-                           aux_loss=aux_loss)
+        losses = train_llm(
+            model,
+            train,
+            args.every,
+            args.batch,
+            args.lr,
+            args.seed + chunk,
+            pad,
+            desc=args.name,
+            aux_loss=aux_loss,
+        )
         quality = text_qa_accuracy(model, held_out, pad)
-        points.append({"step": (chunk + 1) * args.every, "train_s": round(time.time() - start, 1),
-                       "loss": round(float(np.mean(losses[-20:])), 4),
-                       **{key: round(v["accuracy"], 3) for key, v in quality.items() if key.startswith(("all", "objects/"))}})
+        points.append(
+            {
+                "step": (chunk + 1) * args.every,
+                "train_s": round(time.time() - start, 1),
+                "loss": round(float(np.mean(losses[-20:])), 4),
+                **{
+                    key: round(v["accuracy"], 3)
+                    for key, v in quality.items()
+                    if key.startswith(("all", "objects/"))
+                },
+            }
+        )
         print(json.dumps(points[-1]), flush=True)
-    result = {"benchmark": "llm_binding", "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "spec": spec_dict(args.name), "train_docs": len(train), "eval_docs": len(held_out), "points": points}
+    result = {
+        "benchmark": "llm_binding",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "spec": spec_dict(args.name),
+        "train_docs": len(train),
+        "eval_docs": len(held_out),
+        "points": points,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -41,10 +41,10 @@ from basic.data.collator import LlavaCollator
 from basic.data.images import background_color, expand2square
 from basic.data.labels import IGNORE_INDEX, SkipSample, encode
 from basic.data.templates import get_template
+from basic.families import FAMILIES
 from basic.mini.language import ask, caption, prompt
 from basic.mini.scenes import Scene, SceneSampler, render
 from basic.model import build, projector_of, set_trainable
-from basic.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 # The probe scenes' own random streams (far from basic.mini.scenes.STREAMS' purposes): training and held out.
@@ -52,6 +52,7 @@ PROBE_TRAIN, PROBE_TEST = 9001, 9002
 
 
 # ---- data ------------------------------------------------------------------------------------------------
+
 
 def probe_scenes(seed: int, stream: int, n: int, objects: int) -> list[Scene]:
     """`n` clear scenes with exactly `objects` objects and no sign."""
@@ -68,16 +69,31 @@ def probe_records(scenes: list[Scene], kinds: tuple[str, ...], seed: int) -> lis
         if qa is None:
             continue
         question, answer = prompt(qa, "short", rng)
-        records.append({"scene": scene, "kind": qa.kind,
-                        "conversations": [{"from": "human", "value": f"<image>\n{question}"},
-                                          {"from": "gpt", "value": answer}]})
+        records.append(
+            {
+                "scene": scene,
+                "kind": qa.kind,
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{question}"},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
     return records
 
 
 def caption_records(scenes: list[Scene], seed: int) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [{"scene": s, "conversations": [{"from": "human", "value": "<image>\nDescribe the image."},
-                                           {"from": "gpt", "value": caption(s, rng)}]} for s in scenes]
+    return [
+        {
+            "scene": s,
+            "conversations": [
+                {"from": "human", "value": "<image>\nDescribe the image."},
+                {"from": "gpt", "value": caption(s, rng)},
+            ],
+        }
+        for s in scenes
+    ]
 
 
 def file_records(data: Path, name: str) -> list[dict]:
@@ -102,13 +118,22 @@ class Samples:
         self.blank = self.pixels(_blank(image_size, self.pad))
 
     def pixels(self, image) -> torch.Tensor:
-        return self.processor(images=expand2square(image.convert("RGB"), self.pad), return_tensors="pt")["pixel_values"][0]
+        return self.processor(images=expand2square(image.convert("RGB"), self.pad), return_tensors="pt")[
+            "pixel_values"
+        ][0]
 
     def __call__(self, record: dict, blind: bool = False) -> dict | None:
         has_image = "scene" in record or "path" in record
         try:
-            enc = encode(record["conversations"], self.template, self.tokenizer, has_image=has_image,
-                         image_token_id=self.image_id, image_seq_length=self.seq, max_length=self.max_length)
+            enc = encode(
+                record["conversations"],
+                self.template,
+                self.tokenizer,
+                has_image=has_image,
+                image_token_id=self.image_id,
+                image_seq_length=self.seq,
+                max_length=self.max_length,
+            )
         except SkipSample:
             return None
         sample = {"input_ids": torch.tensor(enc.input_ids), "labels": torch.tensor(enc.labels)}
@@ -133,9 +158,20 @@ def _blank(size: int, colour):
 
 # ---- training and scoring ---------------------------------------------------------------------------------
 
-def train(built, samples: Samples, records: list[dict], steps: int, batch: int, lr: float, seed: int,
-          projector_only: bool, warmup: float = 0.03, group_by_modality: bool = False,
-          projector_lr: float | None = None) -> list[float]:
+
+def train(
+    built,
+    samples: Samples,
+    records: list[dict],
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    projector_only: bool,
+    warmup: float = 0.03,
+    group_by_modality: bool = False,
+    projector_lr: float | None = None,
+) -> list[float]:
     """`steps` optimiser steps as the engine's Trainer takes them (AdamW, betas 0.9/0.999, no weight decay,
     linear warmup then cosine to 0, gradient norm clipped at 1); returns the loss per step.
     `group_by_modality`: each batch all image records or all text-only ones, as LLaVA's sampler makes them.
@@ -144,14 +180,20 @@ def train(built, samples: Samples, records: list[dict], steps: int, batch: int, 
     set_trainable(model, projector_only=projector_only)
     params = [p for p in model.parameters() if p.requires_grad]
     in_projector = {id(p) for p in projector_of(model).parameters()}
-    groups_ = [{"params": [p for p in params if id(p) not in in_projector]},
-               {"params": [p for p in params if id(p) in in_projector], "lr": projector_lr or lr}]
-    opt = torch.optim.AdamW([g for g in groups_ if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                            weight_decay=0.0)
+    groups_ = [
+        {"params": [p for p in params if id(p) not in in_projector]},
+        {"params": [p for p in params if id(p) in in_projector], "lr": projector_lr or lr},
+    ]
+    opt = torch.optim.AdamW(
+        [g for g in groups_ if g["params"]], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0
+    )
     sched = get_cosine_schedule_with_warmup(opt, math.ceil(warmup * steps), steps)
     collate = LlavaCollator(built.tokenizer.pad_token_id)
     rng = np.random.default_rng(seed)
-    groups = [[i for i, r in enumerate(records) if ("scene" in r or "path" in r) == image] for image in (True, False)]
+    groups = [
+        [i for i, r in enumerate(records) if ("scene" in r or "path" in r) == image]
+        for image in (True, False)
+    ]
     groups = [g for g in groups if g] if group_by_modality else [list(range(len(records)))]
     queue: list[list[int]] = []
     model.train()
@@ -160,7 +202,7 @@ def train(built, samples: Samples, records: list[dict], steps: int, batch: int, 
         if not queue:
             for g in groups:
                 order = rng.permutation(g)
-                queue += [list(order[b:b + batch]) for b in range(0, len(order) - batch + 1, batch)]
+                queue += [list(order[b : b + batch]) for b in range(0, len(order) - batch + 1, batch)]
             queue = [queue[int(i)] for i in rng.permutation(len(queue))]
         chosen = [s for s in (samples(records[int(i)]) for i in queue.pop()) if s is not None]
         inputs = collate(chosen)
@@ -184,13 +226,15 @@ def score(built, samples: Samples, records: list[dict], batch: int = 64) -> dict
     for blind in (False, True):
         hits, losses, argmaxes = [], [], []
         for b in range(0, len(records), batch):
-            chosen = [samples(r, blind) for r in records[b:b + batch]]
+            chosen = [samples(r, blind) for r in records[b : b + batch]]
             inputs = collate(chosen)
             logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits[:, :-1]
             labels = inputs["labels"][:, 1:]
             mask = labels != IGNORE_INDEX
             predicted = logits.argmax(-1)
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+            nll = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels.clamp(min=0), reduction="none"
+            )
             for row in range(len(chosen)):
                 m = mask[row]
                 hits.append(bool((predicted[row][m] == labels[row][m]).all()))
@@ -202,12 +246,21 @@ def score(built, samples: Samples, records: list[dict], batch: int = 64) -> dict
     by_kind = {}
     for kind in kinds:
         idx = [i for i, r in enumerate(records) if r.get("kind", "caption") == kind]
-        by_kind[kind] = {"n": len(idx), "accuracy": _mean([hit[i] for i in idx]),
-                         "blind_accuracy": _mean([bhit[i] for i in idx])}
-    return {"n": len(records), "accuracy": _mean(hit), "blind_accuracy": _mean(bhit),
-            "loss": _mean(loss), "blind_loss": _mean(bloss),
-            "changed_by_image": _mean([a != b for a, b in zip(said, bsaid)]),
-            "distinct_answers": len(set(said)), "kinds": by_kind}
+        by_kind[kind] = {
+            "n": len(idx),
+            "accuracy": _mean([hit[i] for i in idx]),
+            "blind_accuracy": _mean([bhit[i] for i in idx]),
+        }
+    return {
+        "n": len(records),
+        "accuracy": _mean(hit),
+        "blind_accuracy": _mean(bhit),
+        "loss": _mean(loss),
+        "blind_loss": _mean(bloss),
+        "changed_by_image": _mean([a != b for a, b in zip(said, bsaid)]),
+        "distinct_answers": len(set(said)),
+        "kinds": by_kind,
+    }
 
 
 def _mean(values) -> float:
@@ -219,26 +272,45 @@ def scale(built, samples: Samples, scenes: list[Scene]) -> dict:
     """Mean norm of the projector's output per image token and of the LLM's input embeddings of the words."""
     model = built.model
     pixels = torch.stack([samples.pixels(render(s, samples.size)) for s in scenes])
-    output = model.model.get_image_features(pixel_values=pixels, vision_feature_layer=model.config.vision_feature_layer,
-                                            vision_feature_select_strategy=model.config.vision_feature_select_strategy)
+    output = model.model.get_image_features(
+        pixel_values=pixels,
+        vision_feature_layer=model.config.vision_feature_layer,
+        vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+    )
     features = torch.cat(list(output.pooler_output))
     embeddings = model.get_input_embeddings().weight
-    ids = sorted({i for w in ("red", "blue", "circle", "square", "large", "small", "the", "color", "What")
-                  for i in built.tokenizer(" " + w, add_special_tokens=False)["input_ids"]})
+    ids = sorted(
+        {
+            i
+            for w in ("red", "blue", "circle", "square", "large", "small", "the", "color", "What")
+            for i in built.tokenizer(" " + w, add_special_tokens=False)["input_ids"]
+        }
+    )
     words = embeddings[ids].norm(dim=-1).mean().item()
     patches = features.norm(dim=-1)
     deviation = (features - features.mean(0)).norm(dim=-1).mean().item()
-    return {"image_token_norm": round(patches.mean().item(), 3), "image_token_deviation": round(deviation, 3),
-            "word_embedding_norm": round(words, 3), "ratio": round(patches.mean().item() / words, 1)}
+    return {
+        "image_token_norm": round(patches.mean().item(), 3),
+        "image_token_deviation": round(deviation, 3),
+        "word_embedding_norm": round(words, 3),
+        "ratio": round(patches.mean().item() / words, 1),
+    }
 
 
 # ---- the measurement ---------------------------------------------------------------------------------------
 
+
 def load_model(args, seed: int):
     template = FAMILIES[_family(args.backbones / args.llm)][2]
-    built = build(str(args.backbones / args.llm), str(args.backbones / args.encoder), projector_type="mlp2x_gelu",
-                  vision_select_layer=-2, model_max_length=256, chat_template=get_template(template).jinja,
-                  seed=seed)
+    built = build(
+        str(args.backbones / args.llm),
+        str(args.backbones / args.encoder),
+        projector_type="mlp2x_gelu",
+        vision_select_layer=-2,
+        model_max_length=256,
+        chat_template=get_template(template).jinja,
+        seed=seed,
+    )
     if args.projector_scale != 1.0:
         with torch.no_grad():
             for name in ("weight", "bias"):
@@ -264,15 +336,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stage2-steps", default="120", help="comma-separated; one stage-2 schedule per value")
     p.add_argument("--stage2-batch", type=int, default=16)
     p.add_argument("--stage2-lr", type=float, default=1e-3)
-    p.add_argument("--stage2-projector-lr", type=float, help="stage 2's projector learning rate (mm_projector_lr)")
+    p.add_argument(
+        "--stage2-projector-lr", type=float, help="stage 2's projector learning rate (mm_projector_lr)"
+    )
     p.add_argument("--stage2-data", choices=["finetune", "probe"], default="finetune")
     p.add_argument("--objects", default="1,2", help="objects per probe scene (comma-separated)")
     p.add_argument("--kinds", default="colour,shape", help="probe question kinds (basic.mini.language.KINDS)")
     p.add_argument("--probe-train", type=int, default=2000, help="probe training scenes per object count")
     p.add_argument("--probe-test", type=int, default=200, help="held-out probe scenes per object count")
-    p.add_argument("--projector-scale", type=float, default=1.0,
-                   help="multiply the new projector's output layer by this (a what-if on the output scale, "
-                        "not something the engine does)")
+    p.add_argument(
+        "--projector-scale",
+        type=float,
+        default=1.0,
+        help="multiply the new projector's output layer by this (a what-if on the output scale, "
+        "not something the engine does)",
+    )
     p.add_argument("--label", default="", help="what this run measures (recorded)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/seeing.json")
     args = p.parse_args(argv)
@@ -281,11 +359,17 @@ def main(argv: list[str] | None = None) -> dict:
     objects = [int(n) for n in args.objects.split(",")]
     size = json.loads((args.data / "manifest.json").read_text())["sizes"]["image_size"]
 
-    tests = {n: probe_records(probe_scenes(args.seed, PROBE_TEST + 100 * n, args.probe_test, n), kinds, args.seed + 1)
-             for n in objects}
+    tests = {
+        n: probe_records(
+            probe_scenes(args.seed, PROBE_TEST + 100 * n, args.probe_test, n), kinds, args.seed + 1
+        )
+        for n in objects
+    }
     captions = caption_records(probe_scenes(args.seed, PROBE_TEST + 1, args.probe_test, 2), args.seed + 2)
-    result: dict = {"label": args.label, "settings": {k: str(v) if isinstance(v, Path) else v
-                                                     for k, v in vars(args).items()}}
+    result: dict = {
+        "label": args.label,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
 
     # Stage 1: the projector alone on the captions.
     torch.manual_seed(args.seed)
@@ -294,21 +378,37 @@ def main(argv: list[str] | None = None) -> dict:
     chat = Samples(built, template, size)
     result["scale_initial"] = scale(built, chat, [r["scene"] for r in tests[objects[0]][:64]])
     started = time.perf_counter()
-    losses = train(built, plain, file_records(args.data, "pretrain"), args.stage1_steps, args.stage1_batch,
-                   args.stage1_lr, args.seed, projector_only=True)
-    result["stage1"] = {"steps": args.stage1_steps, "seconds": round(time.perf_counter() - started, 1),
-                        "loss_first": round(float(np.mean(losses[:5])), 3),
-                        "loss_last": round(float(np.mean(losses[-5:])), 3),
-                        "captions": score(built, plain, captions),
-                        "scale": scale(built, chat, [r["scene"] for r in tests[objects[0]][:64]]),
-                        "frozen_llm_probes": {str(n): score(built, chat, tests[n]) for n in objects}}
+    losses = train(
+        built,
+        plain,
+        file_records(args.data, "pretrain"),
+        args.stage1_steps,
+        args.stage1_batch,
+        args.stage1_lr,
+        args.seed,
+        projector_only=True,
+    )
+    result["stage1"] = {
+        "steps": args.stage1_steps,
+        "seconds": round(time.perf_counter() - started, 1),
+        "loss_first": round(float(np.mean(losses[:5])), 3),
+        "loss_last": round(float(np.mean(losses[-5:])), 3),
+        "captions": score(built, plain, captions),
+        "scale": scale(built, chat, [r["scene"] for r in tests[objects[0]][:64]]),
+        "frozen_llm_probes": {str(n): score(built, chat, tests[n]) for n in objects},
+    }
     projector = {k: v.clone() for k, v in projector_of(built.model).state_dict().items()}
     print(json.dumps(result["stage1"], indent=1), flush=True)
 
     # Stage 2: projector and LLM, one schedule per step count, each from the stage-1 projector.
     if args.stage2_data == "probe":
-        records = [r for n in objects for r in probe_records(
-            probe_scenes(args.seed, PROBE_TRAIN + 100 * n, args.probe_train, n), kinds, args.seed + 3)]
+        records = [
+            r
+            for n in objects
+            for r in probe_records(
+                probe_scenes(args.seed, PROBE_TRAIN + 100 * n, args.probe_train, n), kinds, args.seed + 3
+            )
+        ]
     else:
         records = file_records(args.data, "finetune")
     result["stage2"] = []
@@ -316,12 +416,24 @@ def main(argv: list[str] | None = None) -> dict:
         built, _ = load_model(args, args.seed)
         projector_of(built.model).load_state_dict(projector)
         started = time.perf_counter()
-        losses = train(built, chat, records, steps, args.stage2_batch, args.stage2_lr, args.seed,
-                       projector_only=False, group_by_modality=args.stage2_data == "finetune",
-                       projector_lr=args.stage2_projector_lr)
-        entry = {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
-                 "loss_last": round(float(np.mean(losses[-10:])), 3),
-                 "probes": {str(n): score(built, chat, tests[n]) for n in objects}}
+        losses = train(
+            built,
+            chat,
+            records,
+            steps,
+            args.stage2_batch,
+            args.stage2_lr,
+            args.seed,
+            projector_only=False,
+            group_by_modality=args.stage2_data == "finetune",
+            projector_lr=args.stage2_projector_lr,
+        )
+        entry = {
+            "steps": steps,
+            "seconds": round(time.perf_counter() - started, 1),
+            "loss_last": round(float(np.mean(losses[-10:])), 3),
+            "probes": {str(n): score(built, chat, tests[n]) for n in objects},
+        }
         result["stage2"].append(entry)
         print(json.dumps(entry, indent=1), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

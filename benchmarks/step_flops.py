@@ -59,16 +59,30 @@ RESULTS = ROOT / "benchmarks" / "results"
 aten = torch.ops.aten
 
 CPU_ATTENTION_FLOPS = {  # PyTorch's own SDPA formulas, for the CPU flash kernel that stands in for CUDA's
-    aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, out_shape=None, **kwargs: (
+        sdpa_flop_count(q, k, v)
+    ),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda grad, q, k, v, *args, out_shape=None, **kwargs: (
+        sdpa_backward_flop_count(grad, q, k, v)
+    ),
 }
 GATHERS = {"index", "index_select", "gather", "embedding", "_unsafe_index", "take"}  # read what they write
 # Operations that move no data: allocations, metadata, views without an alias annotation.
 WRITE_ONLY = {"copy_", "fill_", "zero_"}  # in-place operations that do not read what they overwrite
-NO_DATA = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "lift_fresh", "set_",
-           "resize_", "_assert_async", "_unsafe_view", "_reshape_alias", "alias"}
+NO_DATA = {
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "lift_fresh",
+    "set_",
+    "resize_",
+    "_assert_async",
+    "_unsafe_view",
+    "_reshape_alias",
+    "alias",
+}
 
 
 def _bytes(t: torch.Tensor) -> int:
@@ -95,8 +109,11 @@ class ByteCounter(TorchDispatchMode):
             return out
         written = sum(_bytes(t) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
         read_args = args[1:] if name in WRITE_ONLY else args
-        inputs = [t for t in tree_flatten((read_args, {k: v for k, v in kwargs.items() if k != "out"}))[0]
-                  if isinstance(t, torch.Tensor)]
+        inputs = [
+            t
+            for t in tree_flatten((read_args, {k: v for k, v in kwargs.items() if k != "out"}))[0]
+            if isinstance(t, torch.Tensor)
+        ]
         if name in GATHERS:  # the source is read where it is gathered; the indices are read whole
             read = written + sum(_bytes(t) for t in inputs if t.dtype in (torch.int32, torch.int64))
         else:
@@ -128,7 +145,8 @@ class Components:
         sdpa = functions["sdpa"]
         shallow = self._wrap(sdpa, "sdpa_layers_1_k")
         functions["sdpa"] = lambda module, *args, **kwargs: (  # the vision tower's layers have no layer_idx
-            shallow if getattr(module, "layer_idx", self.k) < self.k else sdpa)(module, *args, **kwargs)
+            shallow if getattr(module, "layer_idx", self.k) < self.k else sdpa
+        )(module, *args, **kwargs)
         try:
             yield self
         finally:
@@ -155,7 +173,10 @@ class Components:
 
 def count_step(model, inputs, objective, components: Components) -> dict:
     """FLOPs (by operator) and bytes of one forward + backward."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as flops, ByteCounter() as counted:
+    with (
+        FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as flops,
+        ByteCounter() as counted,
+    ):
         components.counters = (flops, counted)
         try:
             if objective is None:
@@ -169,8 +190,11 @@ def count_step(model, inputs, objective, components: Components) -> dict:
         finally:
             components.counters = None
     model.zero_grad(set_to_none=True)
-    return {"flops": flops.get_total_flops(), "bytes": counted.total,
-            "flops_by_operator": {str(op): n for op, n in flops.get_flop_counts()["Global"].items()}}
+    return {
+        "flops": flops.get_total_flops(),
+        "bytes": counted.total,
+        "flops_by_operator": {str(op): n for op, n in flops.get_flop_counts()["Global"].items()},
+    }
 
 
 def analytic_minimum(shape: basic_overhead.Shape, k: int) -> dict[str, float]:
@@ -186,7 +210,9 @@ def analytic_minimum(shape: basic_overhead.Shape, k: int) -> dict[str, float]:
 def counting():
     """What the counting changes while it runs, put back afterwards (tests share the process)."""
     before = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK"), losses.GPU_DEVICES
-    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"  # the model's own image-token count check reads values
+    os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = (
+        "1"  # the model's own image-token count check reads values
+    )
     losses.GPU_DEVICES = (*losses.GPU_DEVICES, "cpu")  # fake CPU tensors stand for CUDA ones (see above)
     try:
         yield
@@ -224,30 +250,53 @@ def _run(scale: str, stages: tuple[int, ...], batches: tuple[int | None, ...]) -
         extra_flops = basic["flops"] - baseline["flops"]
         extra_bytes = basic["bytes"] - baseline["bytes"]
         names = ("scoring", "hooks", "sds", "das")
-        parts = {name: {"tflop": components.flops[name] / 1e12, "gb": components.bytes[name] / 1e9} for name in names}
+        parts = {
+            name: {"tflop": components.flops[name] / 1e12, "gb": components.bytes[name] / 1e9}
+            for name in names
+        }
         # layers 1..k: SDPA's kernel called for its logsumexp (BASIC) in place of SDPA (baseline)
         swap_flops = components.flops["attention_kernel"] - components.flops["sdpa_layers_1_k"]
         swap_bytes = components.bytes["attention_kernel"] - components.bytes["sdpa_layers_1_k"]
         parts["attention_kernel_vs_sdpa"] = {"tflop": swap_flops / 1e12, "gb": swap_bytes / 1e9}
-        parts["other"] = {"tflop": (extra_flops - swap_flops - sum(components.flops[n] for n in names)) / 1e12,
-                          "gb": (extra_bytes - swap_bytes - sum(components.bytes[n] for n in names)) / 1e9}
+        parts["other"] = {
+            "tflop": (extra_flops - swap_flops - sum(components.flops[n] for n in names)) / 1e12,
+            "gb": (extra_bytes - swap_bytes - sum(components.bytes[n] for n in names)) / 1e9,
+        }
         minimum = analytic_minimum(shape, k)
         report["stages"][f"stage{stage}"] = {
-            "shape": asdict(shape), "image_tokens": shape.image_tokens,
-            "trains": "projector" if stage == 1 else "projector + LLM", "basic_layers": k,
-            "baseline_tflop": baseline["flops"] / 1e12, "basic_tflop": basic["flops"] / 1e12,
-            "extra_tflop": extra_flops / 1e12, "extra_fraction": extra_flops / baseline["flops"],
+            "shape": asdict(shape),
+            "image_tokens": shape.image_tokens,
+            "trains": "projector" if stage == 1 else "projector + LLM",
+            "basic_layers": k,
+            "baseline_tflop": baseline["flops"] / 1e12,
+            "basic_tflop": basic["flops"] / 1e12,
+            "extra_tflop": extra_flops / 1e12,
+            "extra_fraction": extra_flops / baseline["flops"],
             "components": parts,
             "minimum_tflop": {name: v / 1e12 for name, v in minimum.items()},
-            "to_minimum": {"sds": components.flops["sds"] / minimum["sds"],
-                           "scoring": components.flops["scoring"] / minimum["scoring"]},
-            "baseline_gb": baseline["bytes"] / 1e9, "extra_gb": extra_bytes / 1e9,
+            "to_minimum": {
+                "sds": components.flops["sds"] / minimum["sds"],
+                "scoring": components.flops["scoring"] / minimum["scoring"],
+            },
+            "baseline_gb": baseline["bytes"] / 1e9,
+            "extra_gb": extra_bytes / 1e9,
             "baseline_flops_by_operator": baseline["flops_by_operator"],
             "basic_flops_by_operator": basic["flops_by_operator"],
             "seconds": time.time() - started,
         }
-        print(json.dumps({f"stage{stage}": {key: value for key, value in report["stages"][f"stage{stage}"].items()
-                                             if "by_operator" not in key}}, indent=1), flush=True)
+        print(
+            json.dumps(
+                {
+                    f"stage{stage}": {
+                        key: value
+                        for key, value in report["stages"][f"stage{stage}"].items()
+                        if "by_operator" not in key
+                    }
+                },
+                indent=1,
+            ),
+            flush=True,
+        )
     return report
 
 
@@ -255,8 +304,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=("7b", "mini"), default="7b")
     parser.add_argument("--stages", type=int, nargs="+", choices=(1, 2), default=[1, 2])
-    parser.add_argument("--batch", type=int, nargs="+",
-                        help="per stage, or one for all (default: 8 at 7b; the mini benchmark's 32 and 16 at mini)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        help="per stage, or one for all (default: 8 at 7b; the mini benchmark's 32 and 16 at mini)",
+    )
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/step_flops_<scale>.json")
     args = parser.parse_args(argv)
     batches = args.batch or ([8] if args.scale == "7b" else [{1: 32, 2: 16}[stage] for stage in args.stages])
@@ -265,12 +318,15 @@ def main(argv: list[str] | None = None) -> dict:
     if len(batches) != len(args.stages):
         parser.error("--batch takes one value or one per stage")
     report = {
-        "check": "step_flops", "code": basic_overhead.git_state(), "torch": torch.__version__,
+        "check": "step_flops",
+        "code": basic_overhead.git_state(),
+        "torch": torch.__version__,
         "code_path": "fake tensors (no values) on the CPU device, counted as the GPU runs: SDS's bf16 products "
-                     "with float32 results; SDPA's CPU flash kernel standing in for CUDA's (same FLOP formula)",
+        "with float32 results; SDPA's CPU flash kernel standing in for CUDA's (same FLOP formula)",
         "bytes_estimate": "per non-view operation: tensor inputs read and outputs written once (broadcast "
-                          "dimensions once, gathers read what they write); no fusion, no cache",
-        "scale": args.scale, **run(args.scale, tuple(args.stages), tuple(batches)),
+        "dimensions once, gathers read what they write); no fusion, no cache",
+        "scale": args.scale,
+        **run(args.scale, tuple(args.stages), tuple(batches)),
     }
     out = args.out or RESULTS / f"step_flops_{args.scale}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

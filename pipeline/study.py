@@ -35,27 +35,39 @@ BIN = Path(sys.executable).parent
 QUICK = ROOT / "build" / "quick"
 
 sys.path.insert(0, str(ROOT / "src"))
-from basic.pipeline import config  # noqa: E402
+from basic.pipeline import config
 
 
 def environment(root: Path) -> dict[str, str]:
-    env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]), "DVC_NO_ANALYTICS": "1",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     if root != ROOT:  # a copy runs its own code
-        env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(root / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
     return env
 
 
 def main_runs(params: dict) -> list[str]:
     """The main table's seed-0 runs."""
-    return [r for r in dict.fromkeys(params["tables"].get("main", [])) if params["runs"][r].get("seed", 0) == 0]
+    return [
+        r for r in dict.fromkeys(params["tables"].get("main", [])) if params["runs"][r].get("seed", 0) == 0
+    ]
 
 
 def scratch_copy(dest: Path, profile: str, runs: list[str], tables: dict[str, list[str]]) -> Path:
     """A fresh copy of this checkout in `dest` (what git tracks or would track, but results/ and dvc.lock) as
     a git repository of its own, whose params.yaml has `profile`, only `runs` and `tables`; returns `dest`."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     if dest.exists():
         shutil.rmtree(dest)
     for name in files:
@@ -90,8 +102,11 @@ def ensure_dvc(root: Path, env: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"the main table's seed-0 runs on the `quick` profile, in a fresh copy ({QUICK.relative_to(ROOT)}/)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the main table's seed-0 runs on the `quick` profile, in a fresh copy ({QUICK.relative_to(ROOT)}/)",
+    )
     args, extra = p.parse_known_args(argv)
     root = ROOT
     if args.quick:
@@ -101,11 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(root)
     ensure_dvc(root, env)
     started = time.perf_counter()
-    code = subprocess.run(dvc("repro", *extra), cwd=root, env=env).returncode
+    code = subprocess.run(dvc("repro", *extra), cwd=root, env=env, check=False).returncode
     elapsed = time.strftime("%H:%M:%S", time.gmtime(time.perf_counter() - started))
     where = "" if root == ROOT else f"{root.relative_to(ROOT)}/"
-    print(f"study: dvc repro {'done' if code == 0 else f'failed (exit {code})'} in {elapsed}; tables in "
-          f"{where}results/tables/, notebooks in {where}results/notebooks/", flush=True)
+    print(
+        f"study: dvc repro {'done' if code == 0 else f'failed (exit {code})'} in {elapsed}; tables in "
+        f"{where}results/tables/, notebooks in {where}results/notebooks/",
+        flush=True,
+    )
     if code == 0:
         subprocess.run(dvc("status"), cwd=root, env=env, check=False)
     return code

@@ -53,8 +53,24 @@ def tiny_data(tmp_path_factory) -> dict:
 
 
 # `basic mini data` at a tiny size, the options every test of the generated world shares.
-MINI_WORLD_ARGS = ("--seed", "3", "--train-images", "48", "--text-conversations", "8", "--llm-docs", "150",
-                   "--llm-eval", "40", "--bench-questions", "16", "--probe-images", "40", "--vocab-size", "1200")
+MINI_WORLD_ARGS = (
+    "--seed",
+    "3",
+    "--train-images",
+    "48",
+    "--text-conversations",
+    "8",
+    "--llm-docs",
+    "150",
+    "--llm-eval",
+    "40",
+    "--bench-questions",
+    "16",
+    "--probe-images",
+    "40",
+    "--vocab-size",
+    "1200",
+)
 
 
 @pytest.fixture(scope="session")
@@ -81,22 +97,53 @@ def llava_argv(backbones, tiny_data):
 
     def make(stage: int, llm: str, encoder: str, output_dir, **overrides) -> list[str]:
         common = dict(
-            model_name_or_path=backbones[llm], vision_tower=backbones[encoder], image_folder=tiny_data["images"],
-            mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, mm_use_im_start_end=False,
-            mm_use_im_patch_token=False, bf16=True, output_dir=output_dir, num_train_epochs=1,
-            per_device_eval_batch_size=4, gradient_accumulation_steps=1, evaluation_strategy="no",
-            save_strategy="steps", save_total_limit=1, weight_decay=0.0, warmup_ratio=0.03,
-            lr_scheduler_type="cosine", logging_steps=1, tf32=True, model_max_length=2048,
-            gradient_checkpointing=True, dataloader_num_workers=0, lazy_preprocess=True, report_to="none",
-            max_steps=2, seed=0,
+            model_name_or_path=backbones[llm],
+            vision_tower=backbones[encoder],
+            image_folder=tiny_data["images"],
+            mm_projector_type="mlp2x_gelu",
+            mm_vision_select_layer=-2,
+            mm_use_im_start_end=False,
+            mm_use_im_patch_token=False,
+            bf16=True,
+            output_dir=output_dir,
+            num_train_epochs=1,
+            per_device_eval_batch_size=4,
+            gradient_accumulation_steps=1,
+            evaluation_strategy="no",
+            save_strategy="steps",
+            save_total_limit=1,
+            weight_decay=0.0,
+            warmup_ratio=0.03,
+            lr_scheduler_type="cosine",
+            logging_steps=1,
+            tf32=True,
+            model_max_length=2048,
+            gradient_checkpointing=True,
+            dataloader_num_workers=0,
+            lazy_preprocess=True,
+            report_to="none",
+            max_steps=2,
+            seed=0,
         )
         if stage == 1:
-            common.update(version="plain", data_path=tiny_data["pretrain"], tune_mm_mlp_adapter=True,
-                          per_device_train_batch_size=4, save_steps=24000, learning_rate=1e-3)
+            common.update(
+                version="plain",
+                data_path=tiny_data["pretrain"],
+                tune_mm_mlp_adapter=True,
+                per_device_train_batch_size=4,
+                save_steps=24000,
+                learning_rate=1e-3,
+            )
         else:
-            common.update(version=TEMPLATE_OF[llm], data_path=tiny_data["finetune"], image_aspect_ratio="pad",
-                          group_by_modality_length=True, per_device_train_batch_size=4, save_steps=50000,
-                          learning_rate=2e-5)
+            common.update(
+                version=TEMPLATE_OF[llm],
+                data_path=tiny_data["finetune"],
+                image_aspect_ratio="pad",
+                group_by_modality_length=True,
+                per_device_train_batch_size=4,
+                save_steps=50000,
+                learning_rate=2e-5,
+            )
         common.update(overrides)
         return _flags(**common)
 

@@ -40,13 +40,30 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
-    return {"checkpoint": save_tiny_llava(root / "checkpoint", vocab_size=600),
-            "data": write_benchmark_fixtures(root / "data", n=9), "root": root}
+    return {
+        "checkpoint": save_tiny_llava(root / "checkpoint", vocab_size=600),
+        "data": write_benchmark_fixtures(root / "data", n=9),
+        "root": root,
+    }
 
 
 def _analyse(world, out: Path, checkpoint=None, **flags) -> dict:
-    argv = ["--checkpoint", str(checkpoint or world["checkpoint"]), "--data", str(world["data"]), "--out", str(out),
-            "--tasks", TASKS, "--images", "6", "--examples", "2", "--batch_size", "4"]
+    argv = [
+        "--checkpoint",
+        str(checkpoint or world["checkpoint"]),
+        "--data",
+        str(world["data"]),
+        "--out",
+        str(out),
+        "--tasks",
+        TASKS,
+        "--images",
+        "6",
+        "--examples",
+        "2",
+        "--batch_size",
+        "4",
+    ]
     for name, value in flags.items():
         argv += [f"--{name}", str(value)]
     assert analysis.main(argv) == 0
@@ -68,6 +85,7 @@ def _word_projector(world, word_id: int, name: str) -> Path:
 
 # ---- ground truth and vocabulary -------------------------------------------------------------------------
 
+
 def test_patch_labels_follow_the_objects_and_the_sign():
     big = Obj("square", "red", "large", row=0, col=0, x=1 / 6, y=1 / 6, rgb=(200, 0, 0))
     small = Obj("circle", "blue", "small", row=1, col=2, x=5 / 6, y=0.5, rgb=(0, 0, 200))
@@ -82,7 +100,9 @@ def test_patch_labels_follow_the_objects_and_the_sign():
 
 
 def test_annotations_key_a_scene_by_its_pixels_however_encoded(tmp_path):
-    scene = Scene("s", (Obj("star", "green", "small", 1, 1, 0.5, 0.5, (0, 160, 0)),), background=(220, 220, 220))
+    scene = Scene(
+        "s", (Obj("star", "green", "small", 1, 1, 0.5, 0.5, (0, 160, 0)),), background=(220, 220, 220)
+    )
     image = render(scene, 32)
     path = tmp_path / "x.png"
     image.save(path)
@@ -101,8 +121,14 @@ def test_vocabulary_filter_keeps_whole_words_only():
     assert all(words[i] is None for i in tokenizer.all_special_ids)
     meaningful = analysis.meaningful_ids(words, analysis.stop_words())
     assert meaningful[vocab["Ġred"]] and meaningful[vocab["Ġtriangle"]]
-    assert not meaningful[vocab["Ġthe"]] and not meaningful[vocab["Ġ."]] and not meaningful[tokenizer.eos_token_id]
-    assert not any(meaningful[i] for piece, i in vocab.items() if not piece.startswith("Ġ"))  # sub-word pieces
+    assert (
+        not meaningful[vocab["Ġthe"]]
+        and not meaningful[vocab["Ġ."]]
+        and not meaningful[tokenizer.eos_token_id]
+    )
+    assert not any(
+        meaningful[i] for piece, i in vocab.items() if not piece.startswith("Ġ")
+    )  # sub-word pieces
     assert {"the", "is", "of"} <= analysis.stop_words() and "red" not in analysis.stop_words()
 
 
@@ -114,14 +140,25 @@ def test_overlap_scores():
 
 # ---- the analysis on a tiny checkpoint -------------------------------------------------------------------
 
+
 def test_analysis_json(world, tmp_path):
     result = _analyse(world, tmp_path / "a.json")
     assert set(result) == {"summary", "setup", "layers", "replacement", "examples"}
     summary = result["summary"]
     assert set(summary) == {
-        "initial_meaningful_fraction", "initial_meaningful_per_576", "initial_eos_fraction", "peak_meaningful_fraction",
-        "peak_meaningful_layer", "last_layer_eos_fraction", "replacement_exact_match", "replacement_token_f1",
-        "blank_exact_match", "blank_token_f1", "initial_grounded_fraction", "peak_grounded_fraction"}
+        "initial_meaningful_fraction",
+        "initial_meaningful_per_576",
+        "initial_eos_fraction",
+        "peak_meaningful_fraction",
+        "peak_meaningful_layer",
+        "last_layer_eos_fraction",
+        "replacement_exact_match",
+        "replacement_token_f1",
+        "blank_exact_match",
+        "blank_token_f1",
+        "initial_grounded_fraction",
+        "peak_grounded_fraction",
+    }
     assert all(isinstance(v, (int, float)) for v in summary.values())  # what `dvc metrics show` reads
     setup = result["setup"]
     assert setup["images"] == 6 and setup["patches_per_image"] == 16 and setup["llm_layers"] == 4
@@ -130,19 +167,29 @@ def test_analysis_json(world, tmp_path):
     for layer in result["layers"]:
         for reading in analysis.READINGS:
             stats = layer[reading]
-            for key in ("meaningful_fraction", "eos_fraction", "grounded_fraction", "grounded_object_fraction",
-                        "grounded_background_fraction"):
+            for key in (
+                "meaningful_fraction",
+                "eos_fraction",
+                "grounded_fraction",
+                "grounded_object_fraction",
+                "grounded_background_fraction",
+            ):
                 assert stats[key] is None or 0.0 <= stats[key] <= 1.0, (key, stats)
             assert sum(share for _, share in stats["top_tokens"]) <= 1.0 + 1e-5  # rounded to 6 digits
     per_576 = 576 * summary["initial_meaningful_fraction"]
     assert summary["initial_meaningful_per_576"] == pytest.approx(per_576, abs=0.01)
     replacement = {r["task"]: r for r in result["replacement"]}
-    assert replacement["all"]["questions"] == 6 and sum(replacement[t]["questions"] for t in TASKS.split(",")) == 6
+    assert (
+        replacement["all"]["questions"] == 6
+        and sum(replacement[t]["questions"] for t in TASKS.split(",")) == 6
+    )
     example = result["examples"][0]
     assert len(result["examples"]) == 2 and example["grid"] == 4 and len(example["labels"]) == 16
     assert len(example["matches"]["cosine"]) == 5
     assert all(len(layer) == 16 for layer in example["matches"]["logit_lens"])
-    assert example["image_png"] and example["question"].endswith("Answer the question using a single word or phrase.")
+    assert example["image_png"] and example["question"].endswith(
+        "Answer the question using a single word or phrase."
+    )
     # The batch (left padding) changes nothing: every number, match and answer is the same one image at a time.
     assert _analyse(world, tmp_path / "b.json", batch_size=1) == result
 
@@ -159,7 +206,10 @@ def test_a_projector_that_outputs_a_word_matches_that_word(world, tmp_path):
     assert initial["meaningful_fraction"] == 1.0 and initial["eos_fraction"] == 0.0
     assert initial["grounded_background_fraction"] == 1.0 and initial["grounded_object_fraction"] == 0.0
     assert all(token == "top" for token in result["examples"][0]["matches"]["cosine"][0])
-    assert result["summary"]["replacement_exact_match"] == 1.0 and result["summary"]["replacement_token_f1"] == 1.0
+    assert (
+        result["summary"]["replacement_exact_match"] == 1.0
+        and result["summary"]["replacement_token_f1"] == 1.0
+    )
     assert result["summary"]["initial_meaningful_per_576"] == 576.0
 
 
@@ -176,15 +226,27 @@ def test_a_projector_that_outputs_the_end_token_matches_it(world, tmp_path):
 def test_full_profile_reads_any_lmms_eval_task_without_ground_truth(world, tmp_path):
     result = _analyse(world, tmp_path / "full.json", profile="full", dtype="float32")
     assert result["setup"]["profile"] == "full" and "initial_grounded_fraction" not in result["summary"]
-    assert "grounded_fraction" not in result["layers"][0]["cosine"] and result["examples"][0]["labels"] is None
+    assert (
+        "grounded_fraction" not in result["layers"][0]["cosine"] and result["examples"][0]["labels"] is None
+    )
 
 
 def test_errors_name_what_is_missing(world, tmp_path, capsys):
     scenes = Path(world["data"]) / "benchmarks" / "scenes.jsonl"
     moved = scenes.rename(scenes.with_suffix(".bak"))
     try:  # `basic analyze` is analysis.main (basic.cli); in this process it skips a second import of lmms-eval
-        code = analysis.main(["--checkpoint", str(world["checkpoint"]), "--data", str(world["data"]),
-                              "--out", str(tmp_path / "x.json"), "--tasks", TASKS])
+        code = analysis.main(
+            [
+                "--checkpoint",
+                str(world["checkpoint"]),
+                "--data",
+                str(world["data"]),
+                "--out",
+                str(tmp_path / "x.json"),
+                "--tasks",
+                TASKS,
+            ]
+        )
     finally:
         moved.rename(scenes)
     assert code == 1 and "scenes.jsonl: missing" in capsys.readouterr().err

@@ -18,22 +18,58 @@ from basic.data.sampler import ModalityLengthGroupedSampler
 from basic.data.templates import IMAGE_TOKEN, get_template
 from basic.model import load_tokenizer
 
-GOOD = {"id": "good", "image": "train/0000.png", "conversations": [
-    {"from": "human", "value": "<image>\nwhat colour is the shape ?"}, {"from": "gpt", "value": "red"}]}
+GOOD = {
+    "id": "good",
+    "image": "train/0000.png",
+    "conversations": [
+        {"from": "human", "value": "<image>\nwhat colour is the shape ?"},
+        {"from": "gpt", "value": "red"},
+    ],
+}
 TEXT = {"id": "text", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
 
 BAD_RECORDS = {
     "not an object": (["a list"], "not a JSON object"),
     "no conversations": ({"id": "x", "image": "train/0000.png"}, "'conversations' is missing"),
-    "malformed turn": ({"id": "x", "conversations": [{"from": "human"}, {"from": "gpt", "value": "a"}]}, "turn 0 is not"),
-    "unknown role": ({"id": "x", "conversations": [{"from": "system", "value": "a"}, {"from": "gpt", "value": "a"}]}, "turn 0 is not"),
-    "not alternating": ({"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]}, "do not alternate"),
-    "starts with the answer": ({"id": "x", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]}, "do not alternate"),
+    "malformed turn": (
+        {"id": "x", "conversations": [{"from": "human"}, {"from": "gpt", "value": "a"}]},
+        "turn 0 is not",
+    ),
+    "unknown role": (
+        {"id": "x", "conversations": [{"from": "system", "value": "a"}, {"from": "gpt", "value": "a"}]},
+        "turn 0 is not",
+    ),
+    "not alternating": (
+        {"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+        "do not alternate",
+    ),
+    "starts with the answer": (
+        {"id": "x", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
+        "do not alternate",
+    ),
     "no answer": ({"id": "x", "conversations": [{"from": "human", "value": "a"}]}, "has no answer"),
-    "two images": ({**GOOD, "conversations": [{"from": "human", "value": "<image><image>\nq"}, {"from": "gpt", "value": "a"}]}, "2 <image> placeholders"),
-    "image without placeholder": ({**GOOD, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}, "0 <image> placeholders"),
-    "placeholder without image": ({"id": "x", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}, "expected none"),
-    "placeholder in answer": ({**GOOD, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "<image>"}]}, "in an answer"),
+    "two images": (
+        {
+            **GOOD,
+            "conversations": [{"from": "human", "value": "<image><image>\nq"}, {"from": "gpt", "value": "a"}],
+        },
+        "2 <image> placeholders",
+    ),
+    "image without placeholder": (
+        {**GOOD, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        "0 <image> placeholders",
+    ),
+    "placeholder without image": (
+        {
+            "id": "x",
+            "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}],
+        },
+        "expected none",
+    ),
+    "placeholder in answer": (
+        {**GOOD, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "<image>"}]},
+        "in an answer",
+    ),
     "missing image file": ({**GOOD, "image": "train/nope.png"}, "does not exist"),
     "image list": ({**GOOD, "image": ["train/0000.png"]}, "must be one file path"),
 }
@@ -44,15 +80,32 @@ def parts(backbones):
     return load_tokenizer(backbones["llama"], 2048), AutoImageProcessor.from_pretrained(backbones["clip"])
 
 
-def make_dataset(parts, tiny_data, tmp_path, records, *, template="v1", fraction=0.0, max_length=2048,
-                 require_image=False, aspect="square"):
+def make_dataset(
+    parts,
+    tiny_data,
+    tmp_path,
+    records,
+    *,
+    template="v1",
+    fraction=0.0,
+    max_length=2048,
+    require_image=False,
+    aspect="square",
+):
     tokenizer, image_processor = parts
     path = tmp_path / "data.json"
     path.write_text(json.dumps(records))
     return LazySupervisedDataset(
-        path, tiny_data["images"], get_template(template), tokenizer, ImageTransform(image_processor, aspect),
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=16, max_length=max_length,
-        require_image=require_image, max_skip_fraction=fraction,
+        path,
+        tiny_data["images"],
+        get_template(template),
+        tokenizer,
+        ImageTransform(image_processor, aspect),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=16,
+        max_length=max_length,
+        require_image=require_image,
+        max_skip_fraction=fraction,
     )
 
 
@@ -89,21 +142,29 @@ def test_unreadable_image_is_a_counted_late_skip_filled_by_the_next_record(parts
     records = [{**GOOD, "id": "broken", "image": str(broken)}, GOOD, TEXT]
     dataset = make_dataset(parts, tiny_data, tmp_path, records, fraction=0.5)
     sample = dataset[0]
-    assert len(sample["skipped"]) == 1 and "id 'broken'" in sample["skipped"][0] and "cannot read image" in sample["skipped"][0]
+    assert (
+        len(sample["skipped"]) == 1
+        and "id 'broken'" in sample["skipped"][0]
+        and "cannot read image" in sample["skipped"][0]
+    )
     assert torch.equal(sample["input_ids"], dataset[1]["input_ids"])  # the slot holds the next record
     assert dataset[1]["skipped"] == []
 
 
 def test_too_long_sample_is_truncated_or_skipped(parts, tiny_data, tmp_path):
-    long_answer = {**GOOD, "conversations": [GOOD["conversations"][0], {"from": "gpt", "value": "red " * 200}]}
+    long_answer = {
+        **GOOD,
+        "conversations": [GOOD["conversations"][0], {"from": "gpt", "value": "red " * 200}],
+    }
     dataset = make_dataset(parts, tiny_data, tmp_path, [long_answer, GOOD], fraction=0.5, max_length=200)
     sample = dataset[0]
     assert sample["skipped"] == [] and len(sample["input_ids"]) == 200
     assert (sample["labels"] != IGNORE_INDEX).any()
 
     # mistral's template has no system prompt: the image ends near position 20, the text-only record fits
-    dataset = make_dataset(parts, tiny_data, tmp_path, [long_answer, TEXT], template="mistral", fraction=0.5,
-                           max_length=18)
+    dataset = make_dataset(
+        parts, tiny_data, tmp_path, [long_answer, TEXT], template="mistral", fraction=0.5, max_length=18
+    )
     sample = dataset[0]
     assert "image tokens end at position" in sample["skipped"][0]
     assert torch.equal(sample["input_ids"], dataset[1]["input_ids"])
@@ -116,7 +177,9 @@ def test_image_aspect_ratio_pad_centres_on_the_mean_colour(parts):
     assert square.size == (30, 30)
     assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((15, 15)) == (255, 0, 0)
     assert square.getpixel((15, 9)) == (1, 2, 3) and square.getpixel((15, 10)) == (255, 0, 0)
-    assert ImageTransform(image_processor, "pad").background == tuple(int(x * 255) for x in image_processor.image_mean)
+    assert ImageTransform(image_processor, "pad").background == tuple(
+        int(x * 255) for x in image_processor.image_mean
+    )
     with pytest.raises(ValueError, match="--image_aspect_ratio"):
         ImageTransform(image_processor, "anyres")
 
@@ -130,7 +193,9 @@ def test_collator_pads_right_and_masks_by_length(parts, tiny_data, tmp_path):
     assert batch["pixel_values"].shape[0] == 1  # only the image sample contributes an image
     n = len(samples[0]["input_ids"])
     assert batch["attention_mask"][0].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
-    assert (batch["labels"][0, n:] == IGNORE_INDEX).all() and (batch["input_ids"][0, n:] == tokenizer.pad_token_id).all()
+    assert (batch["labels"][0, n:] == IGNORE_INDEX).all() and (
+        batch["input_ids"][0, n:] == tokenizer.pad_token_id
+    ).all()
 
 
 def test_modality_sampler_gives_one_modality_per_step_on_every_rank():

@@ -15,7 +15,10 @@ ROUNDS = [
     {"from": "human", "value": "how many objects are there ?"},
     {"from": "gpt", "value": "two large objects"},
 ]
-CAPTION = [{"from": "human", "value": "<image>\ndescribe the image ."}, {"from": "gpt", "value": "a red circle"}]
+CAPTION = [
+    {"from": "human", "value": "<image>\ndescribe the image ."},
+    {"from": "gpt", "value": "a red circle"},
+]
 # template -> tokenizer family whose special tokens it uses
 CASES = {"plain": "llama", "v1": "llama", "gemma": "gemma", "phi3": "phi3", "mistral": "mistral"}
 
@@ -42,8 +45,12 @@ def supervised_runs(encoded, tokenizer) -> list[str]:
 
 def encode_with(template_name, tokenizer, conversations, has_image=True, max_length=2048):
     return encode(
-        conversations, get_template(template_name), tokenizer, has_image=has_image,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=N_IMAGE_TOKENS,
+        conversations,
+        get_template(template_name),
+        tokenizer,
+        has_image=has_image,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=N_IMAGE_TOKENS,
         max_length=max_length,
     )
 
@@ -56,7 +63,9 @@ def test_exactly_the_answers_and_end_of_turn_are_supervised(template_name, token
     encoded = encode_with(template_name, tokenizer, conversations)
     end = template.end_of_turn_for(tokenizer)
     lead = answer_lead(template, tokenizer)
-    assert lead == (" " if template_name == "v1" else "")  # v1: "ASSISTANT:" prompts, "ASSISTANT: red" answers
+    assert lead == (
+        " " if template_name == "v1" else ""
+    )  # v1: "ASSISTANT:" prompts, "ASSISTANT: red" answers
     answers = [lead + turn["value"] + end for turn in conversations if turn["from"] == "gpt"]
     assert supervised_runs(encoded, tokenizer) == answers
     image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -87,11 +96,17 @@ def test_supervision_starts_where_the_generation_prompt_ends(template_name, answ
     tokenizer = tokenizers[CASES[template_name]]
     template = get_template(template_name)
     question = [{"from": "human", "value": "which option ?"}]
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "which option ?"}],
-                                           chat_template=template.jinja, add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "which option ?"}],
+        chat_template=template.jinja,
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     text, spans = render(template, tokenizer, question + [{"from": "gpt", "value": answer}], has_image=False)
     assert text.startswith(prompt) and spans[0][0] == len(prompt)
-    encoded = encode_with(template_name, tokenizer, question + [{"from": "gpt", "value": answer}], has_image=False)
+    encoded = encode_with(
+        template_name, tokenizer, question + [{"from": "gpt", "value": answer}], has_image=False
+    )
     prompt_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     first = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
     assert encoded.input_ids[:prompt_tokens] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -100,7 +115,10 @@ def test_supervision_starts_where_the_generation_prompt_ends(template_name, answ
 
 def test_text_only_sample_has_no_image_tokens(tokenizers):
     tokenizer = tokenizers["llama"]
-    conversation = [{"from": "human", "value": "how many objects are there ?"}, {"from": "gpt", "value": "two"}]
+    conversation = [
+        {"from": "human", "value": "how many objects are there ?"},
+        {"from": "gpt", "value": "two"},
+    ]
     encoded = encode_with("v1", tokenizer, conversation, has_image=False)
     assert tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) not in encoded.input_ids
     assert supervised_runs(encoded, tokenizer) == [" two</s>"]

@@ -22,15 +22,35 @@ pytestmark = pytest.mark.slow  # trainer runs in two processes, compared with on
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-COMMON = dict(group_by_modality_length=False, max_steps=3, lr_scheduler_type="constant", warmup_ratio=0.0,
-              learning_rate=1e-3, dataloader_num_workers=0)
+COMMON = dict(
+    group_by_modality_length=False,
+    max_steps=3,
+    lr_scheduler_type="constant",
+    warmup_ratio=0.0,
+    learning_rate=1e-3,
+    dataloader_num_workers=0,
+)
 
 
 def run_processes(script: Path, argv: list[str], n: int = 2) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-               str(script), *argv]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT, check=False)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(n),
+        str(script),
+        *argv,
+    ]
+    result = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT, check=False
+    )
     assert result.returncode == 0, result.stderr[-5000:]
 
 
@@ -38,7 +58,8 @@ def run_processes(script: Path, argv: list[str], n: int = 2) -> None:
 def runner(tmp_path_factory) -> Path:
     """`basic.train.main` with the toy objective installed as `basic.method.objective`."""
     script = tmp_path_factory.mktemp("runner") / "run_train.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys, types
         from test_train_objective import ToyObjective
         module = types.ModuleType("basic.method.objective")
@@ -46,7 +67,8 @@ def runner(tmp_path_factory) -> Path:
         sys.modules["basic.method.objective"] = module
         from basic.train import main
         sys.exit(main(sys.argv[1:]))
-    """))
+    """)
+    )
     return script
 
 
@@ -81,8 +103,18 @@ def test_deepspeed_zero2_equals_one_process(runner, llava_argv, tmp_path):
     one = tmp_path / "one"
     train(*parse_args(llava_argv(2, "mistral", "siglip", one, per_device_train_batch_size=4, **COMMON)))
     two = tmp_path / "two"
-    run_processes(runner, llava_argv(2, "mistral", "siglip", two, per_device_train_batch_size=2,
-                                     deepspeed=ROOT / "pipeline" / "zero2.json", **COMMON))
+    run_processes(
+        runner,
+        llava_argv(
+            2,
+            "mistral",
+            "siglip",
+            two,
+            per_device_train_batch_size=2,
+            deepspeed=ROOT / "pipeline" / "zero2.json",
+            **COMMON,
+        ),
+    )
     assert_same_trajectory(losses(one), losses(two))
     assert (two / "model.safetensors").is_file()
 
@@ -90,21 +122,22 @@ def test_deepspeed_zero2_equals_one_process(runner, llava_argv, tmp_path):
 def test_zero3_build_loads_every_pretrained_part(backbones, tmp_path):
     """Under ZeRO-3 each part is partitioned as it loads; the gathered weights equal a plain build's."""
     script = tmp_path / "zero3.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import deepspeed, torch
         from transformers.integrations import HfDeepSpeedConfig
         from basic.model import build, load_projector, projector_state
         deepspeed.init_distributed(dist_backend="gloo")
         config = HfDeepSpeedConfig({{"zero_optimization": {{"stage": 3}}, "train_micro_batch_size_per_gpu": 1}})
         torch.manual_seed(0)
-        model = build({backbones['phi3']!r}, {backbones['clip']!r}, hf_deepspeed_config=config).model
+        model = build({backbones["phi3"]!r}, {backbones["clip"]!r}, hf_deepspeed_config=config).model
         partitioned = [n for n, p in model.named_parameters() if hasattr(p, "ds_id")]
         assert any(n.startswith("model.language_model.") for n in partitioned), partitioned[:3]
         assert any(n.startswith("model.vision_tower.") for n in partitioned)
         from transformers.integrations.deepspeed import unset_hf_deepspeed_config
         unset_hf_deepspeed_config()
         torch.manual_seed(0)
-        plain = build({backbones['phi3']!r}, {backbones['clip']!r}).model
+        plain = build({backbones["phi3"]!r}, {backbones["clip"]!r}).model
         reference = plain.state_dict()
         for name, param in model.named_parameters():
             with deepspeed.zero.GatheredParameters([param]):
@@ -113,8 +146,9 @@ def test_zero3_build_loads_every_pretrained_part(backbones, tmp_path):
                     "model.mm_projector.0.bias": torch.ones_like(reference["model.multi_modal_projector.linear_1.bias"]),
                     "model.mm_projector.2.weight": torch.ones_like(reference["model.multi_modal_projector.linear_2.weight"]),
                     "model.mm_projector.2.bias": torch.ones_like(reference["model.multi_modal_projector.linear_2.bias"])}},
-                   {str(tmp_path / 'mm_projector.bin')!r})
-        load_projector(model, {str(tmp_path / 'mm_projector.bin')!r})
+                   {str(tmp_path / "mm_projector.bin")!r})
+        load_projector(model, {str(tmp_path / "mm_projector.bin")!r})
         assert all(bool((v == 1).all()) for v in projector_state(model).values())
-    """))
+    """)
+    )
     run_processes(script, [], n=1)

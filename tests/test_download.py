@@ -68,7 +68,9 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
@@ -106,10 +108,13 @@ BLOB = bytes(range(256)) * 4096  # 1 MiB, so a cut lands in the middle of severa
 def test_download_verifies_and_second_run_fetches_nothing(server, tmp_path):
     server.files["/a.bin"] = BLOB
     server.files["/b.txt"] = b"hello"
-    m = write_manifest(tmp_path, [
-        {"path": "x/a.bin", "url": server.url + "/a.bin", "sha256": sha(BLOB), "size": len(BLOB)},
-        {"path": "b.txt", "url": server.url + "/b.txt", "sha256": None},
-    ])
+    m = write_manifest(
+        tmp_path,
+        [
+            {"path": "x/a.bin", "url": server.url + "/a.bin", "sha256": sha(BLOB), "size": len(BLOB)},
+            {"path": "b.txt", "url": server.url + "/b.txt", "sha256": None},
+        ],
+    )
     dest = tmp_path / "data"
     out = {o.path: o for o in dl.download(m, opts(dest))}
     assert (dest / "x/a.bin").read_bytes() == BLOB and (dest / "b.txt").read_bytes() == b"hello"
@@ -138,7 +143,9 @@ def test_resume_after_cut_connection_in_the_same_run(server, tmp_path):
 def test_interrupted_run_fails_naming_the_file_and_next_run_resumes(server, tmp_path):
     server.files["/big.bin"] = BLOB
     server.cut["/big.bin"] = 1
-    m = write_manifest(tmp_path, [{"path": "sub/big.bin", "url": server.url + "/big.bin", "sha256": sha(BLOB)}])
+    m = write_manifest(
+        tmp_path, [{"path": "sub/big.bin", "url": server.url + "/big.bin", "sha256": sha(BLOB)}]
+    )
     dest = tmp_path / "d"
     with pytest.raises(dl.DownloadError, match=r"sub/big.bin: transfer from .* failed after 1 attempts"):
         dl.download(m, opts(dest, retries=0))
@@ -163,7 +170,9 @@ def test_complete_partial_file_is_finished_without_refetching(server, tmp_path):
 
 def test_bad_checksum_fails_naming_the_file(server, tmp_path):
     server.files["/f.bin"] = b"tampered"
-    m = write_manifest(tmp_path, [{"path": "f.bin", "url": server.url + "/f.bin", "sha256": sha(b"original")}])
+    m = write_manifest(
+        tmp_path, [{"path": "f.bin", "url": server.url + "/f.bin", "sha256": sha(b"original")}]
+    )
     dest = tmp_path / "d"
     with pytest.raises(dl.DownloadError, match=r"f.bin: sha256 mismatch: expected " + sha(b"original")):
         dl.download(m, opts(dest))
@@ -194,10 +203,13 @@ def test_recorded_checksum_is_enforced_on_later_downloads(server, tmp_path):
 
 def test_http_404_fails_naming_the_file_and_other_files_still_arrive(server, tmp_path):
     server.files["/ok"] = b"ok"
-    m = write_manifest(tmp_path, [
-        {"path": "gone.zip", "url": server.url + "/gone.zip", "sha256": None},
-        {"path": "ok", "url": server.url + "/ok", "sha256": sha(b"ok")},
-    ])
+    m = write_manifest(
+        tmp_path,
+        [
+            {"path": "gone.zip", "url": server.url + "/gone.zip", "sha256": None},
+            {"path": "ok", "url": server.url + "/ok", "sha256": sha(b"ok")},
+        ],
+    )
     with pytest.raises(dl.DownloadError, match=r"1 of 2 item\(s\) failed:\n  gone.zip: HTTP 404"):
         dl.download(m, opts(tmp_path / "d"))
     assert (tmp_path / "d/ok").read_bytes() == b"ok"
@@ -215,9 +227,19 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 def test_zip_is_unpacked_once_into_its_folder(server, tmp_path):
     archive = zip_bytes({"train2017/000001.jpg": b"one", "train2017/000002.jpg": b"two"})
     server.files["/train2017.zip"] = archive
-    m = write_manifest(tmp_path, [{
-        "path": "coco/train2017.zip", "url": server.url + "/train2017.zip", "sha256": sha(archive),
-        "unpack": "zip", "unpack_to": "coco/train2017", "provides": ["coco/train2017"]}])
+    m = write_manifest(
+        tmp_path,
+        [
+            {
+                "path": "coco/train2017.zip",
+                "url": server.url + "/train2017.zip",
+                "sha256": sha(archive),
+                "unpack": "zip",
+                "unpack_to": "coco/train2017",
+                "provides": ["coco/train2017"],
+            }
+        ],
+    )
     dest = tmp_path / "d"
     (out,) = dl.download(m, opts(dest))
     assert out.unpacked == 2
@@ -246,12 +268,25 @@ def test_loose_zip_and_nested_tar_layouts(server, tmp_path):
             t.addfile(info, io.BytesIO(data))
     server.files["/images.zip"] = loose
     server.files["/ocr.tar"] = tbuf.getvalue()
-    m = write_manifest(tmp_path, [
-        {"path": "P/images.zip", "url": server.url + "/images.zip", "sha256": None, "unpack": "zip",
-         "unpack_to": "P/images"},
-        {"path": "ocr_vqa/ocr.tar", "url": server.url + "/ocr.tar", "sha256": None, "unpack": "tar",
-         "unpack_to": "ocr_vqa/images"},
-    ])
+    m = write_manifest(
+        tmp_path,
+        [
+            {
+                "path": "P/images.zip",
+                "url": server.url + "/images.zip",
+                "sha256": None,
+                "unpack": "zip",
+                "unpack_to": "P/images",
+            },
+            {
+                "path": "ocr_vqa/ocr.tar",
+                "url": server.url + "/ocr.tar",
+                "sha256": None,
+                "unpack": "tar",
+                "unpack_to": "ocr_vqa/images",
+            },
+        ],
+    )
     dest = tmp_path / "d"
     dl.download(m, opts(dest))
     assert (dest / "P/images/00000/000000010.jpg").read_bytes() == b"a"
@@ -261,7 +296,9 @@ def test_loose_zip_and_nested_tar_layouts(server, tmp_path):
 def test_zip_member_escaping_the_folder_is_refused(server, tmp_path):
     evil = zip_bytes({"../../evil.txt": b"x"})
     server.files["/evil.zip"] = evil
-    m = write_manifest(tmp_path, [{"path": "e.zip", "url": server.url + "/evil.zip", "sha256": None, "unpack": "zip"}])
+    m = write_manifest(
+        tmp_path, [{"path": "e.zip", "url": server.url + "/evil.zip", "sha256": None, "unpack": "zip"}]
+    )
     with pytest.raises(dl.DownloadError, match="refusing to extract member"):
         dl.download(m, opts(tmp_path / "d"))
     assert not (tmp_path / "evil.txt").exists()
@@ -269,7 +306,9 @@ def test_zip_member_escaping_the_folder_is_refused(server, tmp_path):
 
 def test_mirror_rules_redirect_urls(server, tmp_path, monkeypatch):
     server.files["/mirror/datasets/x.json"] = b"{}"
-    m = write_manifest(tmp_path, [{"path": "x.json", "url": "https://huggingface.co/datasets/x.json", "sha256": sha(b"{}")}])
+    m = write_manifest(
+        tmp_path, [{"path": "x.json", "url": "https://huggingface.co/datasets/x.json", "sha256": sha(b"{}")}]
+    )
     monkeypatch.setenv("HF_ENDPOINT", server.url + "/mirror")
     monkeypatch.delenv("BASIC_MIRRORS", raising=False)
     dl.download(m, opts(tmp_path / "d", mirrors=dl.Mirrors.from_args()))
@@ -280,7 +319,10 @@ def test_mirror_rules_redirect_urls(server, tmp_path, monkeypatch):
     (tmp_path / "shared/datasets/x.json").write_bytes(b"{}")
     monkeypatch.setenv("BASIC_MIRRORS", f"https://huggingface.co/datasets=file://{tmp_path}/shared/datasets")
     mirrors = dl.Mirrors.from_args()
-    assert mirrors.resolve("https://huggingface.co/datasets/x.json") == f"file://{tmp_path}/shared/datasets/x.json"
+    assert (
+        mirrors.resolve("https://huggingface.co/datasets/x.json")
+        == f"file://{tmp_path}/shared/datasets/x.json"
+    )
     server.log.clear()
     dl.download(m, opts(tmp_path / "d2", mirrors=mirrors))
     assert (tmp_path / "d2/x.json").read_bytes() == b"{}" and server.log == []
@@ -296,19 +338,34 @@ def image_bytes(fmt: str) -> bytes:
 
 def test_ocr_vqa_list_saves_jpg_names_and_counts_what_it_cannot_fetch(server, tmp_path):
     jpg, gif, png = image_bytes("JPEG"), image_bytes("GIF"), image_bytes("PNG")
-    server.files.update({"/I/1.jpg": jpg, "/I/2.gif": gif, "/I/3.png": png, "/I/5.jpg": b"<html>not found</html>"})
-    listing = {str(i): {"imageURL": f"{server.url}/I/{i}.{ext}", "questions": ["q"], "answers": ["a"]}
-               for i, ext in [(1, "jpg"), (2, "gif"), (3, "png"), (4, "jpg"), (5, "jpg"), (6, "jpg")]}
+    server.files.update(
+        {"/I/1.jpg": jpg, "/I/2.gif": gif, "/I/3.png": png, "/I/5.jpg": b"<html>not found</html>"}
+    )
+    listing = {
+        str(i): {"imageURL": f"{server.url}/I/{i}.{ext}", "questions": ["q"], "answers": ["a"]}
+        for i, ext in [(1, "jpg"), (2, "gif"), (3, "png"), (4, "jpg"), (5, "jpg"), (6, "jpg")]
+    }
     dest = tmp_path / "d"
     (dest / "ocr_vqa").mkdir(parents=True)
     (dest / "ocr_vqa/dataset.json").write_text(json.dumps(listing))
-    mix = [{"id": str(i), "image": f"ocr_vqa/images/{i}.jpg", "conversations": []} for i in (1, 2, 3, 4, 5, 7)]
+    mix = [
+        {"id": str(i), "image": f"ocr_vqa/images/{i}.jpg", "conversations": []} for i in (1, 2, 3, 4, 5, 7)
+    ]
     mix.append({"id": "c", "image": "coco/train2017/1.jpg", "conversations": []})
     mix.append({"id": "t", "conversations": []})  # text-only
     (dest / "mix.json").write_text(json.dumps(mix))
-    lst = {"name": "ocr_vqa", "format": "ocr_vqa", "list": "ocr_vqa/dataset.json", "referenced_by": "mix.json",
-           "dest": "ocr_vqa/images", "report": "ocr_vqa/missing.json", "max_missing": 3}
-    m = write_manifest(tmp_path, [{"path": "ocr_vqa/dataset.json", "url": None, "sha256": None, "manual": "by hand"}], [lst])
+    lst = {
+        "name": "ocr_vqa",
+        "format": "ocr_vqa",
+        "list": "ocr_vqa/dataset.json",
+        "referenced_by": "mix.json",
+        "dest": "ocr_vqa/images",
+        "report": "ocr_vqa/missing.json",
+        "max_missing": 3,
+    }
+    m = write_manifest(
+        tmp_path, [{"path": "ocr_vqa/dataset.json", "url": None, "sha256": None, "manual": "by hand"}], [lst]
+    )
     dl.download(m, opts(dest))
     images = dest / "ocr_vqa/images"
     assert (images / "1.jpg").read_bytes() == jpg
@@ -322,39 +379,78 @@ def test_ocr_vqa_list_saves_jpg_names_and_counts_what_it_cannot_fetch(server, tm
     assert errors["7.jpg"] == "not in ocr_vqa/dataset.json"
 
     server.log.clear()
-    with pytest.raises(dl.DownloadError, match=r"ocr_vqa: 3 images could not be fetched, more than max_missing=2"):
+    with pytest.raises(
+        dl.DownloadError, match=r"ocr_vqa: 3 images could not be fetched, more than max_missing=2"
+    ):
         dl.download(m, opts(dest, max_missing=2))
-    assert sorted(p for p, _ in server.log) == ["/I/4.jpg", "/I/5.jpg"]  # present images are not fetched again
+    assert sorted(p for p, _ in server.log) == [
+        "/I/4.jpg",
+        "/I/5.jpg",
+    ]  # present images are not fetched again
 
 
 def test_file_without_url_explains_how_to_get_it(tmp_path):
-    m = write_manifest(tmp_path, [{"path": "ocr_vqa/dataset.json", "url": None, "sha256": None,
-                                   "manual": "Fetch it from the Drive folder."}])
-    with pytest.raises(dl.DownloadError, match=r"ocr_vqa/dataset.json: has no public download URL .* Drive folder"):
+    m = write_manifest(
+        tmp_path,
+        [
+            {
+                "path": "ocr_vqa/dataset.json",
+                "url": None,
+                "sha256": None,
+                "manual": "Fetch it from the Drive folder.",
+            }
+        ],
+    )
+    with pytest.raises(
+        dl.DownloadError, match=r"ocr_vqa/dataset.json: has no public download URL .* Drive folder"
+    ):
         dl.download(m, opts(tmp_path / "d"))
 
 
 def test_command_line(server, tmp_path, capsys):
     server.files["/a"] = b"a"
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(yaml.safe_dump({"name": "m", "files": [
-        {"path": "a", "url": server.url + "/a", "sha256": sha(b"a")},
-        {"path": "b", "url": server.url + "/b", "sha256": None}]}))
-    rc = dl.main(["--manifest", str(manifest), "--dest", str(tmp_path / "d"), "--no-progress", "--retries", "0"])
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "name": "m",
+                "files": [
+                    {"path": "a", "url": server.url + "/a", "sha256": sha(b"a")},
+                    {"path": "b", "url": server.url + "/b", "sha256": None},
+                ],
+            }
+        )
+    )
+    rc = dl.main(
+        ["--manifest", str(manifest), "--dest", str(tmp_path / "d"), "--no-progress", "--retries", "0"]
+    )
     assert rc == 1 and "b: HTTP 404" in capsys.readouterr().err
     assert dl.main(["--manifest", str(manifest), "--dest", str(tmp_path / "d"), "--check"]) == 1
     assert "b: not downloaded and verified" in capsys.readouterr().out
 
 
 def test_missing_file_mirror_fails_naming_the_file(tmp_path):
-    m = write_manifest(tmp_path, [{"path": "a/x.zip", "url": f"file://{tmp_path}/nowhere/x.zip", "sha256": None}])
+    m = write_manifest(
+        tmp_path, [{"path": "a/x.zip", "url": f"file://{tmp_path}/nowhere/x.zip", "sha256": None}]
+    )
     with pytest.raises(dl.DownloadError, match=r"a/x.zip: no such file .*nowhere/x.zip"):
         dl.download(m, opts(tmp_path / "d"))
 
 
 def test_existing_unpacked_folders_can_be_used_instead_of_their_archive(server, tmp_path):
-    m = write_manifest(tmp_path, [{"path": "coco/train2017.zip", "url": server.url + "/train2017.zip", "sha256": None,
-                                   "unpack": "zip", "unpack_to": "coco/train2017", "provides": ["coco/train2017"]}])
+    m = write_manifest(
+        tmp_path,
+        [
+            {
+                "path": "coco/train2017.zip",
+                "url": server.url + "/train2017.zip",
+                "sha256": None,
+                "unpack": "zip",
+                "unpack_to": "coco/train2017",
+                "provides": ["coco/train2017"],
+            }
+        ],
+    )
     dest = tmp_path / "d"
     shared = tmp_path / "shared/train2017"
     shared.mkdir(parents=True)

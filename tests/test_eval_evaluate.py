@@ -21,10 +21,18 @@ import pytest
 from PIL import Image
 
 from basic.eval.benchmarks import PAPER_BENCHMARKS, select
-from basic.eval.evaluate import EvaluationError, add_blind, add_distinct, collect, lmms_eval_command, main, parse_args
+from basic.eval.evaluate import (
+    EvaluationError,
+    add_blind,
+    add_distinct,
+    collect,
+    lmms_eval_command,
+    main,
+    parse_args,
+)
 from basic.eval.judge import RuleJudge
-from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 from basic.mini.benchmarks import SPLITS
+from basic.testing.eval import save_tiny_llava, write_benchmark_fixtures
 
 pytestmark = pytest.mark.slow
 FAST = ["--gen_kwargs", "max_new_tokens=6"]  # a random model never stops by itself
@@ -40,8 +48,22 @@ def world(tmp_path_factory):
 def first_run(world):
     checkpoint, data = world
     out = data.parent / "results" / "run.json"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--batch_size", "4",
-                 *FAST]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--batch_size",
+                "4",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -76,8 +98,26 @@ def _prompts(out: Path, task: str) -> dict[int, str]:
 def test_the_lmms_eval_variant_prompts_as_lmms_eval_and_is_recorded(world, tmp_path):
     checkpoint, data = world
     out = tmp_path / "lmms.json"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--benchmarks",
-                 "mmvet,textvqa", "--prompt_variant", "lmms_eval", "--limit", "2", *FAST]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--benchmarks",
+                "mmvet,textvqa",
+                "--prompt_variant",
+                "lmms_eval",
+                "--limit",
+                "2",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())
     assert {e["prompt_variant"] for e in metrics.values()} == {"lmms_eval"}
     assert _prompts(out, "mini_mmvet")[0].startswith("First please perform reasoning")
@@ -89,26 +129,55 @@ def _rewrite(data: Path, bench: str, change) -> None:
     rows = datasets.Dataset.from_parquet(str(path)).to_list()
     for i, row in enumerate(rows):
         change(i, row)
-    datasets.Dataset.from_list(rows, features=datasets.Dataset.from_parquet(str(path)).features).to_parquet(path)
+    datasets.Dataset.from_list(rows, features=datasets.Dataset.from_parquet(str(path)).features).to_parquet(
+        path
+    )
 
 
-def test_known_answers_give_hand_computed_scores_at_any_batch_size_and_process_count(world, first_run, tmp_path):
+def test_known_answers_give_hand_computed_scores_at_any_batch_size_and_process_count(
+    world, first_run, tmp_path
+):
     checkpoint, data = world
     oracle = shutil.copytree(data, tmp_path / "data")
     said = {b: _answers(first_run, f"mini_{b}") for b in ("vqav2", "gqa", "textvqa", "mmvet")}
 
     def vqav2(i, row):  # doc 0: all ten annotators agree with the model; doc 1: two of ten; others: none
         agree = {0: 10, 1: 2}.get(i, 0)
-        row["answers"] = [dict(a, answer=said["vqav2"][i] if k < agree else "zebra") for k, a in enumerate(row["answers"])]
+        row["answers"] = [
+            dict(a, answer=said["vqav2"][i] if k < agree else "zebra") for k, a in enumerate(row["answers"])
+        ]
+
     _rewrite(oracle, "vqav2", vqav2)
     # GQA's answers are lower case; LLaVA's post-processing lower-cases the answer and strips trailing periods
-    _rewrite(oracle, "gqa", lambda i, row: row.update(answer=said["gqa"][i].rstrip(".").lower() if i < 2 else "zebra"))
+    _rewrite(
+        oracle,
+        "gqa",
+        lambda i, row: row.update(answer=said["gqa"][i].rstrip(".").lower() if i < 2 else "zebra"),
+    )
     _rewrite(oracle, "textvqa", lambda i, row: row.update(answers=[said["textvqa"][i]] * 10))
     _rewrite(oracle, "mmvet", lambda i, row: row.update(answer=said["mmvet"][i] if i == 0 else row["answer"]))
 
     out = tmp_path / "oracle.json"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(oracle), "--out", str(out), "--batch_size", "3",
-                 "--num_processes", "2", "--benchmarks", "vqav2,gqa,textvqa,mmvet", *FAST]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(oracle),
+                "--out",
+                str(out),
+                "--batch_size",
+                "3",
+                "--num_processes",
+                "2",
+                "--benchmarks",
+                "vqav2,gqa,textvqa,mmvet",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())
     for bench, answers in said.items():  # same answers as the one-process, batch-size-4 run
         assert _answers(out, f"mini_{bench}") == answers, bench
@@ -117,7 +186,9 @@ def test_known_answers_give_hand_computed_scores_at_any_batch_size_and_process_c
     assert metrics["gqa"]["score"] == pytest.approx(50.0)
     assert metrics["textvqa"]["score"] == pytest.approx(100.0)
     mmvet_rows = datasets.Dataset.from_parquet(str(oracle / "benchmarks/mmvet/test.parquet")).to_list()
-    expected = [RuleJudge().score(r["question"], r["answer"], said["mmvet"][i]) for i, r in enumerate(mmvet_rows)]
+    expected = [
+        RuleJudge().score(r["question"], r["answer"], said["mmvet"][i]) for i, r in enumerate(mmvet_rows)
+    ]
     assert expected[0] == 1.0 and metrics["mmvet"]["score"] == pytest.approx(100 * sum(expected) / 4)
 
 
@@ -126,16 +197,43 @@ def test_a_failing_task_fails_the_command_naming_it(world, tmp_path, capsys):
     broken = shutil.copytree(data, tmp_path / "data")
     (broken / "benchmarks/gqa/testdev.parquet").write_bytes(b"not a parquet file")
     out = tmp_path / "broken.json"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(broken), "--out", str(out),
-                 "--benchmarks", "vqav2,gqa", *FAST]) == 1
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(broken),
+                "--out",
+                str(out),
+                "--benchmarks",
+                "vqav2,gqa",
+                *FAST,
+            ]
+        )
+        == 1
+    )
     assert "mini_gqa" in capsys.readouterr().err
     assert not out.exists()
 
 
 def test_missing_data_is_an_error_before_running(world, tmp_path, capsys):
     checkpoint, _ = world
-    assert main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "nowhere"),
-                 "--out", str(tmp_path / "m.json"), "--benchmarks", "textvqa"]) == 1
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(tmp_path / "m.json"),
+                "--benchmarks",
+                "textvqa",
+            ]
+        )
+        == 1
+    )
     assert "textvqa/validation.parquet is missing" in capsys.readouterr().err
 
 
@@ -144,8 +242,12 @@ def test_unreachable_judge_leaves_mmvet_unscored(world, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("OPENAI_API_URL", "http://127.0.0.1:9/v1")  # discard port: nothing answers
     out = tmp_path / "full.json"
-    assert main(["--checkpoint", str(checkpoint), "--profile", "full", "--benchmarks", "mmvet",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["--checkpoint", str(checkpoint), "--profile", "full", "--benchmarks", "mmvet", "--out", str(out)]
+        )
+        == 0
+    )
     entry = json.loads(out.read_text())["mmvet"]
     assert entry["status"] == "unscored" and entry["score"] is None and "unreachable" in entry["reason"]
     assert entry["task"] == "basic_mmvet" and entry["scored_by"].startswith("judge:openai:")
@@ -153,8 +255,23 @@ def test_unreachable_judge_leaves_mmvet_unscored(world, tmp_path, monkeypatch):
 
 def test_vqav2_needs_the_test2015_question_file_before_anything_runs(world, tmp_path, capsys):
     checkpoint, _ = world
-    assert main(["--checkpoint", str(checkpoint), "--profile", "full", "--data", str(tmp_path / "full"),
-                 "--benchmarks", "vqav2", "--out", str(tmp_path / "m.json")]) == 1
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--profile",
+                "full",
+                "--data",
+                str(tmp_path / "full"),
+                "--benchmarks",
+                "vqav2",
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "eval/vqav2/llava_vqav2_mscoco_test2015.jsonl: VQAv2 test2015 question file missing" in err
     assert not (tmp_path / "m.json").exists()
@@ -163,8 +280,9 @@ def test_vqav2_needs_the_test2015_question_file_before_anything_runs(world, tmp_
 def _results_dir(tmp_path: Path, results: dict, samples: dict[str, list[dict]] | None = None) -> Path:
     run = tmp_path / "lmms_eval" / "model"
     run.mkdir(parents=True)
-    (run / "20260101_000000_results.json").write_text(json.dumps(
-        {"results": results, "n-samples": {t: {"effective": 2} for t in results}}))
+    (run / "20260101_000000_results.json").write_text(
+        json.dumps({"results": results, "n-samples": {t: {"effective": 2} for t in results}})
+    )
     for task, records in (samples or {}).items():
         (run / f"20260101_000000_samples_{task}.jsonl").write_text("\n".join(map(json.dumps, records)))
     return tmp_path / "lmms_eval"
@@ -173,12 +291,32 @@ def _results_dir(tmp_path: Path, results: dict, samples: dict[str, list[dict]] |
 def test_blind_run_records_blind_scores_beside_the_scores(world, tmp_path):
     checkpoint, data = world
     out = tmp_path / "blind.json"
-    assert main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--batch_size", "4",
-                 "--benchmarks", "vqav2,mmb_en", "--blind", *FAST]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--batch_size",
+                "4",
+                "--benchmarks",
+                "vqav2,mmb_en",
+                "--blind",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(out.read_text())
     for name, entry in metrics.items():
         assert isinstance(entry["blind_score"], float) and 0 <= entry["blind_score"] <= 100, name
-        assert 1 <= entry["blind_distinct_answers"] <= entry["n"] and 1 <= entry["distinct_answers"] <= entry["n"]
+        assert (
+            1 <= entry["blind_distinct_answers"] <= entry["n"]
+            and 1 <= entry["distinct_answers"] <= entry["n"]
+        )
         assert 0 <= entry["same_answer_blind"] <= 1
     logs = tmp_path / "blind_logs"
     assert (logs / "lmms_eval_blind.log").is_file()
@@ -191,13 +329,20 @@ def test_blind_scores_distinct_and_unchanged_answers_come_from_the_sample_logs(t
     answers = [{"doc_id": d, "filtered_resps": [a]} for d, a in enumerate(["red", "blue", "red", "no"])]
     blind_answers = [{"doc_id": d, "filtered_resps": [a]} for d, a in enumerate(["no", "no", "red", "no"])]
     output = _results_dir(tmp_path / "seen", {vqav2.task: {"exact_match,none": 0.5}}, {vqav2.task: answers})
-    blind_output = _results_dir(tmp_path / "blind", {vqav2.task: {"exact_match,none": 0.25}},
-                                {vqav2.task: blind_answers})
+    blind_output = _results_dir(
+        tmp_path / "blind", {vqav2.task: {"exact_match,none": 0.25}}, {vqav2.task: blind_answers}
+    )
     entries = {"vqav2": {"score": 50.0, "status": "scored"}}
     add_distinct(entries, [vqav2], output)
     add_blind(entries, {"vqav2": {"score": 25.0}}, [vqav2], output, blind_output)
-    assert entries["vqav2"] == {"score": 50.0, "status": "scored", "distinct_answers": 3, "blind_score": 25.0,
-                                "blind_distinct_answers": 2, "same_answer_blind": 0.5}
+    assert entries["vqav2"] == {
+        "score": 50.0,
+        "status": "scored",
+        "distinct_answers": 3,
+        "blind_score": 25.0,
+        "blind_distinct_answers": 2,
+        "same_answer_blind": 0.5,
+    }
     args = parse_args(["--checkpoint", "ckpt", "--out", "m.json", "--blind"])
     assert args.blind
     model_args = lmms_eval_command(args, ["mini_vqav2"], tmp_path, tmp_path, blind=True)
@@ -209,20 +354,35 @@ def test_blind_scores_distinct_and_unchanged_answers_come_from_the_sample_logs(t
 def test_collect_reports_pending_unscored_and_missing(tmp_path):
     full = {b.name: b for b in select("full", ["vqav2", "mmvet", "gqa"])}
     unjudged = {"judge_score": {"score": float("nan"), "error": "judge openai:gpt unreachable: boom"}}
-    output = _results_dir(tmp_path, {"basic_vqav2_testdev": {"submission,none": None},
-                                     "basic_mmvet": {"judge_score,none": float("nan")},
-                                     "basic_gqa": {"exact_match,none": 0.625}},
-                          {"basic_mmvet": [unjudged, {"judge_score": {"score": 1.0, "error": None}}]})
+    output = _results_dir(
+        tmp_path,
+        {
+            "basic_vqav2_testdev": {"submission,none": None},
+            "basic_mmvet": {"judge_score,none": float("nan")},
+            "basic_gqa": {"exact_match,none": 0.625},
+        },
+        {"basic_mmvet": [unjudged, {"judge_score": {"score": 1.0, "error": None}}]},
+    )
     (output / "submissions").mkdir()
     (output / "submissions" / "vqav2_test-dev2015_submission.json").write_text("[]")
     entries = collect(list(full.values()), output, {"mmvet": "openai:gpt"}, tail="")
-    assert entries["vqav2"]["status"] == "pending" and entries["vqav2"]["submission"].endswith("submission.json")
+    assert entries["vqav2"]["status"] == "pending" and entries["vqav2"]["submission"].endswith(
+        "submission.json"
+    )
     assert entries["mmvet"]["status"] == "unscored" and "1/2 samples unjudged" in entries["mmvet"]["reason"]
-    assert entries["gqa"] == {"score": 62.5, "n": 2, "split": full["gqa"].split, "scored_by": "local",
-                              "status": "scored", "task": "basic_gqa"}
+    assert entries["gqa"] == {
+        "score": 62.5,
+        "n": 2,
+        "split": full["gqa"].split,
+        "scored_by": "local",
+        "status": "scored",
+        "task": "basic_gqa",
+    }
 
     with pytest.raises(EvaluationError, match="gqa"):  # a local metric that is missing is a failure
-        collect([full["gqa"]], _results_dir(tmp_path / "b", {"basic_gqa": {"alias": "basic_gqa"}}), {}, tail="")
+        collect(
+            [full["gqa"]], _results_dir(tmp_path / "b", {"basic_gqa": {"alias": "basic_gqa"}}), {}, tail=""
+        )
     with pytest.raises(EvaluationError, match="basic_vqav2_testdev .no submission"):
         collect([full["vqav2"]], _results_dir(tmp_path / "c", {"basic_vqav2_testdev": {}}), {}, tail="")
     with pytest.raises(EvaluationError, match="no results"):
@@ -240,14 +400,25 @@ def test_a_new_users_own_task_runs_through_lmms_eval(world, tmp_path, monkeypatc
     monkeypatch.setenv("OPENAI_API_URL", "http://127.0.0.1:9/v1")  # discard port: nothing answers
     for i, colour in enumerate(["red", "blue", "green"]):
         Image.new("RGB", (20, 12), colour).save(tmp_path / f"{i}.png")
-    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(
-        {"image": str(tmp_path / f"{i}.png"), "question": "What colour is the image?",
-         "choices": ["red", "blue", "green"], "label": i}) for i in range(3)))
+    (tmp_path / "test.jsonl").write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "image": str(tmp_path / f"{i}.png"),
+                    "question": "What colour is the image?",
+                    "choices": ["red", "blue", "green"],
+                    "label": i,
+                }
+            )
+            for i in range(3)
+        )
+    )
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "my_colours.yaml").write_text(textwrap.dedent(f"""\
+    (tmp_path / "tasks" / "my_colours.yaml").write_text(
+        textwrap.dedent(f"""\
         task: my_colours
         dataset_path: json
-        dataset_kwargs: {{data_files: {{test: {tmp_path / 'test.jsonl'}}}}}
+        dataset_kwargs: {{data_files: {{test: {tmp_path / "test.jsonl"}}}}}
         test_split: test
         output_type: multiple_choice
         doc_to_visual: !function my_utils.doc_to_visual
@@ -255,20 +426,39 @@ def test_a_new_users_own_task_runs_through_lmms_eval(world, tmp_path, monkeypatc
         doc_to_choice: "{{{{choices}}}}"
         doc_to_target: label
         metric_list: [{{metric: acc, aggregation: mean, higher_is_better: true}}]
-        """))
+        """)
+    )
     (tmp_path / "tasks" / "my_utils.py").write_text(
-        "from PIL import Image\n\ndef doc_to_visual(doc):\n    return [Image.open(doc['image']).convert('RGB')]\n")
-    (tmp_path / "tasks" / "llm_mmvet.yaml").write_text(textwrap.dedent(f"""\
+        "from PIL import Image\n\ndef doc_to_visual(doc):\n    return [Image.open(doc['image']).convert('RGB')]\n"
+    )
+    (tmp_path / "tasks" / "llm_mmvet.yaml").write_text(
+        textwrap.dedent(f"""\
         include: {Path(str(resources.files("basic.eval.tasks"))) / "_mmvet.yaml"}
         task: llm_mmvet
         dataset_path: parquet
         dataset_kwargs: {{data_files: {{test: {data / "benchmarks/mmvet/test.parquet"}}}}}
         process_results: !function basic.eval.tasks.utils.mmvet_process_results_llm
         generation_kwargs: {{max_new_tokens: 4}}
-        """))
-    command = [sys.executable, "-m", "lmms_eval", "--model", "basic_llava", "--model_args",
-               f"pretrained={checkpoint}", "--tasks", "my_colours,llm_mmvet", "--include_path",
-               str(tmp_path / "tasks"), "--batch_size", "2", "--output_path", str(tmp_path / "out"), "--log_samples"]
+        """)
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "basic_llava",
+        "--model_args",
+        f"pretrained={checkpoint}",
+        "--tasks",
+        "my_colours,llm_mmvet",
+        "--include_path",
+        str(tmp_path / "tasks"),
+        "--batch_size",
+        "2",
+        "--output_path",
+        str(tmp_path / "out"),
+        "--log_samples",
+    ]
     run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
     [results] = (tmp_path / "out").rglob("*_results.json")  # lmms-eval exits 0 even on failure: check output
     acc = json.loads(results.read_text())["results"]["my_colours"]["acc,none"]
@@ -281,6 +471,10 @@ def test_a_new_users_own_task_runs_through_lmms_eval(world, tmp_path, monkeypatc
     assert acc == pytest.approx(sum(p == int(r["target"]) for p, r in zip(picked, records)) / 3)
 
     mmvet = select("full", ["mmvet"])[0]
-    unjudged = collect([dataclasses.replace(mmvet, task="llm_mmvet")], tmp_path / "out", {"mmvet": "openai"}, "")
+    unjudged = collect(
+        [dataclasses.replace(mmvet, task="llm_mmvet")], tmp_path / "out", {"mmvet": "openai"}, ""
+    )
     assert unjudged["mmvet"]["status"] == "unscored" and unjudged["mmvet"]["score"] is None
-    assert "4/4 samples unjudged" in unjudged["mmvet"]["reason"] and "unreachable" in unjudged["mmvet"]["reason"]
+    assert (
+        "4/4 samples unjudged" in unjudged["mmvet"]["reason"] and "unreachable" in unjudged["mmvet"]["reason"]
+    )

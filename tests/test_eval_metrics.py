@@ -60,7 +60,8 @@ def test_circular_evaluation_needs_every_rotation():
         # question 1: one rotation wrong -> does not count
         *({"index": 1 + k * 1_000_000, "answer": "A", "pred": "A" if k != 2 else "B"} for k in range(4)),
         # question 2: undecidable answer in one rotation -> does not count
-        {"index": 2, "answer": "C", "pred": "C"}, {"index": 1_000_002, "answer": "D", "pred": None},
+        {"index": 2, "answer": "C", "pred": "C"},
+        {"index": 1_000_002, "answer": "D", "pred": None},
         # question 3: no circular copies, right
         {"index": 3, "answer": "B", "pred": "B"},
     ]

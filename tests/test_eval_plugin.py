@@ -38,8 +38,15 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def docs():
     rng = random.Random(0)
-    return [{"image": Image.new("RGB", (rng.randint(8, 40), rng.randint(8, 40)), tuple(rng.randrange(256) for _ in "rgb")),
-             "question": "what colour is the shape ?" + " describe it ." * rng.randint(0, 3)} for _ in range(9)]
+    return [
+        {
+            "image": Image.new(
+                "RGB", (rng.randint(8, 40), rng.randint(8, 40)), tuple(rng.randrange(256) for _ in "rgb")
+            ),
+            "question": "what colour is the shape ?" + " describe it ." * rng.randint(0, 3),
+        }
+        for _ in range(9)
+    ]
 
 
 def _model(checkpoint, docs, batch_size) -> BasicLlava:
@@ -49,14 +56,28 @@ def _model(checkpoint, docs, batch_size) -> BasicLlava:
 
 
 def _generate_requests(docs, gen_kwargs):
-    return [Instance("generate_until", (d["question"], dict(gen_kwargs), lambda doc: [doc["image"]], i, TASK, SPLIT),
-                     idx=0, metadata={"task": TASK, "doc_id": i, "repeats": 1}) for i, d in enumerate(docs)]
+    return [
+        Instance(
+            "generate_until",
+            (d["question"], dict(gen_kwargs), lambda doc: [doc["image"]], i, TASK, SPLIT),
+            idx=0,
+            metadata={"task": TASK, "doc_id": i, "repeats": 1},
+        )
+        for i, d in enumerate(docs)
+    ]
 
 
 def _loglikelihood_requests(docs, continuations):
-    return [Instance("loglikelihood", (d["question"], c, lambda doc: [doc["image"]], i, TASK, SPLIT),
-                     idx=0, metadata={"task": TASK, "doc_id": i, "repeats": 1})
-            for i, d in enumerate(docs) for c in continuations]
+    return [
+        Instance(
+            "loglikelihood",
+            (d["question"], c, lambda doc: [doc["image"]], i, TASK, SPLIT),
+            idx=0,
+            metadata={"task": TASK, "doc_id": i, "repeats": 1},
+        )
+        for i, d in enumerate(docs)
+        for c in continuations
+    ]
 
 
 def test_entry_point_resolves_to_the_plugin():
@@ -71,13 +92,17 @@ def test_entry_point_resolves_to_the_plugin():
 def test_plugin_resolves_when_imported_before_lmms_eval_models():
     # Importing the plugin first must not break the registry build it triggers (a circular import).
     code = "import basic.eval.plugin\nfrom lmms_eval.models import get_model\nprint(get_model('basic_llava').__name__)"
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("BasicLlava"), out.stderr[-2000:]
 
 
 def test_batch_size_does_not_change_answers(checkpoint, docs):
     gen = {"max_new_tokens": 10, "until": ["\n\n"]}
-    answers = {bs: _model(checkpoint, docs, bs).generate_until(_generate_requests(docs, gen)) for bs in (1, 4)}
+    answers = {
+        bs: _model(checkpoint, docs, bs).generate_until(_generate_requests(docs, gen)) for bs in (1, 4)
+    }
     assert answers[1] == answers[4]
     assert len(set(answers[1])) > 1 and all(answers[1])  # real, varied generations, not one constant
 
@@ -94,7 +119,9 @@ def test_loglikelihood_is_batch_invariant_and_exact(checkpoint, docs):
     image = expand2square(doc["image"].convert("RGB"), model.pad_colour)
     prompt = model.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": doc["question"]}]}],
-        add_generation_prompt=True, tokenize=False)
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     inputs = model.processor(text=[prompt], images=[image], add_special_tokens=False, return_tensors="pt")
     cont = model.tokenizer(" red", add_special_tokens=False)["input_ids"]
     ids = torch.cat([inputs["input_ids"], torch.tensor([cont])], dim=1)
@@ -124,8 +151,11 @@ def test_until_stops_generation_with_every_kind_of_tokenizer(tmp_path, docs, kin
     checkpoint = save_tiny_llava(tmp_path / kind, tokenizer=tiny_tokenizer("llama", kind=kind))
     model = _model(checkpoint, docs, 3)
     free = model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 12}))
-    stop = next(w for w in free[0].split()[1:] if w.isalpha()) if kind == "word" else \
-        next(ch for ch in free[0][1:] if ch.isascii() and ch.isalpha())
+    stop = (
+        next(w for w in free[0].split()[1:] if w.isalpha())
+        if kind == "word"
+        else next(ch for ch in free[0][1:] if ch.isascii() and ch.isalpha())
+    )
     stopped = model.generate_until(_generate_requests(docs[:3], {"max_new_tokens": 12, "until": [stop]}))
     assert stopped == [cut_at_stops(a, [stop]).strip() for a in free]
     assert stop not in stopped[0]
@@ -166,6 +196,7 @@ def test_blind_replaces_every_image_by_a_blank_one_of_the_mean_colour_and_same_s
 
 
 # ---- lmms-eval 0.7.3 traps this project relies on being handled ----------------------------------------
+
 
 def test_filelock_pin_keeps_lmms_eval_importable():
     major = int(importlib.metadata.version("filelock").split(".")[0])
@@ -211,5 +242,6 @@ def test_the_training_engines_checkpoint_is_evaluated_as_trained(llava_argv, tmp
     end_of_turn = model.tokenizer.convert_tokens_to_ids("<end_of_turn>")
     assert end_of_turn in model.eos_ids
     gen = {"max_new_tokens": 6}
-    assert model.generate_until(_generate_requests(docs, gen)) == \
-        _model(out, docs, 1).generate_until(_generate_requests(docs, gen))
+    assert model.generate_until(_generate_requests(docs, gen)) == _model(out, docs, 1).generate_until(
+        _generate_requests(docs, gen)
+    )

@@ -48,10 +48,28 @@ def rendered(tmp_path_factory) -> dict[str, Path]:
 
 
 IMAGE = Image.new("RGB", (4, 4))
-MMB_DOC = {"index": 3, "question": "Which shape is red?", "hint": "Look closely.", "A": "circle", "B": "square",
-           "C": "triangle", "D": "star", "answer": "A", "category": "attr", "L2-category": "perception",
-           "l2-category": "perception", "source": "mini", "split": "dev", "image": IMAGE}
-SQA_DOC = {"question": "Which is a mammal?", "choices": ["cat", "fish", "frog"], "hint": "Animals differ.", "answer": 0}
+MMB_DOC = {
+    "index": 3,
+    "question": "Which shape is red?",
+    "hint": "Look closely.",
+    "A": "circle",
+    "B": "square",
+    "C": "triangle",
+    "D": "star",
+    "answer": "A",
+    "category": "attr",
+    "L2-category": "perception",
+    "l2-category": "perception",
+    "source": "mini",
+    "split": "dev",
+    "image": IMAGE,
+}
+SQA_DOC = {
+    "question": "Which is a mammal?",
+    "choices": ["cat", "fish", "frog"],
+    "hint": "Animals differ.",
+    "answer": 0,
+}
 CASES = [
     ("mini_vqav2", "vqav2/vqav2_test.yaml", {"question": "what colour is it?"}),
     ("basic_vqav2_testdev", "vqav2/vqav2_test.yaml", {"question": "Is the ball flying towards the batter?"}),
@@ -70,13 +88,25 @@ CASES = [
     ("basic_mmvet", "mmvet/mmvet.yaml", {"question": "What is written?", "answer": "stop"}),
     ("mini_vizwiz", "vizwiz_vqa/vizwiz_vqa_test.yaml", {"question": "what is THIS?"}),
     ("basic_vizwiz_test", "vizwiz_vqa/vizwiz_vqa_test.yaml", {"question": "what is this?"}),
-    ("mini_textvqa", "textvqa/textvqa_val.yaml", {"question": "what does the sign say?", "ocr_tokens": ["STOP"]}),
-    ("basic_textvqa_val", "textvqa/textvqa_val.yaml", {"question": "what brand?", "ocr_tokens": ["ACME", "co"]}),
+    (
+        "mini_textvqa",
+        "textvqa/textvqa_val.yaml",
+        {"question": "what does the sign say?", "ocr_tokens": ["STOP"]},
+    ),
+    (
+        "basic_textvqa_val",
+        "textvqa/textvqa_val.yaml",
+        {"question": "what brand?", "ocr_tokens": ["ACME", "co"]},
+    ),
 ]
 
 
 def _task_file(directory: Path, task: str) -> Path:
-    return next(p for p in directory.glob("*.yaml") if yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader).get("task") == task)
+    return next(
+        p
+        for p in directory.glob("*.yaml")
+        if yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader).get("task") == task
+    )
 
 
 @pytest.mark.parametrize("ours, upstream, doc", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
@@ -94,8 +124,9 @@ def test_llava_variant_is_the_shipped_default(ours, upstream, doc, rendered):
     and rendering that variant changes nothing but the data paths."""
     shipped, path = _load(_task_file(OURS, ours)), _load(_task_file(rendered["llava_v15"], ours))
     benchmark = shipped["lmms_eval_specific_kwargs"]["default"]["benchmark"]
-    assert {k: v for k, v in path.items() if k != "dataset_kwargs"} == \
-        {k: v for k, v in shipped.items() if k != "dataset_kwargs"}
+    assert {k: v for k, v in path.items() if k != "dataset_kwargs"} == {
+        k: v for k, v in shipped.items() if k != "dataset_kwargs"
+    }
     assert shipped["generation_kwargs"] == prompts.protocol(benchmark).generation_kwargs
     assert _prompt(_task_file(OURS, ours), doc) == prompts.render(benchmark, doc)
     scorer = prompts.protocol(benchmark).process_results
@@ -103,8 +134,10 @@ def test_llava_variant_is_the_shipped_default(ours, upstream, doc, rendered):
 
 
 def test_variants_switch_the_scoring_where_they_differ(rendered):
-    for task, llava, lmms in [("basic_gqa", "gqa_process_results", "gqa_process_results_lmms_eval"),
-                              ("mini_sqa_img", "sqa_process_results", "sqa_process_results_lmms_eval")]:
+    for task, llava, lmms in [
+        ("basic_gqa", "gqa_process_results", "gqa_process_results_lmms_eval"),
+        ("mini_sqa_img", "sqa_process_results", "sqa_process_results_lmms_eval"),
+    ]:
         assert str(_load(_task_file(rendered["llava_v15"], task))["process_results"]).endswith("." + llava)
         assert str(_load(_task_file(rendered["lmms_eval"], task))["process_results"]).endswith("." + lmms)
     # a task whose template leaves process_results to it keeps its own (MM-Vet: the judge)
@@ -128,7 +161,12 @@ def test_benchmark_map_covers_the_paper_and_is_consistent():
         entries = benchmark_map(profile)
         assert set(PAPER_BENCHMARKS) <= set(entries)
     full = benchmark_map("full")
-    assert {n for n, b in full.items() if b.scored_by == "server"} == {"vqav2", "vizwiz", "mmb_en_test", "mmb_cn_test"}
+    assert {n for n, b in full.items() if b.scored_by == "server"} == {
+        "vqav2",
+        "vizwiz",
+        "mmb_en_test",
+        "mmb_cn_test",
+    }
     assert full["mmvet"].judge == "llm" and benchmark_map("mini")["mmvet"].judge == "rule"
     # every paper benchmark runs one of our tasks (so its prompt comes from basic.eval.prompts)
     assert all(full[b].task.startswith("basic_") for b in PAPER_BENCHMARKS)
@@ -142,8 +180,10 @@ def test_benchmark_map_covers_the_paper_and_is_consistent():
                 assert b.task in ours, b.task
                 assert b.name not in PAPER_BENCHMARKS or b.task.startswith(("mini_", "basic_"))
             else:  # lmms-eval's own task: its YAML must exist in the installed lmms-eval
-                assert any(f"task: {b.task}" in p.read_text(encoding="utf-8").replace('"', "")
-                           for p in UPSTREAM.rglob("*.yaml")), b.task
+                assert any(
+                    f"task: {b.task}" in p.read_text(encoding="utf-8").replace('"', "")
+                    for p in UPSTREAM.rglob("*.yaml")
+                ), b.task
 
 
 def test_benchmark_selection_errors():

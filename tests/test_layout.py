@@ -24,8 +24,13 @@ STAGE_ENTRIES = {
     "backbones": ["basic.cli", "basic.pipeline.stage", "basic.mini.cli", "basic.full.checkpoints"],
     "pretrain": ["basic.cli", "basic.pipeline.stage", "basic.train"],
     "finetune": ["basic.cli", "basic.pipeline.stage", "basic.train"],
-    "evaluate": ["basic.cli", "basic.pipeline.stage", "basic.eval.evaluate", "basic.eval.plugin",
-                 "basic.eval.tasks.utils"],
+    "evaluate": [
+        "basic.cli",
+        "basic.pipeline.stage",
+        "basic.eval.evaluate",
+        "basic.eval.plugin",
+        "basic.eval.tasks.utils",
+    ],
     "analyze": ["basic.cli", "basic.pipeline.stage", "basic.eval.analysis"],
     "report": ["basic.cli", "basic.pipeline.report"],
 }
@@ -62,14 +67,18 @@ def imports_of(name: str) -> frozenset[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
         for target in targets:
             if target.split(".")[0] == "basic" and module_file(target):
                 parts = target.split(".")
-                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1) if module_file(".".join(parts[:i])))
+                found.update(
+                    ".".join(parts[:i]) for i in range(1, len(parts) + 1) if module_file(".".join(parts[:i]))
+                )
     found.discard(name)
     return frozenset(found)
 
@@ -85,8 +94,10 @@ def closure(entries: list[str]) -> set[str]:
 
 
 def all_modules() -> list[str]:
-    return [".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
-            for p in sorted((SRC / "basic").rglob("*.py"))]
+    return [
+        ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        for p in sorted((SRC / "basic").rglob("*.py"))
+    ]
 
 
 def stage_deps() -> dict[str, list[str]]:
@@ -114,24 +125,36 @@ def test_every_stage_of_dvc_yaml_is_checked():
 
 def test_package_data_is_claimed():
     claimed = [f for files in DATA_READ_BY.values() for f in files]
-    data = [str(p.relative_to(REPO)) for p in (SRC / "basic").rglob("*")
-            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    data = [
+        str(p.relative_to(REPO))
+        for p in (SRC / "basic").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    ]
     assert [f for f in data if not covered(f, claimed)] == []
 
 
 def test_shipped_code_never_imports_the_fixtures():
-    offenders = [m for m in all_modules() if not m.startswith("basic.testing")
-                 and any(i.startswith("basic.testing") for i in imports_of(m))]
+    offenders = [
+        m
+        for m in all_modules()
+        if not m.startswith("basic.testing") and any(i.startswith("basic.testing") for i in imports_of(m))
+    ]
     assert offenders == []
 
 
 def test_subpackages_import_one_way():
     """The graph of basic's top-level parts (library modules, data, method, eval, mini, full, pipeline...)
     has no cycle, so each layer can be read, tested and reused without the ones above it."""
+
     def part(m: str) -> str:
         return ".".join(m.split(".")[:2])
 
-    edges = {(part(m), part(i)) for m in all_modules() for i in imports_of(m) if part(m) != part(i) and i != "basic"}
+    edges = {
+        (part(m), part(i))
+        for m in all_modules()
+        for i in imports_of(m)
+        if part(m) != part(i) and i != "basic"
+    }
     graph: dict[str, set[str]] = {}
     for a, b in edges:
         graph.setdefault(a, set()).add(b)
@@ -139,7 +162,7 @@ def test_subpackages_import_one_way():
     def cycle_from(node, path):
         for nxt in graph.get(node, ()):
             if nxt in path:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             found = cycle_from(nxt, path + [nxt])
             if found:
                 return found

@@ -15,11 +15,23 @@ from basic.full import download as dl
 PRETRAIN_JSON = "LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
 PRETRAIN_IMAGES = "LLaVA-Pretrain/images"
 FINETUNE_JSON = "llava_v1_5_mix665k.json"
-FINETUNE_IMAGE_FOLDERS = ["coco/train2017", "gqa/images", "ocr_vqa/images", "textvqa/train_images",
-                          "vg/VG_100K", "vg/VG_100K_2"]
+FINETUNE_IMAGE_FOLDERS = [
+    "coco/train2017",
+    "gqa/images",
+    "ocr_vqa/images",
+    "textvqa/train_images",
+    "vg/VG_100K",
+    "vg/VG_100K_2",
+]
 # Image paths as they appear in llava_v1_5_mix665k.json (one per source), relative to --image_folder.
-MIX665K_IMAGES = ["coco/train2017/000000033471.jpg", "gqa/images/2354786.jpg", "ocr_vqa/images/140031996.jpg",
-                  "textvqa/train_images/011e7e629fb9ae7b.jpg", "vg/VG_100K/2316529.jpg", "vg/VG_100K_2/2364.jpg"]
+MIX665K_IMAGES = [
+    "coco/train2017/000000033471.jpg",
+    "gqa/images/2354786.jpg",
+    "ocr_vqa/images/140031996.jpg",
+    "textvqa/train_images/011e7e629fb9ae7b.jpg",
+    "vg/VG_100K/2316529.jpg",
+    "vg/VG_100K_2/2364.jpg",
+]
 
 
 @pytest.mark.parametrize("name", dl.manifest_names())
@@ -40,8 +52,9 @@ def test_full_manifest_names_every_file_llava_1_5_needs():
     assert set(FINETUNE_IMAGE_FOLDERS) <= provided
     for image in MIX665K_IMAGES:  # every image path of the mix lies in a folder some entry yields
         assert any(PurePosixPath(image).is_relative_to(folder) for folder in provided), image
-    assert {f.path for f in dl.load_manifest("pretrain").files} | {f.path for f in dl.load_manifest("finetune").files} \
-        == {f.path for f in m.files}
+    assert {f.path for f in dl.load_manifest("pretrain").files} | {
+        f.path for f in dl.load_manifest("finetune").files
+    } == {f.path for f in m.files}
 
 
 def test_ocr_vqa_is_fetched_per_image_with_an_explicit_missing_limit():
@@ -70,13 +83,21 @@ def test_every_url_can_be_pointed_at_a_mirror():
 
 def test_bad_manifests_are_refused_with_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"name": "b", "files": [{"path": "a", "url": "http://x/a", "sha256": None, "md5": "x"}]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {"name": "b", "files": [{"path": "a", "url": "http://x/a", "sha256": None, "md5": "x"}]}
+        )
+    )
     with pytest.raises(dl.DownloadError, match=r"bad.yaml: files\[0\]\.md5: unknown key"):
         dl.load_manifest(bad)
-    bad.write_text(yaml.safe_dump({"name": "b", "files": [{"path": "a", "url": "http://x/a", "sha256": "ABC"}]}))
+    bad.write_text(
+        yaml.safe_dump({"name": "b", "files": [{"path": "a", "url": "http://x/a", "sha256": "ABC"}]})
+    )
     with pytest.raises(dl.DownloadError, match=r"files\[0\] \(a\): sha256 must be 64 lowercase hex"):
         dl.load_manifest(bad)
-    bad.write_text(yaml.safe_dump({"name": "b", "files": [{"path": "../a", "url": "http://x/a", "sha256": None}]}))
+    bad.write_text(
+        yaml.safe_dump({"name": "b", "files": [{"path": "../a", "url": "http://x/a", "sha256": None}]})
+    )
     with pytest.raises(dl.DownloadError, match="must be a relative path inside DEST"):
         dl.load_manifest(bad)
     bad.write_text(yaml.safe_dump({"name": "b", "include": ["bad"]}))
@@ -101,13 +122,36 @@ def test_the_seven_backbones_are_pinned_to_commits():
 
 
 def test_only_one_weight_format_and_no_foreign_files_are_selected():
-    mistral = ["config.json", "consolidated.safetensors", "model-00001-of-00003.safetensors",
-               "model.safetensors.index.json", "pytorch_model-00001-of-00003.bin", "tokenizer.model",
-               "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md"]
-    assert ck.select_files(mistral) == sorted(["config.json", "model-00001-of-00003.safetensors",
-                                               "model.safetensors.index.json", "tokenizer.model", "tokenizer.json",
-                                               "tokenizer_config.json", "generation_config.json", "README.md"])
-    vicuna = ["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "tokenizer.model"]
+    mistral = [
+        "config.json",
+        "consolidated.safetensors",
+        "model-00001-of-00003.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model-00001-of-00003.bin",
+        "tokenizer.model",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "README.md",
+    ]
+    assert ck.select_files(mistral) == sorted(
+        [
+            "config.json",
+            "model-00001-of-00003.safetensors",
+            "model.safetensors.index.json",
+            "tokenizer.model",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+            "README.md",
+        ]
+    )
+    vicuna = [
+        "config.json",
+        "pytorch_model-00001-of-00002.bin",
+        "pytorch_model.bin.index.json",
+        "tokenizer.model",
+    ]
     assert "pytorch_model-00001-of-00002.bin" in ck.select_files(vicuna)
     gemma = ["config.json", "model.safetensors", "gemma-2b-it.gguf", "flax_model.msgpack", "tf_model.h5"]
     assert ck.select_files(gemma) == ["config.json", "model.safetensors"]
@@ -138,8 +182,10 @@ def test_fetch_pins_the_revision_records_it_and_skips_the_second_time(tmp_path):
     b = ck.load_backbones()["siglip"]
     hub = FakeHub(["config.json", "model.safetensors", "preprocessor_config.json", "tf_model.h5"])
     ck.fetch(b, tmp_path, hub=hub)
-    assert hub.calls == [("list", b.repo, b.revision),
-                         ("snapshot", b.repo, b.revision, ("config.json", "model.safetensors", "preprocessor_config.json"))]
+    assert hub.calls == [
+        ("list", b.repo, b.revision),
+        ("snapshot", b.repo, b.revision, ("config.json", "model.safetensors", "preprocessor_config.json")),
+    ]
     assert ck.check({"siglip": b}, tmp_path) == []
     hub.calls.clear()
     ck.fetch(b, tmp_path, hub=hub)

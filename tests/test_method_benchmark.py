@@ -22,10 +22,26 @@ spec.loader.exec_module(basic_overhead)
 @pytest.mark.parametrize("stage", [1, 2])
 def test_smoke_run_writes_all_variants(stage, tmp_path):
     out = tmp_path / "overhead.json"
-    result = basic_overhead.main(["--scale", "smoke", "--stage", str(stage), "--steps", "2", "--warmup", "1",
-                                  "--device", "cpu", "--out", str(out)])
+    result = basic_overhead.main(
+        [
+            "--scale",
+            "smoke",
+            "--stage",
+            str(stage),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert out.exists()
-    assert {v: r["status"] for v, r in result["variants"].items()} == dict.fromkeys(basic_overhead.VARIANTS, "ok")
+    assert {v: r["status"] for v, r in result["variants"].items()} == dict.fromkeys(
+        basic_overhead.VARIANTS, "ok"
+    )
     assert all(len(r["cpu_seconds"]) == 2 and r["peak_gib"] > 0 for r in result["variants"].values())
     assert set(result["ratios_to_baseline"]) == {"basic", "naive"}
     assert result["order"].startswith("interleaved: baseline basic naive") and result["code"]["commit"]
@@ -36,7 +52,9 @@ def test_smoke_run_writes_all_variants(stage, tmp_path):
     # k = 2 layers, each step also recomputed by checkpointing: 3 timed steps, 1 profiled, 3 timed per component
     path = result["code_path"]
     assert path["attention_layers_1_k"] == {"sdpa_kernel_with_log_norm": 2 * 2 * 7, "rows_scored": 0}
-    assert path["sds_products"] == "torch.bfloat16-rounded operands, float32 products"  # CPU: no mixed product
+    assert (
+        path["sds_products"] == "torch.bfloat16-rounded operands, float32 products"
+    )  # CPU: no mixed product
     components = result["basic_components"]
     assert set(components) == {"scoring", "hooks", "sds", "das"}
     assert all(c["seconds"] > 0 and c["fraction_of_baseline_step"] > 0 for c in components.values())

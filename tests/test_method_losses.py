@@ -12,7 +12,9 @@ def test_layer_weights():
     k = 16
     i = torch.arange(1, k + 1, dtype=torch.float64)
     torch.testing.assert_close(layer_weights(k), i**2 / (i**2).sum(), rtol=0, atol=0)
-    torch.testing.assert_close(layer_weights(k, "decreasing"), (k + 1 - i) ** 2 / (i**2).sum(), rtol=0, atol=0)
+    torch.testing.assert_close(
+        layer_weights(k, "decreasing"), (k + 1 - i) ** 2 / (i**2).sum(), rtol=0, atol=0
+    )
     torch.testing.assert_close(layer_weights(k, "constant"), torch.full((k,), 1 / k, dtype=torch.float64))
     for scheme in ("increasing", "constant", "decreasing"):
         assert layer_weights(20, scheme).sum().item() == pytest.approx(1.0, abs=1e-15)
@@ -57,8 +59,9 @@ def test_das_equals_the_formula():
 @pytest.mark.parametrize("block_elements", [2**24, 50, 23, 1])
 def test_sds_equals_the_formula_in_any_blocking(block_elements):
     v, v_hat, a, E = random_inputs()
-    torch.testing.assert_close(sds_loss(v, v_hat, a, E, block_elements), direct_sds(v, v_hat, a, E), rtol=1e-12,
-                               atol=0)
+    torch.testing.assert_close(
+        sds_loss(v, v_hat, a, E, block_elements), direct_sds(v, v_hat, a, E), rtol=1e-12, atol=0
+    )
 
 
 @pytest.mark.parametrize("block_elements", [2**24, 40])
@@ -66,8 +69,10 @@ def test_gradients_equal_autograd_of_the_formula(block_elements):
     v, v_hat, a, E = random_inputs(images=2, m=3, vocab=11)
     v.requires_grad_(True)
     v_hat.requires_grad_(True)
-    for loss, direct in ((lambda x, y: sds_loss(x, y, a, E, block_elements), lambda x, y: direct_sds(x, y, a, E)),
-                         (lambda x, y: das_loss(x, y, a), lambda x, y: direct_das(x, y, a))):
+    for loss, direct in (
+        (lambda x, y: sds_loss(x, y, a, E, block_elements), lambda x, y: direct_sds(x, y, a, E)),
+        (lambda x, y: das_loss(x, y, a), lambda x, y: direct_das(x, y, a)),
+    ):
         got = torch.autograd.grad(loss(v, v_hat), (v, v_hat))
         expected = torch.autograd.grad(direct(v, v_hat), (v, v_hat))
         for g, e in zip(got, expected):
@@ -99,8 +104,9 @@ def test_a_low_precision_vocabulary_sets_the_products_precision_and_the_rest_is_
     assert das_loss(v.bfloat16(), v_hat.bfloat16(), a.bfloat16()).dtype == torch.float32
     # a float32 vocabulary keeps float32 rows
     expected = direct_sds(v.bfloat16().double(), v_hat.float().double(), a.double(), E.float().double())
-    torch.testing.assert_close(sds_loss(v.bfloat16(), v_hat.float(), a, E.float()).double(), expected, rtol=1e-5,
-                               atol=0)
+    torch.testing.assert_close(
+        sds_loss(v.bfloat16(), v_hat.float(), a, E.float()).double(), expected, rtol=1e-5, atol=0
+    )
 
 
 def test_shapes_are_checked_and_no_images_give_zero():
@@ -156,7 +162,9 @@ def test_bf16_sds_at_realistic_norms_is_close_to_float64():
     for norm in (50.0, 100.0):
         v_hat = torch.randn(1, m, d, dtype=torch.float64, generator=g)
         v_hat = norm * v_hat / v_hat.norm(dim=-1, keepdim=True)
-        v = v_hat + 0.1 * norm / d**0.5 * torch.randn(1, m, d, dtype=torch.float64, generator=g)  # a close student
+        v = v_hat + 0.1 * norm / d**0.5 * torch.randn(
+            1, m, d, dtype=torch.float64, generator=g
+        )  # a close student
         v = (0.8 * norm * v / v.norm(dim=-1, keepdim=True)).bfloat16()
         a = torch.rand(1, m, dtype=torch.float64, generator=g) / m
         student = v.double().requires_grad_(True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_method_patch_weights import FAMILIES, batch
 
 from basic.method import attention, layer_weights, patch_weights
 from basic.method.capture import Capture
 from basic.method.config import BasicArguments
 from basic.method.objective import BasicObjective, ObjectiveOutput
 from basic.testing.backbones import tiny_llava
+from test_method_patch_weights import FAMILIES, batch
 
 PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 
@@ -24,7 +24,9 @@ PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 def training_batch(processor, padding_side="right"):
     inputs = dict(batch(processor, padding_side))
     labels = inputs["input_ids"].clone()
-    labels[(inputs["attention_mask"] == 0) | (labels == processor.tokenizer.convert_tokens_to_ids("<image>"))] = -100
+    labels[
+        (inputs["attention_mask"] == 0) | (labels == processor.tokenizer.convert_tokens_to_ids("<image>"))
+    ] = -100
     return {**inputs, "labels": labels}
 
 
@@ -38,7 +40,11 @@ def direct_terms(model, inputs, k, E) -> tuple[torch.Tensor, torch.Tensor]:
     v = out.image_hidden_states.double().view(images, -1, out.image_hidden_states.shape[-1])
     v_hat = sum(w[i] * out.hidden_states[i + 1][image].double() for i in range(k)).view(v.shape)
     a = patch_weights(model, inputs, k=k).double()
-    das = (a * ((v / v.norm(dim=-1, keepdim=True) - v_hat / v_hat.norm(dim=-1, keepdim=True)) ** 2).sum(-1)).sum(1).mean()
+    das = (
+        (a * ((v / v.norm(dim=-1, keepdim=True) - v_hat / v_hat.norm(dim=-1, keepdim=True)) ** 2).sum(-1))
+        .sum(1)
+        .mean()
+    )
     p, q = torch.softmax(v_hat @ E.double().T, -1), torch.softmax(v @ E.double().T, -1)
     sds = (a * (p * (p.log() - q.log())).sum(-1)).sum(1).mean()
     return das, sds
@@ -53,7 +59,9 @@ def test_terms_equal_the_formulas_and_the_lm_loss_is_the_models(family):
     out = objective(model, inputs)
     assert isinstance(out, ObjectiveOutput)
     embeddings = model.get_input_embeddings()
-    E = embeddings(torch.arange(embeddings.num_embeddings))  # the rows as the model sees them (Gemma: x sqrt(d))
+    E = embeddings(
+        torch.arange(embeddings.num_embeddings)
+    )  # the rows as the model sees them (Gemma: x sqrt(d))
     das, sds = direct_terms(model, inputs, 2, E)
     torch.testing.assert_close(out.logs["das"], das, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out.logs["sds"], sds, rtol=1e-10, atol=1e-12)
@@ -65,8 +73,14 @@ def test_terms_equal_the_formulas_and_the_lm_loss_is_the_models(family):
 def test_lm_head_vocabulary_and_the_other_schemes():
     model, processor = tiny_llava("llama", layers=6, dtype=torch.float64)
     inputs = training_batch(processor)
-    args = BasicArguments(basic_das_weight=0.5, basic_sds_weight=2.0, basic_layers=4, basic_vocab="lm_head",
-                          basic_layer_weights="decreasing", basic_patch_weights="uniform")
+    args = BasicArguments(
+        basic_das_weight=0.5,
+        basic_sds_weight=2.0,
+        basic_layers=4,
+        basic_vocab="lm_head",
+        basic_layer_weights="decreasing",
+        basic_patch_weights="uniform",
+    )
     out = BasicObjective(args, model)(model, inputs)
     with torch.no_grad():
         hidden = model(**inputs, output_hidden_states=True)
@@ -87,7 +101,9 @@ def test_only_weighted_terms_are_computed_and_text_only_batches_add_nothing():
     out = objective(model, training_batch(processor))
     assert set(out.logs) == {"das"} and out.extra_loss == out.logs["das"]
     processor.tokenizer.padding_side = "right"
-    text_only = processor.tokenizer(["how many objects are there ?", "two"], return_tensors="pt", padding=True)
+    text_only = processor.tokenizer(
+        ["how many objects are there ?", "two"], return_tensors="pt", padding=True
+    )
     out = objective(model, {**text_only, "labels": text_only["input_ids"]})
     assert out.extra_loss is None and out.logs == {} and torch.isfinite(out.outputs.loss)
     with pytest.raises(ValueError, match="basic_das_weight or --basic_sds_weight"):
@@ -99,7 +115,9 @@ def test_only_weighted_terms_are_computed_and_text_only_batches_add_nothing():
 def grads(model, loss) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss.backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    return {
+        name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None and p.grad.any()
+    }
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -55,9 +55,14 @@ def eager_reference(model, inputs, k: int, labels=None, queries: str = "text") -
     for b in range(ids.shape[0]):
         positions = image[b].nonzero().squeeze(1).tolist()
         for start in range(0, len(positions), m):
-            tokens = positions[start:start + m]
-            text = [q for q in range(tokens[-1] + 1, ids.shape[1]) if not image[b, q] and mask[b, q]
-                    and (queries == "text" or (labels[b, q] == -100) == (queries == "prompt"))]
+            tokens = positions[start : start + m]
+            text = [
+                q
+                for q in range(tokens[-1] + 1, ids.shape[1])
+                if not image[b, q]
+                and mask[b, q]
+                and (queries == "text" or (labels[b, q] == -100) == (queries == "prompt"))
+            ]
             a = torch.zeros(m, dtype=torch.float64)
             for layer in range(k):
                 att = attentions[layer][b].double()  # [heads, S, S]
@@ -95,8 +100,9 @@ def test_one_unpadded_row(family, path):
     """No padding: SDPA gets no mask at all (Llama: causal only) or a sliding-window one (Mistral)."""
     model, processor = tiny_llava(family)
     inputs = batch(processor, "right", PROMPTS[:1])
-    torch.testing.assert_close(patch_weights(model, inputs, k=2).double(), eager_reference(model, inputs, 2),
-                               **EAGER_TOL)
+    torch.testing.assert_close(
+        patch_weights(model, inputs, k=2).double(), eager_reference(model, inputs, 2), **EAGER_TOL
+    )
 
 
 def test_default_k_is_half_the_layers_and_uniform_spreads_the_same_mass():
@@ -113,8 +119,9 @@ def test_several_images_in_a_row_count_only_the_text_after_each(path):
     model, processor = tiny_llava("mistral", "siglip")
     prompts = (f"{IMAGE} left . {IMAGE}\nwhich one is red ? the first", f"{IMAGE}\nwhat is it ?")
     inputs = batch(processor, "left", prompts)
-    torch.testing.assert_close(patch_weights(model, inputs, k=2).double(), eager_reference(model, inputs, 2),
-                               **EAGER_TOL)
+    torch.testing.assert_close(
+        patch_weights(model, inputs, k=2).double(), eager_reference(model, inputs, 2), **EAGER_TOL
+    )
 
 
 def test_prompt_and_response_queries_follow_the_labels():
@@ -126,7 +133,9 @@ def test_prompt_and_response_queries_follow_the_labels():
         labels[row, response] = inputs["input_ids"][row, response]
     for queries in ("prompt", "response"):
         got = patch_weights(model, {**inputs, "labels": labels}, k=2, queries=queries)
-        torch.testing.assert_close(got.double(), eager_reference(model, inputs, 2, labels, queries), **EAGER_TOL)
+        torch.testing.assert_close(
+            got.double(), eager_reference(model, inputs, 2, labels, queries), **EAGER_TOL
+        )
     with pytest.raises(ValueError, match="need labels"):
         patch_weights(model, inputs, k=2, queries="prompt")
 
@@ -174,15 +183,25 @@ def test_flash_style_padding_mask_matches_the_four_dimensional_mask(sliding_wind
     flash = image_attention(query, key, padding, p, **kwargs)
     sdpa = image_attention(query, key, four_d, p, **kwargs, block_elements=1)  # one query per block
     torch.testing.assert_close(flash, sdpa, rtol=1e-12, atol=1e-14)
-    additive = torch.zeros(four_d.shape, dtype=torch.float64).masked_fill(~four_d, torch.finfo(torch.float64).min)
-    torch.testing.assert_close(image_attention(query, key, additive, p, **kwargs), sdpa, rtol=1e-12, atol=1e-14)
+    additive = torch.zeros(four_d.shape, dtype=torch.float64).masked_fill(
+        ~four_d, torch.finfo(torch.float64).min
+    )
+    torch.testing.assert_close(
+        image_attention(query, key, additive, p, **kwargs), sdpa, rtol=1e-12, atol=1e-14
+    )
     # given the rows' log-normalisers, only query x image-key scores are needed: same result, any mask form
     scores = (query @ key.repeat_interleave(2, 1).transpose(-1, -2)) * hd**-0.5
     log_norm = scores.masked_fill(~four_d, -torch.inf).logsumexp(-1)
     for mask in (padding, four_d, additive, four_d.expand(-1, heads, -1, -1)):
         for block_elements in (1, 2**25):
-            torch.testing.assert_close(image_attention(query, key, mask, p, **kwargs, log_norm=log_norm,
-                                                       block_elements=block_elements), sdpa, rtol=1e-12, atol=1e-14)
+            torch.testing.assert_close(
+                image_attention(
+                    query, key, mask, p, **kwargs, log_norm=log_norm, block_elements=block_elements
+                ),
+                sdpa,
+                rtol=1e-12,
+                atol=1e-14,
+            )
     # direct formula for one image token: row 1, token at position 6, queries after position 7
     probs = scores[1].masked_fill(~four_d[1], -torch.inf).softmax(-1)
     torch.testing.assert_close(sdpa[1, 1], probs[:, 8:, 6].sum(1).mean())
@@ -200,10 +219,13 @@ def test_the_kernel_returns_sdpas_output_and_the_row_log_normalisers(masked):
     mask = causal[None, None].repeat(B, 1, 1, 1)
     mask[1, :, :, :3] = False  # left padding
     mask[1, :, :3, 0] = True
-    output, log_norm = attention.sdpa_with_log_norm(module, query, key, value, mask if masked else None, scaling=0.3)
+    output, log_norm = attention.sdpa_with_log_norm(
+        module, query, key, value, mask if masked else None, scaling=0.3
+    )
     k, v = key.repeat_interleave(2, 1), value.repeat_interleave(2, 1)
     expected = torch.nn.functional.scaled_dot_product_attention(
-        query, k, v, attn_mask=mask if masked else None, is_causal=not masked, scale=0.3)
+        query, k, v, attn_mask=mask if masked else None, is_causal=not masked, scale=0.3
+    )
     torch.testing.assert_close(output, expected.transpose(1, 2))
     scores = (query @ k.transpose(-1, -2) * 0.3).masked_fill(~(mask if masked else causal), -torch.inf)
     torch.testing.assert_close(log_norm, scores.logsumexp(-1))
@@ -229,7 +251,7 @@ def test_scoring_at_7b_shapes_computes_only_the_text_query_by_image_key_block():
 
     B, heads, S, hd, m = 8, 32, 2048, 128, 576
     ids = torch.zeros(B, S, dtype=torch.long)
-    ids[:, 35:35 + m] = 9
+    ids[:, 35 : 35 + m] = 9
     p = locate(ids.to("meta"), torch.ones(B, S, dtype=torch.long, device="meta"), None, 9, images=B, m=m)
     query = torch.empty(B, heads, S, hd, dtype=torch.bfloat16, device="meta")
     log_norm = torch.empty(B, heads, S, device="meta")

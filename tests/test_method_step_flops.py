@@ -21,7 +21,9 @@ spec.loader.exec_module(step_flops)
 
 
 def check(stage: dict) -> None:
-    assert 1.0 <= stage["to_minimum"]["sds"] <= 1.01  # 3 products (+ per-row dot products over the vocabulary)
+    assert (
+        1.0 <= stage["to_minimum"]["sds"] <= 1.01
+    )  # 3 products (+ per-row dot products over the vocabulary)
     head_dim = stage["shape"]["hidden"] // stage["shape"]["heads"]
     # the -lse columns (padded to 4), and the sum over each image's queries (a head-th of a product)
     assert 1.0 <= stage["to_minimum"]["scoring"] <= (head_dim + 4) / head_dim * 1.01

@@ -16,7 +16,6 @@ import warnings
 
 import pytest
 import torch
-from test_method_objective import PAPER
 
 from basic.method import attention, losses
 from basic.method import objective as objective_module
@@ -24,6 +23,7 @@ from basic.method.capture import Capture, SilentImages
 from basic.method.config import BasicArguments
 from basic.method.objective import BasicObjective
 from basic.testing import backbones
+from test_method_objective import PAPER
 
 
 def tiny_llava_config():
@@ -42,14 +42,18 @@ def padded_batch(device, rows: int = 3, length: int = 48) -> dict[str, torch.Ten
     ids = torch.randint(3, image, (rows, length), generator=g)
     mask = torch.ones(rows, length, dtype=torch.long)
     for row in range(rows - 1):
-        ids[row, 3:3 + config.image_seq_length] = image
+        ids[row, 3 : 3 + config.image_seq_length] = image
     for row, padding in enumerate((0, 7, 5)[:rows]):
         if padding:
             ids[row, -padding:], mask[row, -padding:] = pad, 0
     labels = torch.where(mask.bool() & (ids != image), ids, -100)
     pixels = torch.randn(rows - 1, 3, 16, 16, generator=g)
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device),
-            "pixel_values": pixels.to(device)}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+        "pixel_values": pixels.to(device),
+    }
 
 
 def test_a_basic_step_runs_on_fake_tensors(monkeypatch):
@@ -111,10 +115,18 @@ def test_a_basic_step_on_a_gpu_never_synchronises(monkeypatch):
     inputs = padded_batch("cuda")
     inputs["pixel_values"] = inputs["pixel_values"].bfloat16()
     objective = BasicObjective(BasicArguments(**PAPER), model)
-    for owner, name in ((Capture, "__init__"), (Capture, "_image_features"), (Capture, "keep_image_positions"),
-                        (Capture, "observe"), (Capture, "supervision"), (Capture, "patch_weights"),
-                        (SilentImages, "add"), (attention, "sdpa_with_log_norm"), (objective_module, "das_loss"),
-                        (objective_module, "sds_loss")):
+    for owner, name in (
+        (Capture, "__init__"),
+        (Capture, "_image_features"),
+        (Capture, "keep_image_positions"),
+        (Capture, "observe"),
+        (Capture, "supervision"),
+        (Capture, "patch_weights"),
+        (SilentImages, "add"),
+        (attention, "sdpa_with_log_norm"),
+        (objective_module, "das_loss"),
+        (objective_module, "sds_loss"),
+    ):
         monkeypatch.setattr(owner, name, strict(getattr(owner, name)))
     monkeypatch.setattr(losses._KL, "backward", staticmethod(strict(losses._KL.backward)))
 

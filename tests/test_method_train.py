@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import PAIRS
 
 from basic.train import parse_args, train
+from conftest import PAIRS
 
 PAPER = {"basic_das_weight": 1.0, "basic_sds_weight": 0.01}
 
@@ -38,13 +38,31 @@ def test_flags_reach_the_method_and_the_first_lm_loss_is_the_baseline(llava_argv
     llm, encoder = PAIRS[1]
     base = train(*parse_args(llava_argv(2, llm, encoder, tmp_path / "base", max_steps=1)))
     assert base.objective is None
-    trainer = train(*parse_args(llava_argv(
-        2, llm, encoder, tmp_path / "sds", max_steps=1, basic_sds_weight=0.5, basic_layers=3,
-        basic_layer_weights="constant", basic_patch_weights="uniform", basic_vocab="lm_head",
-        basic_attention_queries="prompt")))
+    trainer = train(
+        *parse_args(
+            llava_argv(
+                2,
+                llm,
+                encoder,
+                tmp_path / "sds",
+                max_steps=1,
+                basic_sds_weight=0.5,
+                basic_layers=3,
+                basic_layer_weights="constant",
+                basic_patch_weights="uniform",
+                basic_vocab="lm_head",
+                basic_attention_queries="prompt",
+            )
+        )
+    )
     args = trainer.objective.args
-    assert (trainer.objective.k, args.basic_layer_weights, args.basic_patch_weights, args.basic_vocab,
-            args.basic_attention_queries) == (3, "constant", "uniform", "lm_head", "prompt")
+    assert (
+        trainer.objective.k,
+        args.basic_layer_weights,
+        args.basic_patch_weights,
+        args.basic_vocab,
+        args.basic_attention_queries,
+    ) == (3, "constant", "uniform", "lm_head", "prompt")
     (first,) = history(tmp_path / "sds")
     assert "das" not in first and first["sds"] > 0
     assert first["lm_loss"] == history(tmp_path / "base")[0]["loss"]

@@ -34,8 +34,13 @@ from basic.mini.quality import linear_probe, text_qa_accuracy
 from basic.mini.scenes import COLOURS, SHAPES, SIZES
 from basic.mini.tokenizer import family_tokenizer
 
-ARCHITECTURES = {"vicuna-7b": "LlamaForCausalLM", "vicuna-13b": "LlamaForCausalLM", "gemma-2b": "GemmaForCausalLM",
-                 "phi3-3.8b": "Phi3ForCausalLM", "mistral-7b": "MistralForCausalLM"}
+ARCHITECTURES = {
+    "vicuna-7b": "LlamaForCausalLM",
+    "vicuna-13b": "LlamaForCausalLM",
+    "gemma-2b": "GemmaForCausalLM",
+    "phi3-3.8b": "Phi3ForCausalLM",
+    "mistral-7b": "MistralForCausalLM",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,29 +51,78 @@ def world(mini_world) -> Path:
 @pytest.fixture(scope="module")
 def backbones(world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mini") / "backbones"
-    assert backbones_main(["--data", str(world), "--out", str(out), *TINY, "--pack", str(out.parent / "artifact.tar.gz")]) == 0
+    assert (
+        backbones_main(
+            ["--data", str(world), "--out", str(out), *TINY, "--pack", str(out.parent / "artifact.tar.gz")]
+        )
+        == 0
+    )
     return out
 
 
-TINY = ["--llm-steps", "3", "--llm-batch", "8", "--clip-steps", "2", "--siglip-steps", "2", "--encoder-batch", "16",
-        "--workers", "1", "--threads", "1"]
+TINY = [
+    "--llm-steps",
+    "3",
+    "--llm-batch",
+    "8",
+    "--clip-steps",
+    "2",
+    "--siglip-steps",
+    "2",
+    "--encoder-batch",
+    "16",
+    "--workers",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 @pytest.mark.slow  # trains backbones
-def test_the_shipped_artifact_is_unpacked_only_for_the_inputs_it_was_built_from(world, backbones, tmp_path, capsys):
+def test_the_shipped_artifact_is_unpacked_only_for_the_inputs_it_was_built_from(
+    world, backbones, tmp_path, capsys
+):
     artifact = backbones.parent / "artifact.tar.gz"
     out = tmp_path / "unpacked"
     # Same world and settings (the split of work over processes aside): unpacked, byte for byte, no training.
-    assert backbones_main(["--data", str(world), "--out", str(out), *TINY[:-4], "--workers", "2",
-                           "--prebuilt", str(artifact)]) == 0
+    assert (
+        backbones_main(
+            [
+                "--data",
+                str(world),
+                "--out",
+                str(out),
+                *TINY[:-4],
+                "--workers",
+                "2",
+                "--prebuilt",
+                str(artifact),
+            ]
+        )
+        == 0
+    )
     assert "unpacked" in capsys.readouterr().out
     built = sorted(p.relative_to(backbones) for p in backbones.rglob("*") if p.is_file())
     assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == built
     assert all((out / f).read_bytes() == (backbones / f).read_bytes() for f in built)
     # Other settings: built, naming what differs.
     other = tmp_path / "other"
-    assert backbones_main(["--data", str(world), "--out", str(other), *TINY, "--names", "mistral-7b",
-                           "--prebuilt", str(artifact)]) == 0
+    assert (
+        backbones_main(
+            [
+                "--data",
+                str(world),
+                "--out",
+                str(other),
+                *TINY,
+                "--names",
+                "mistral-7b",
+                "--prebuilt",
+                str(artifact),
+            ]
+        )
+        == 0
+    )
     assert "was built from another settings" in capsys.readouterr().out
     assert (other / "mistral-7b" / "model.safetensors").is_file() and not (other / "vicuna-7b").exists()
     # A damaged file is refused.
@@ -116,13 +170,19 @@ def test_llms_load_with_auto_classes_and_chat(backbones, name):
     _, _, template, specials = FAMILIES[family]
     assert tok.chat_template == get_template(template).jinja
     assert tok.bos_token == specials["bos"] and tok.eos_token == specials["eos"]
-    ids = tok.apply_chat_template([{"role": "user", "content": "What color is the circle?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What color is the circle?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
     out = model.generate(ids, max_new_tokens=3)
     assert out.shape[1] > ids.shape[1]
     if family == "gemma":
         assert model.config.tie_word_embeddings
-        assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+        assert (
+            model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+        )
 
 
 @pytest.mark.slow  # trains backbones
@@ -139,6 +199,7 @@ def test_encoders_load_with_auto_classes(backbones, world, name, cls):
     processor = AutoProcessor.from_pretrained(backbones / name)
     assert type(model).__name__ == cls and model.config.vision_config._attn_implementation == "sdpa"
     from PIL import Image
+
     image = Image.open(next((world / "images" / "train").glob("*.png")))
     inputs = processor(images=[image], text=["a large red circle"], padding="max_length", return_tensors="pt")
     out = model(**inputs)
@@ -160,13 +221,18 @@ def test_targets_are_the_answers_and_end_of_turn(world, family):
     docs = [json.loads(line) for line in (world / "text" / "llm_train.jsonl").read_text().splitlines()[:20]]
     eot = get_template(FAMILIES[family][2]).end_of_turn_for(tok)
     for doc, item in zip(docs, encode(docs, tok, family)):
-        assert item.ids == tok.apply_chat_template(messages(doc), tokenize=True, return_dict=True)["input_ids"]
+        assert (
+            item.ids == tok.apply_chat_template(messages(doc), tokenize=True, return_dict=True)["input_ids"]
+        )
         # the first target is the first token after the generation prompt (the answer lead included)
-        prompt = tok.apply_chat_template(messages(doc)[:1], add_generation_prompt=True, tokenize=True,
-                                         return_dict=True)["input_ids"]
+        prompt = tok.apply_chat_template(
+            messages(doc)[:1], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         assert item.ids[: len(prompt)] == prompt and item.targets[0] == len(prompt)
         target_text = tok.decode([item.ids[t] for t in item.targets], skip_special_tokens=False)
-        assert target_text.replace(" ", "") == "".join(t["answer"] + eot for t in doc["turns"]).replace(" ", "")
+        assert target_text.replace(" ", "") == "".join(t["answer"] + eot for t in doc["turns"]).replace(
+            " ", ""
+        )
 
 
 def test_pretraining_docs_are_question_turns(world):
@@ -193,17 +259,20 @@ def test_teacher_forced_accuracy_equals_greedy_generation(world, family):
     tok = family_tokenizer(PreTrainedTokenizerFast.from_pretrained(world / "tokenizer"), spec.family)
     model = build_llm(spec, tok, seed=0)
     items = encode(docs, tok, spec.family)
-    train_llm(model, items[:8], steps=40, batch_size=8, lr=1e-2, seed=0, pad_id=tok.eos_token_id)  # learn half
+    train_llm(
+        model, items[:8], steps=40, batch_size=8, lr=1e-2, seed=0, pad_id=tok.eos_token_id
+    )  # learn half
     accuracy = text_qa_accuracy(model, items, pad_id=tok.eos_token_id)["all"]["accuracy"]
     assert 0 < accuracy < 1
     gen = generation_config(tok, spec.family)
     hits = []
     for doc, item in zip(docs, items):
-        prompt = tok.apply_chat_template(messages(doc)[:1], add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True)["input_ids"]
+        prompt = tok.apply_chat_template(
+            messages(doc)[:1], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         out = model.generate(prompt, generation_config=gen, max_new_tokens=len(item.targets))
-        new = out[0, prompt.shape[1]:].tolist()
-        hits.append(new[:len(item.targets)] == [item.ids[t] for t in item.targets])
+        new = out[0, prompt.shape[1] :].tolist()
+        hits.append(new[: len(item.targets)] == [item.ids[t] for t in item.targets])
     assert accuracy == pytest.approx(np.mean(hits))
 
 
@@ -227,13 +296,19 @@ def test_unknown_backbone_and_missing_data_are_clear_errors(tmp_path):
 
 
 def test_hard_contrast_batches_differ_only_in_shapes():
-    captions = [f"a {size} {colour} {shape}" for size in ("small", "large") for colour in ("red", "blue")
-                for shape in SHAPES] + ["a very dark photo"] * 3
+    captions = [
+        f"a {size} {colour} {shape}"
+        for size in ("small", "large")
+        for colour in ("red", "blue")
+        for shape in SHAPES
+    ] + ["a very dark photo"] * 3
     batches = contrast_batches(captions, 6, np.random.default_rng(0), hard=1.0)
     for _ in range(5):
         batch = [captions[i] for i in next(batches)]
         assert len(set(batch)) == len(batch) == 6
-        assert len({c.rsplit(" ", 1)[0] for c in batch[:4]}) == 1  # one size-and-colour group, all four shapes
+        assert (
+            len({c.rsplit(" ", 1)[0] for c in batch[:4]}) == 1
+        )  # one size-and-colour group, all four shapes
     # No caption differs from another by shapes alone: random batches, still of distinct captions.
     fallback = next(contrast_batches(captions[:1] + captions[-3:], 8, np.random.default_rng(0), hard=1.0))
     assert len(fallback) == 2 and 0 in fallback.tolist()
@@ -245,7 +320,9 @@ def test_object_batches_are_single_objects_with_distinct_captions():
     words = [caption.split() for caption in captions]
     assert all(w[0] == "a" and w[1] in SIZES and w[2] in COLOURS and w[3] in SHAPES for w in words)
     for g in range(0, 20, len(SHAPES)):  # groups of one size and colour in every shape
-        assert len({(w[1], w[2]) for w in words[g:g + 4]}) == 1 and {w[3] for w in words[g:g + 4]} == set(SHAPES)
+        assert len({(w[1], w[2]) for w in words[g : g + 4]}) == 1 and {w[3] for w in words[g : g + 4]} == set(
+            SHAPES
+        )
     # More than there are distinct captions: capped, not an endless loop.
     _, captions = next(object_batches(1000, np.random.default_rng(0), 32))
     assert len(captions) == len(set(captions)) == len(SIZES) * len(COLOURS) * len(SHAPES)
@@ -258,8 +335,17 @@ def test_mixed_batches_draw_both_sources():
     pixel_values, input_ids = torch.zeros(8, 3, 4, 4), torch.arange(8)[:, None].repeat(1, 5)
     captions = [f"caption {i}" for i in range(8)]
     objects = iter(lambda: ([None] * 4, ["x"] * 4), None)
-    batches = mixed_batches(pixel_values, input_ids, captions, objects, lambda texts: torch.full((len(texts), 5), -1),
-                            lambda images: torch.ones(len(images), 3, 4, 4), 4, np.random.default_rng(0), 0.5)
+    batches = mixed_batches(
+        pixel_values,
+        input_ids,
+        captions,
+        objects,
+        lambda texts: torch.full((len(texts), 5), -1),
+        lambda images: torch.ones(len(images), 3, 4, 4),
+        4,
+        np.random.default_rng(0),
+        0.5,
+    )
     kinds = [int(next(batches)[1][0, 0]) == -1 for _ in range(40)]
     assert 10 < sum(kinds) < 30  # about half object batches, half scene batches
     assert all(len(next(batches)[0]) == 4 for _ in range(5))
@@ -267,7 +353,9 @@ def test_mixed_batches_draw_both_sources():
 
 def _benchmark(name: str):
     """The script benchmarks/<name>.py as a module."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -278,8 +366,22 @@ def test_budget_benchmark_trains_each_budget(world, tmp_path):
     """benchmarks/backbone_budget.py: one entry per budget, with each backbone's time and quality."""
     budget = _benchmark("backbone_budget")
     out = tmp_path / "budget.json"
-    result = budget.main(["--data", str(world), "--names", "vicuna-7b", "clip-l-336", "--budgets", "2:1", "3:2",
-                          "--workers", "1", "--out", str(out)])
+    result = budget.main(
+        [
+            "--data",
+            str(world),
+            "--names",
+            "vicuna-7b",
+            "clip-l-336",
+            "--budgets",
+            "2:1",
+            "3:2",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == result
     assert [(r["llm_steps"], r["encoder_steps"]) for r in result["runs"]] == [(2, 1), (3, 2)]
     for run in result["runs"]:
@@ -294,18 +396,58 @@ def test_binding_benchmark_reports_accuracy_by_object_count(world, tmp_path):
     """benchmarks/llm_binding.py: one point per chunk, with the held-out accuracy per number of objects."""
     binding = _benchmark("llm_binding")
     out = tmp_path / "binding.json"
-    assert binding.main(["--tokenizer", str(world / "tokenizer"), "--steps", "4", "--every", "2", "--batch", "4",
-                         "--docs", "60", "--out", str(out)]) == 0
+    assert (
+        binding.main(
+            [
+                "--tokenizer",
+                str(world / "tokenizer"),
+                "--steps",
+                "4",
+                "--every",
+                "2",
+                "--batch",
+                "4",
+                "--docs",
+                "60",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert [p["step"] for p in result["points"]] == [2, 4] and result["eval_docs"] > 0
     for point in result["points"]:
         assert 0 <= point["all"] <= 1 and any(key.startswith("objects/") for key in point)
     # The hop-by-hop auxiliary losses train too; they need colour questions and three layers or more.
     circuit = tmp_path / "circuit.json"
-    assert binding.main(["--tokenizer", str(world / "tokenizer"), "--steps", "2", "--every", "2", "--batch", "4",
-                         "--docs", "60", "--circuit", "prev,query,match", "--out", str(circuit)]) == 0
+    assert (
+        binding.main(
+            [
+                "--tokenizer",
+                str(world / "tokenizer"),
+                "--steps",
+                "2",
+                "--every",
+                "2",
+                "--batch",
+                "4",
+                "--docs",
+                "60",
+                "--circuit",
+                "prev,query,match",
+                "--out",
+                str(circuit),
+            ]
+        )
+        == 0
+    )
     assert json.loads(circuit.read_text())["args"]["circuit"] == "prev,query,match"
-    for bad in (["--circuit", "attend"], ["--circuit", "prev", "--kinds", "shape"], ["--circuit", "prev", "--name", "gemma-2b"]):
+    for bad in (
+        ["--circuit", "attend"],
+        ["--circuit", "prev", "--kinds", "shape"],
+        ["--circuit", "prev", "--name", "gemma-2b"],
+    ):
         with pytest.raises(SystemExit):
             binding.main(["--tokenizer", str(world / "tokenizer"), *bad])
     docs = binding.documents(binding._scenes(0, "llm_train", "t", 20), ("colour",), "short", 0)

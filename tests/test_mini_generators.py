@@ -49,7 +49,9 @@ def test_rendering_is_deterministic_and_reflects_the_scene():
 def test_exclusion_redraws_training_contents():
     train = _scenes(n=300)
     keys = {s.key for s in train}
-    held_out = SceneSampler(stream_rng(0, "train_images"), "h", exclude=keys, text_prob=0.4)  # same stream on purpose
+    held_out = SceneSampler(
+        stream_rng(0, "train_images"), "h", exclude=keys, text_prob=0.4
+    )  # same stream on purpose
     assert all(held_out.sample().key not in keys for _ in range(100))
     tiny = SceneSampler(stream_rng(0, "probe"), "t", exclude={s.key for s in train}, max_redraws=3)
     with pytest.raises(RuntimeError, match="no scene outside the excluded set"):
@@ -88,7 +90,11 @@ def test_references_pick_out_one_object():
                 assert sum((p.shape, p.colour, p.size) == (o.shape, o.colour, o.size) for p in s.objects) > 1
                 continue
             words = name.split()
-            matching = [p for p in s.objects if p.shape == words[-1] and all(w in (p.size, p.colour) for w in words[:-1])]
+            matching = [
+                p
+                for p in s.objects
+                if p.shape == words[-1] and all(w in (p.size, p.colour) for w in words[:-1])
+            ]
             assert matching == [o]
 
 
@@ -133,7 +139,9 @@ def test_corpora_are_in_llava_format():
     scenes = _scenes(n=80)
     rng = np.random.default_rng(0)
     pre = corpora.pretrain_records(scenes, rng)
-    assert all(r["conversations"][0]["value"].startswith("<image>\n") and len(r["conversations"]) == 2 for r in pre)
+    assert all(
+        r["conversations"][0]["value"].startswith("<image>\n") and len(r["conversations"]) == 2 for r in pre
+    )
     assert all(r["image"] == f"train/{s.id}.png" for r, s in zip(pre, scenes))
     fine = corpora.finetune_records(scenes, scenes[:10], rng)
     assert len(fine) == 90 and sum("image" not in r for r in fine) == 10

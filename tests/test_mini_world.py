@@ -16,14 +16,26 @@ from conftest import MINI_WORLD_ARGS
 
 OPTIONS = dict(zip(MINI_WORLD_ARGS[::2], MINI_WORLD_ARGS[1::2]))
 OTHER_SEED = [*MINI_WORLD_ARGS[2:], "--seed", "4"]
-BENCHMARKS = {"vqav2": "testdev", "gqa": "testdev", "sqa_img": "test", "mmb_en": "dev", "mmb_cn": "dev",
-              "mmvet": "test", "vizwiz": "testdev", "textvqa": "validation"}
+BENCHMARKS = {
+    "vqav2": "testdev",
+    "gqa": "testdev",
+    "sqa_img": "test",
+    "mmb_en": "dev",
+    "mmb_cn": "dev",
+    "mmvet": "test",
+    "vizwiz": "testdev",
+    "textvqa": "validation",
+}
 
 
 def _hashes(root: Path) -> dict[str, str]:
     import hashlib
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +66,9 @@ def test_layout_and_manifest(world):
     for rel in manifest["files"]:
         assert (world / rel).is_file(), rel
     assert len(list((world / "images" / "train").glob("*.png"))) == int(OPTIONS["--train-images"])
-    assert manifest["counts"]["mmb_en"] == 4 * int(OPTIONS["--bench-questions"])  # base questions + three circular copies each
+    assert manifest["counts"]["mmb_en"] == 4 * int(
+        OPTIONS["--bench-questions"]
+    )  # base questions + three circular copies each
 
 
 def test_llava_json_points_at_existing_images(world):
@@ -68,11 +82,32 @@ def test_llava_json_points_at_existing_images(world):
 
 def test_benchmarks_load_offline_with_the_real_columns(world):
     expected = {
-        "vqav2": {"question_id", "image", "question", "answers", "multiple_choice_answer", "answer_type", "question_type"},
+        "vqav2": {
+            "question_id",
+            "image",
+            "question",
+            "answers",
+            "multiple_choice_answer",
+            "answer_type",
+            "question_type",
+        },
         "gqa": {"id", "imageId", "image", "question", "answer", "fullAnswer", "structural", "semantic"},
         "sqa_img": {"image", "question", "choices", "answer", "hint", "subject", "grade", "category"},
-        "mmb_en": {"index", "image", "question", "hint", "A", "B", "C", "D", "answer", "category", "L2-category",
-                   "source", "split"},
+        "mmb_en": {
+            "index",
+            "image",
+            "question",
+            "hint",
+            "A",
+            "B",
+            "C",
+            "D",
+            "answer",
+            "category",
+            "L2-category",
+            "source",
+            "split",
+        },
         "mmvet": {"question_id", "image", "question", "answer", "capability"},
         "vizwiz": {"question_id", "image", "question", "answers", "category", "answerable"},
         "textvqa": {"question_id", "image", "image_id", "question", "answers", "ocr_tokens"},
@@ -88,6 +123,7 @@ def test_benchmarks_load_offline_with_the_real_columns(world):
 def test_held_out_scenes_never_appear_in_training(world):
     """Every benchmark image differs from every training image; the world checks contents (`check_disjoint`)."""
     import hashlib
+
     train = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (world / "images" / "train").glob("*.png")}
     for bench, split in BENCHMARKS.items():
         table = datasets.Dataset.from_parquet(str(world / "benchmarks" / bench / f"{split}.parquet"))
@@ -100,8 +136,11 @@ def test_vqa_style_answers_score_under_lmms_eval(world):
     from lmms_eval.tasks.vizwiz_vqa.utils import vizwiz_vqa_process_results
     from lmms_eval.tasks.vqav2.utils import vqav2_process_results
 
-    for bench, score in (("vqav2", vqav2_process_results), ("vizwiz", vizwiz_vqa_process_results),
-                         ("textvqa", textvqa_process_results)):
+    for bench, score in (
+        ("vqav2", vqav2_process_results),
+        ("vizwiz", vizwiz_vqa_process_results),
+        ("textvqa", textvqa_process_results),
+    ):
         ds = _load(world, bench)
         for doc in ds:
             answers = doc["answers"]
@@ -164,7 +203,11 @@ def test_open_benchmarks(world):
 def test_tokenizer_is_standard_bilingual_and_has_no_image_token(world):
     tok = AutoTokenizer.from_pretrained(world / "tokenizer")
     assert "<image>" not in tok.get_vocab()
-    for text in ("A large red circle is at the top left.", "左上方有一个大的红色圆形。", 'A sign says "cafe".'):
+    for text in (
+        "A large red circle is at the top left.",
+        "左上方有一个大的红色圆形。",
+        'A sign says "cafe".',
+    ):
         assert tok.decode(tok(text)["input_ids"]) == text
     assert len(tok.tokenize(" red circle")) == 2  # world words are whole tokens
     assert tok.chat_template and tok.eos_token == "</s>"

@@ -32,8 +32,11 @@ def test_llava_15_settings_and_a_forward_pass_through_the_processor(pair, built,
     assert tokenizer.pad_token is not None
     if llm == "gemma":  # tied input/output embeddings survive composition and resizing
         assert model.lm_head.weight is model.get_input_embeddings().weight
-    inputs = processor(images=Image.new("RGB", (20, 12), (200, 10, 10)), text=f"{IMAGE_TOKEN}\nwhat colour ?",
-                       return_tensors="pt")
+    inputs = processor(
+        images=Image.new("RGB", (20, 12), (200, 10, 10)),
+        text=f"{IMAGE_TOKEN}\nwhat colour ?",
+        return_tensors="pt",
+    )
     assert (inputs["input_ids"] == config.image_token_id).sum() == 16
     with torch.no_grad():
         out = model(**inputs)
@@ -80,9 +83,15 @@ def test_linear_projector_is_exactly_linear_1_and_stays_loadable(backbones, tmp_
 def test_released_llava_projector_bin_loads_with_its_key_names(built, tmp_path):
     model = built[("gemma", "clip")].model
     state = {k: torch.randn_like(v) for k, v in projector_state(model).items()}
-    llava_names = {"linear_1.weight": "model.mm_projector.0.weight", "linear_1.bias": "model.mm_projector.0.bias",
-                   "linear_2.weight": "model.mm_projector.2.weight", "linear_2.bias": "model.mm_projector.2.bias"}
-    torch.save(collections.OrderedDict((llava_names[k], v) for k, v in state.items()), tmp_path / "mm_projector.bin")
+    llava_names = {
+        "linear_1.weight": "model.mm_projector.0.weight",
+        "linear_1.bias": "model.mm_projector.0.bias",
+        "linear_2.weight": "model.mm_projector.2.weight",
+        "linear_2.bias": "model.mm_projector.2.bias",
+    }
+    torch.save(
+        collections.OrderedDict((llava_names[k], v) for k, v in state.items()), tmp_path / "mm_projector.bin"
+    )
     load_projector(model, tmp_path / "mm_projector.bin")
     assert all(torch.equal(projector_state(model)[k], v) for k, v in state.items())
 

@@ -46,48 +46,115 @@ def _project(tmp: Path, backbones: dict, tiny_data: dict, launch: dict, per_devi
     params["profile"] = "micro"
     micro = params["profiles"]["micro"]
     micro["launch"] = launch
-    micro["pretrain"].update(max_steps=3, per_device_train_batch_size=per_device, lr_scheduler_type="constant")
+    micro["pretrain"].update(
+        max_steps=3, per_device_train_batch_size=per_device, lr_scheduler_type="constant"
+    )
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp
 
 
 def _dry(work: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "basic.cli", "stage", "--dry", "pretrain", RUN], cwd=work,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-m", "basic.cli", "stage", "--dry", "pretrain", RUN],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert out[0] == f"# pretrain@{RUN} (profile micro)"
     return out[1]
 
 
 def _losses(work: Path) -> list[tuple[int, float]]:
-    history = json.loads((work / "models" / RUN / "pretrain" / "trainer_state.json").read_text())["log_history"]
+    history = json.loads((work / "models" / RUN / "pretrain" / "trainer_state.json").read_text())[
+        "log_history"
+    ]
     return [(h["step"], h["loss"]) for h in history if "loss" in h]
 
 
 def test_two_node_deepspeed_command_starts_and_trains_like_one_process(backbones, tiny_data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
 
-    one = _project(tmp_path / "one", backbones, tiny_data, per_device=4, launch={
-        "launcher": "python", "gpus_per_node": 1, "nodes": 1, "deepspeed": {"pretrain": None, "finetune": None}})
+    one = _project(
+        tmp_path / "one",
+        backbones,
+        tiny_data,
+        per_device=4,
+        launch={
+            "launcher": "python",
+            "gpus_per_node": 1,
+            "nodes": 1,
+            "deepspeed": {"pretrain": None, "finetune": None},
+        },
+    )
     line = _dry(one)
     assert line.startswith("python -m basic.train ")
-    subprocess.run(["bash", "-c", line.replace("python", sys.executable, 1)], cwd=one, env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        ["bash", "-c", line.replace("python", sys.executable, 1)],
+        cwd=one,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
 
-    two = _project(tmp_path / "two", backbones, tiny_data, per_device=2, launch={
-        "launcher": "deepspeed", "gpus_per_node": 1, "nodes": 2, "master_port": _free_port(),
-        "deepspeed": {"pretrain": "pipeline/zero2.json", "finetune": None}})
+    two = _project(
+        tmp_path / "two",
+        backbones,
+        tiny_data,
+        per_device=2,
+        launch={
+            "launcher": "deepspeed",
+            "gpus_per_node": 1,
+            "nodes": 2,
+            "master_port": _free_port(),
+            "deepspeed": {"pretrain": "pipeline/zero2.json", "finetune": None},
+        },
+    )
     line = _dry(two)
     assert line.startswith("deepspeed --num_gpus 1 --master_port ")
-    assert " --hostfile $BASIC_HOSTFILE --num_nodes 2 --node_rank $NODE_RANK --master_addr $MASTER_ADDR --no_ssh " in line
+    assert (
+        " --hostfile $BASIC_HOSTFILE --num_nodes 2 --node_rank $NODE_RANK --master_addr $MASTER_ADDR --no_ssh "
+        in line
+    )
     assert config.load(two / "params.yaml").active.launch.world_size == 2
     hostfile = two / "hostfile"
-    subprocess.run([sys.executable, "-m", "basic.cli", "launch", "hostfile", "--nodes", "2", "--gpus-per-node", "1",
-                    "--hosts", "node-a", "node-b", "--out", str(hostfile)], cwd=two, env=env, check=True)
-    nodes = [subprocess.Popen(["bash", "-c", line], cwd=two, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**env, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-                                   "BASIC_HOSTFILE": str(hostfile)})
-             for rank in (0, 1)]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "basic.cli",
+            "launch",
+            "hostfile",
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "1",
+            "--hosts",
+            "node-a",
+            "node-b",
+            "--out",
+            str(hostfile),
+        ],
+        cwd=two,
+        env=env,
+        check=True,
+    )
+    nodes = [
+        subprocess.Popen(
+            ["bash", "-c", line],
+            cwd=two,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**env, "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "BASIC_HOSTFILE": str(hostfile)},
+        )
+        for rank in (0, 1)
+    ]
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     for rank, (node, output) in enumerate(zip(nodes, outputs)):
         assert node.returncode == 0, f"node {rank}:\n{output[-5000:]}"

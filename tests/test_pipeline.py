@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 
 
 def _sh(args: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _ran(output: str) -> set[str]:
@@ -41,12 +43,23 @@ def _study_script():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A copy of the checkout (what git tracks or would track), micro profile, two runs, one table, run once."""
-    work = _study_script().scratch_copy(tmp_path_factory.mktemp("study") / "work", "micro", list(RUNS),
-                                        {"main": list(RUNS), "analysis": list(RUNS)})
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(work / "src"),
-           "DVC_NO_ANALYTICS": "1",
-           "DVC_SITE_CACHE_DIR": str(work / ".dvc-site"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    work = _study_script().scratch_copy(
+        tmp_path_factory.mktemp("study") / "work",
+        "micro",
+        list(RUNS),
+        {"main": list(RUNS), "analysis": list(RUNS)},
+    )
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(work / "src"),
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(work / ".dvc-site"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     run = _sh([sys.executable, "pipeline/study.py"], work, env)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     return work, env, run.stdout
@@ -54,8 +67,9 @@ def study(tmp_path_factory):
 
 def test_study_runs_end_to_end(study):
     work, env, output = study
-    stages = {"prepare", "backbones", "report"} | {f"{s}@{r}" for s in ("pretrain", "finetune", "evaluate", "analyze")
-                                                   for r in RUNS}
+    stages = {"prepare", "backbones", "report"} | {
+        f"{s}@{r}" for s in ("pretrain", "finetune", "evaluate", "analyze") for r in RUNS
+    }
     assert _ran(output) == stages
     assert "study: dvc repro done in " in output  # the total time
     for stage in stages - {"prepare", "report"}:  # `basic stage`'s start and end lines, and its log
@@ -70,7 +84,10 @@ def test_study_runs_end_to_end(study):
             assert points and all("lm_loss" in p for p in points)
             assert all({"das", "sds"} <= set(p) for p in points) == run.startswith("basic")
         analysis = json.loads((work / f"results/analysis/{run}.json").read_text())
-        assert analysis["setup"]["llm_layers"] == 4 and 0 <= analysis["summary"]["initial_grounded_fraction"] <= 1
+        assert (
+            analysis["setup"]["llm_layers"] == 4
+            and 0 <= analysis["summary"]["initial_grounded_fraction"] <= 1
+        )
     table = (work / "results/tables/main.md").read_text()
     assert "| llava-1.5 vicuna-7b clip-l-336 | 1 |" in table and "| basic vicuna-7b clip-l-336 | 1 |" in table
     for notebook in ("main", "loss_ablation", "cross_model", "layer_weights", "curves", "analysis"):
@@ -88,12 +105,21 @@ def test_one_runs_parameter_reruns_only_that_run(study):
     assert changed == {}
     exp = _sh(["dvc", "exp", "run", "-S", "runs.basic-vicuna-7b.seed=1"], work, env)
     assert exp.returncode == 0, exp.stdout[-6000:] + exp.stderr[-3000:]
-    assert _ran(exp.stdout) == {"pretrain@basic-vicuna-7b", "finetune@basic-vicuna-7b", "evaluate@basic-vicuna-7b",
-                                "analyze@basic-vicuna-7b", "report"}
+    assert _ran(exp.stdout) == {
+        "pretrain@basic-vicuna-7b",
+        "finetune@basic-vicuna-7b",
+        "evaluate@basic-vicuna-7b",
+        "analyze@basic-vicuna-7b",
+        "report",
+    }
     assert "Stage 'pretrain@llava-vicuna-7b' didn't change, skipping" in exp.stdout
     assert config.read(work / "params.yaml")["runs"]["basic-vicuna-7b"]["seed"] == 1
     diff = _sh(["dvc", "params", "diff", "--json"], work, env)
-    assert json.loads(diff.stdout)["params.yaml"]["runs.basic-vicuna-7b.seed"] == {"old": 0, "new": 1, "diff": 1}
+    assert json.loads(diff.stdout)["params.yaml"]["runs.basic-vicuna-7b.seed"] == {
+        "old": 0,
+        "new": 1,
+        "diff": 1,
+    }
     metrics = _sh(["dvc", "metrics", "diff", "--all", "--json"], work, env)
     assert metrics.returncode == 0, metrics.stderr
     assert "results/metrics/basic-vicuna-7b.json" in json.loads(metrics.stdout)
@@ -106,7 +132,15 @@ def test_quick_copy_keeps_the_main_tables_seed0_runs_on_the_quick_profile(tmp_pa
     assert runs == ["llava-vicuna-7b", "basic-vicuna-7b", "llava-vicuna-13b", "basic-vicuna-13b"]
     work = script.scratch_copy(tmp_path / "quick", "quick", runs, {"main": runs, "analysis": runs})
     study = config.load(work / "params.yaml")
-    assert study.profile == "quick" and list(study.runs) == runs and study.tables == {"main": runs, "analysis": runs}
-    assert set(study.active.backbones["names"]) == {study.runs[r].llm for r in runs} | {study.runs[r].encoder for r in runs}
+    assert (
+        study.profile == "quick"
+        and list(study.runs) == runs
+        and study.tables == {"main": runs, "analysis": runs}
+    )
+    assert set(study.active.backbones["names"]) == {study.runs[r].llm for r in runs} | {
+        study.runs[r].encoder for r in runs
+    }
     assert (work / ".git").is_dir() and (work / "dvc.yaml").is_file() and not (work / "results").exists()
-    assert not subprocess.run(["git", "status", "--porcelain"], cwd=work, capture_output=True, text=True).stdout
+    assert not subprocess.run(
+        ["git", "status", "--porcelain"], cwd=work, capture_output=True, text=True, check=True
+    ).stdout

@@ -46,8 +46,10 @@ def run(argv: list[str]):
 
 
 # Every family and both encoders in the full run; llama+clip alone in the fast one (-m "not slow").
-PAIR_PARAMS = [pytest.param(pair, id="+".join(pair), marks=() if pair == PAIRS[0] else pytest.mark.slow)
-               for pair in PAIRS]
+PAIR_PARAMS = [
+    pytest.param(pair, id="+".join(pair), marks=() if pair == PAIRS[0] else pytest.mark.slow)
+    for pair in PAIRS
+]
 
 
 @pytest.mark.parametrize("pair", PAIR_PARAMS)
@@ -55,14 +57,19 @@ def test_both_stages(pair, llava_argv, stage1, snapshots, tmp_path, tiny_data):
     llm, encoder = pair
     out1, moved = stage1(llm, encoder)
     assert moved and all(k.startswith("model.multi_modal_projector.") for k in moved)
-    assert sorted((out1 / "mm_projector.safetensors").exists() and load_file(out1 / "mm_projector.safetensors")) == [
-        "linear_1.bias", "linear_1.weight", "linear_2.bias", "linear_2.weight"]
+    assert sorted(
+        (out1 / "mm_projector.safetensors").exists() and load_file(out1 / "mm_projector.safetensors")
+    ) == ["linear_1.bias", "linear_1.weight", "linear_2.bias", "linear_2.weight"]
     assert json.loads((out1 / "config.json").read_text())["model_type"] == "llava"
     history = json.loads((out1 / "trainer_state.json").read_text())["log_history"]
-    assert [h["step"] for h in history if "loss" in h] == [1, 2] and all("lm_loss" in h for h in history if "loss" in h)
+    assert [h["step"] for h in history if "loss" in h] == [1, 2] and all(
+        "lm_loss" in h for h in history if "loss" in h
+    )
 
     out2 = tmp_path / "stage2"
-    trainer = run(llava_argv(2, llm, encoder, out2, pretrain_mm_mlp_adapter=out1 / "mm_projector.safetensors"))
+    trainer = run(
+        llava_argv(2, llm, encoder, out2, pretrain_mm_mlp_adapter=out1 / "mm_projector.safetensors")
+    )
     before, after = snapshots[-1]
     projector = load_file(out1 / "mm_projector.safetensors")
     assert all(torch.equal(before[f"model.multi_modal_projector.{k}"], v) for k, v in projector.items())
@@ -75,7 +82,9 @@ def test_both_stages(pair, llava_argv, stage1, snapshots, tmp_path, tiny_data):
     model = LlavaForConditionalGeneration.from_pretrained(out2).eval()
     processor = AutoProcessor.from_pretrained(out2)
     assert model.config.image_aspect_ratio == "pad"
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is it ?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour is it ?"}]}
+    ]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=TEMPLATE_OF[llm] != "mistral")
     image = Image.open(Path(tiny_data["images"]) / "train/0000.png").convert("RGB")
     image = expand2square(image, tuple(int(x * 255) for x in processor.image_processor.image_mean))
@@ -93,8 +102,14 @@ def test_both_stages(pair, llava_argv, stage1, snapshots, tmp_path, tiny_data):
 
 
 def test_refused_flags_are_named(llava_argv, tmp_path):
-    for flag, value in (("mm_use_im_start_end", "True"), ("mm_use_im_patch_token", "True"), ("bits", "4"),
-                        ("mm_patch_merge_type", "spatial"), ("image_aspect_ratio", "anyres"), ("lora_enable", "True")):
+    for flag, value in (
+        ("mm_use_im_start_end", "True"),
+        ("mm_use_im_patch_token", "True"),
+        ("bits", "4"),
+        ("mm_patch_merge_type", "spatial"),
+        ("image_aspect_ratio", "anyres"),
+        ("lora_enable", "True"),
+    ):
         with pytest.raises(SystemExit, match=f"--{flag}"):
             parse_args(llava_argv(2, "llama", "clip", tmp_path, **{flag: value}))
     with pytest.raises(SystemExit, match="lora_r"):
@@ -106,14 +121,18 @@ def test_refused_flags_are_named(llava_argv, tmp_path):
 
 
 def test_llava_spellings_map_to_transformers_5(llava_argv, tmp_path):
-    _, _, args, _ = parse_args(llava_argv(1, "llama", "clip", tmp_path, evaluation_strategy="steps", eval_steps=5))
+    _, _, args, _ = parse_args(
+        llava_argv(1, "llama", "clip", tmp_path, evaluation_strategy="steps", eval_steps=5)
+    )
     assert args.eval_strategy == "steps" and args.warmup_steps == 0.03 and args.activation_checkpointing
     if not torch.cuda.is_available():
         assert not args.bf16 and not args.tf32  # LLaVA's --bf16 True --tf32 True: float32 on a CPU
 
 
 def test_llava_optimizer_groups(llava_argv, tmp_path):
-    trainer = run(llava_argv(2, "phi3", "siglip", tmp_path, max_steps=1, mm_projector_lr=2e-4, weight_decay=0.1))
+    trainer = run(
+        llava_argv(2, "phi3", "siglip", tmp_path, max_steps=1, mm_projector_lr=2e-4, weight_decay=0.1)
+    )
     projector = {id(p) for p in trainer.model.model.multi_modal_projector.parameters()}
     for group in trainer.optimizer.param_groups:
         in_projector = {id(p) in projector for p in group["params"]}
@@ -142,8 +161,10 @@ def test_resume_continues_exactly(llava_argv, tmp_path, snapshots):
     assert all(torch.allclose(snapshots[0][1][k], snapshots[2][1][k], atol=1e-6) for k in snapshots[0][1])
     # a checkpoint is itself a plain LLaVA checkpoint
     checkpoint = LlavaForConditionalGeneration.from_pretrained(resumed / "checkpoint-2")
-    assert AutoProcessor.from_pretrained(resumed / "checkpoint-2").tokenizer.convert_tokens_to_ids("<image>") == \
-        checkpoint.config.image_token_id
+    assert (
+        AutoProcessor.from_pretrained(resumed / "checkpoint-2").tokenizer.convert_tokens_to_ids("<image>")
+        == checkpoint.config.image_token_id
+    )
 
 
 def test_late_skips_over_the_limit_stop_training_naming_the_records(llava_argv, tiny_data, tmp_path):
@@ -153,9 +174,18 @@ def test_late_skips_over_the_limit_stop_training_naming_the_records(llava_argv, 
     records[0] = {**records[0], "image": str(broken)}  # an absolute path wins over --image_folder
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
-    argv = llava_argv(2, "llama", "clip", tmp_path / "out", data_path=data, group_by_modality_length=False,
-                      per_device_train_batch_size=len(records))
-    with pytest.raises(RuntimeError, match=r"1 samples could not be used.*\n.*record 0 \(id 'vqa-0'\).*cannot read image"):
+    argv = llava_argv(
+        2,
+        "llama",
+        "clip",
+        tmp_path / "out",
+        data_path=data,
+        group_by_modality_length=False,
+        per_device_train_batch_size=len(records),
+    )
+    with pytest.raises(
+        RuntimeError, match=r"1 samples could not be used.*\n.*record 0 \(id 'vqa-0'\).*cannot read image"
+    ):
         run(argv + ["--max_steps", "1"])
     run(argv + ["--max_steps", "1", "--max_skip_fraction", "0.1"])
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]

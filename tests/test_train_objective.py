@@ -31,7 +31,11 @@ class ToyObjective:
         if outputs.image_hidden_states is None:
             return ObjectiveOutput(outputs, None, {})
         images = inputs["pixel_values"].shape[0]
-        per_image = outputs.image_hidden_states.view(images, -1, outputs.image_hidden_states.shape[-1]).pow(2).mean((1, 2))
+        per_image = (
+            outputs.image_hidden_states.view(images, -1, outputs.image_hidden_states.shape[-1])
+            .pow(2)
+            .mean((1, 2))
+        )
         term = per_image.mean()
         return ObjectiveOutput(outputs, self.weight * term, {"das": term.detach()})
 
@@ -48,13 +52,30 @@ def history(out) -> list[dict]:
 
 
 def test_extra_loss_is_averaged_over_the_images_of_the_step(toy_objective, llava_argv, tmp_path):
-    common = dict(group_by_modality_length=False, max_steps=3, basic_das_weight=TOY_WEIGHT,
-                  lr_scheduler_type="constant", warmup_ratio=0.0, learning_rate=1e-3)
+    common = dict(
+        group_by_modality_length=False,
+        max_steps=3,
+        basic_das_weight=TOY_WEIGHT,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.0,
+        learning_rate=1e-3,
+    )
     one = tmp_path / "one"
     train(*parse_args(llava_argv(2, "llama", "clip", one, per_device_train_batch_size=4, **common)))
     split = tmp_path / "split"
-    train(*parse_args(llava_argv(2, "llama", "clip", split, per_device_train_batch_size=1,
-                                 gradient_accumulation_steps=4, **common)))
+    train(
+        *parse_args(
+            llava_argv(
+                2,
+                "llama",
+                "clip",
+                split,
+                per_device_train_batch_size=1,
+                gradient_accumulation_steps=4,
+                **common,
+            )
+        )
+    )
     logs_one, logs_split = history(one), history(split)
     for a, b in zip(logs_one, logs_split, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

@@ -13,17 +13,41 @@ import sys
 # subcommand (possibly two words) -> "module:function"; each function takes argv (list[str]).
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("basic.train:main", "train stage 1 (projector) or stage 2 (projector + LLM), LLaVA-1.5 flags"),
-    "mini data": ("basic.mini.cli:data_main", "generate the embedded world: scenes, corpora, benchmarks, tokenizer"),
+    "mini data": (
+        "basic.mini.cli:data_main",
+        "generate the embedded world: scenes, corpora, benchmarks, tokenizer",
+    ),
     "mini backbones": ("basic.mini.cli:backbones_main", "pretrain the mini vision encoders and LLMs"),
     "evaluate": ("basic.eval.evaluate:main", "run lmms-eval on one checkpoint and write its metrics JSON"),
-    "analyze": ("basic.eval.analysis:main", "the paper's visual-embedding analysis of one checkpoint (matched tokens per layer)"),
+    "analyze": (
+        "basic.eval.analysis:main",
+        "the paper's visual-embedding analysis of one checkpoint (matched tokens per layer)",
+    ),
     "download": ("basic.full.download:main", "download and verify files listed in a manifest"),
-    "checkpoints": ("basic.full.checkpoints:main", "fetch the full study's backbones from the hub at pinned revisions"),
-    "launch": ("basic.pipeline.launch:main", "print, run or submit (SLURM) a stage's distributed launch command"),
-    "submit": ("basic.pipeline.submit:main", "submit every run of params.yaml to SLURM at once (stages chained)"),
-    "prepare": ("basic.pipeline.prepare:main", "pipeline stage: build (mini) or check (full) the study's data"),
-    "report": ("basic.pipeline.report:main", "pipeline stage: execute the result notebooks and write the tables"),
-    "stage": ("basic.pipeline.stage:main", "pipeline stage: run one stage of params.yaml's study (--dry: print the commands)"),
+    "checkpoints": (
+        "basic.full.checkpoints:main",
+        "fetch the full study's backbones from the hub at pinned revisions",
+    ),
+    "launch": (
+        "basic.pipeline.launch:main",
+        "print, run or submit (SLURM) a stage's distributed launch command",
+    ),
+    "submit": (
+        "basic.pipeline.submit:main",
+        "submit every run of params.yaml to SLURM at once (stages chained)",
+    ),
+    "prepare": (
+        "basic.pipeline.prepare:main",
+        "pipeline stage: build (mini) or check (full) the study's data",
+    ),
+    "report": (
+        "basic.pipeline.report:main",
+        "pipeline stage: execute the result notebooks and write the tables",
+    ),
+    "stage": (
+        "basic.pipeline.stage:main",
+        "pipeline stage: run one stage of params.yaml's study (--dry: print the commands)",
+    ),
 }
 
 

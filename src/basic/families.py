@@ -18,11 +18,39 @@ from transformers import (
 # family -> (config class, model class, chat template, special tokens: bos, eos, unk, pad)
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM, "v1", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
-    "mistral": (MistralConfig, MistralForCausalLM, "mistral", dict(bos="<s>", eos="</s>", unk="<unk>", pad=None)),
-    "gemma": (GemmaConfig, GemmaForCausalLM, "gemma", dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>")),
-    "phi3": (Phi3Config, Phi3ForCausalLM, "phi3", dict(bos="<s>", eos="<|endoftext|>", unk="<unk>", pad="<|endoftext|>")),
+    "mistral": (
+        MistralConfig,
+        MistralForCausalLM,
+        "mistral",
+        dict(bos="<s>", eos="</s>", unk="<unk>", pad=None),
+    ),
+    "gemma": (
+        GemmaConfig,
+        GemmaForCausalLM,
+        "gemma",
+        dict(bos="<bos>", eos="<eos>", unk="<unk>", pad="<pad>"),
+    ),
+    "phi3": (
+        Phi3Config,
+        Phi3ForCausalLM,
+        "phi3",
+        dict(bos="<s>", eos="<|endoftext|>", unk="<unk>", pad="<|endoftext|>"),
+    ),
 }
 SPECIAL_TOKENS = [
-    "<unk>", "<s>", "</s>", "<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>",
-    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>", "[INST]", "[/INST]",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<|endoftext|>",
+    "[INST]",
+    "[/INST]",
 ]

@@ -70,7 +70,9 @@ def load_tokenizer(name: str, model_max_length: int, cache_dir: str | None = Non
         name, model_max_length=model_max_length, padding_side="right", cache_dir=cache_dir
     )
     if not tokenizer.is_fast:
-        raise ValueError(f"--model_name_or_path {name}: a fast tokenizer is needed (character offsets for labels)")
+        raise ValueError(
+            f"--model_name_or_path {name}: a fast tokenizer is needed (character offsets for labels)"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
         logger.info("tokenizer has no pad token; padding with %r (only ever masked out)", tokenizer.pad_token)
@@ -98,7 +100,9 @@ def load_vision_tower(name: str, dtype: torch.dtype, cache_dir: str | None = Non
 def image_tokens(vision_config, select_feature: str) -> tuple[str, int, int]:
     """(vision_feature_select_strategy, image tokens per image, extra tokens such as CLS) for a tower."""
     if select_feature not in SELECT_FEATURES:
-        raise ValueError(f"--mm_vision_select_feature {select_feature!r} is not one of {', '.join(SELECT_FEATURES)}")
+        raise ValueError(
+            f"--mm_vision_select_feature {select_feature!r} is not one of {', '.join(SELECT_FEATURES)}"
+        )
     has_cls = TOWERS_WITH_CLS[vision_config.model_type]
     if select_feature == "cls_patch" and not has_cls:
         raise ValueError(f"--mm_vision_select_feature cls_patch: {vision_config.model_type} has no CLS token")
@@ -119,7 +123,9 @@ def outside_zero3(hf_deepspeed_config):
 
     if hf_deepspeed_config is None:
         if is_deepspeed_zero3_enabled():
-            raise ValueError("DeepSpeed ZeRO-3 is configured: pass its HfDeepSpeedConfig as hf_deepspeed_config")
+            raise ValueError(
+                "DeepSpeed ZeRO-3 is configured: pass its HfDeepSpeedConfig as hf_deepspeed_config"
+            )
         yield
         return
 
@@ -198,8 +204,14 @@ def build(
     )
     logger.info(
         "built LLaVA: LLM %s (%s), tower %s (%s, layer %d, %s, %d image tokens), projector %s",
-        model_name_or_path, llm.config.model_type, vision_tower, vision_config.model_type, vision_select_layer,
-        strategy, n_image_tokens, projector_type,
+        model_name_or_path,
+        llm.config.model_type,
+        vision_tower,
+        vision_config.model_type,
+        vision_select_layer,
+        strategy,
+        n_image_tokens,
+        projector_type,
     )
     return Built(model, processor)
 
@@ -222,7 +234,9 @@ def is_linear(model: LlavaForConditionalGeneration) -> bool:
     return model.config.projector_hidden_act == "linear"
 
 
-def set_trainable(model: LlavaForConditionalGeneration, *, projector_only: bool, freeze_projector: bool = False) -> None:
+def set_trainable(
+    model: LlavaForConditionalGeneration, *, projector_only: bool, freeze_projector: bool = False
+) -> None:
     """Stage 1: projector only. Stage 2: projector + LLM. The vision tower always stays frozen."""
     model.requires_grad_(False)
     projector = projector_of(model)
@@ -235,8 +249,12 @@ def set_trainable(model: LlavaForConditionalGeneration, *, projector_only: bool,
         model.lm_head.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    logger.info("trainable: %s (%d of %d parameters)", "projector" if projector_only else "projector + LLM",
-                trainable, total)
+    logger.info(
+        "trainable: %s (%d of %d parameters)",
+        "projector" if projector_only else "projector + LLM",
+        trainable,
+        total,
+    )
 
 
 def projector_state(model: LlavaForConditionalGeneration) -> dict[str, torch.Tensor]:
@@ -253,8 +271,14 @@ def _projector_key(key: str) -> str:
     for prefix in ("mm_projector.", "multi_modal_projector."):
         if prefix in key:
             key = key.split(prefix, 1)[1]
-    return {"0.weight": "linear_1.weight", "0.bias": "linear_1.bias", "2.weight": "linear_2.weight",
-            "2.bias": "linear_2.bias", "weight": "linear_1.weight", "bias": "linear_1.bias"}.get(key, key)
+    return {
+        "0.weight": "linear_1.weight",
+        "0.bias": "linear_1.bias",
+        "2.weight": "linear_2.weight",
+        "2.bias": "linear_2.bias",
+        "weight": "linear_1.weight",
+        "bias": "linear_1.bias",
+    }.get(key, key)
 
 
 def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> None:
@@ -272,8 +296,10 @@ def load_projector(model: LlavaForConditionalGeneration, path: str | Path) -> No
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unpickling refusal or corruption is the file's fault
-            raise ValueError(f"--pretrain_mm_mlp_adapter {path}: not a plain tensor state dict ({error})") from error
+        except Exception as error:
+            raise ValueError(
+                f"--pretrain_mm_mlp_adapter {path}: not a plain tensor state dict ({error})"
+            ) from error
     state = {_projector_key(k): v for k, v in raw.items()}
     expected = {k: v.shape for k, v in projector_state(model).items()}
     got = {k: tuple(v.shape) for k, v in state.items()}

@@ -32,15 +32,22 @@ def suggestion(name: str, options: Iterable[str]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
-def check_keys(data: Any, allowed: Iterable[str], where: str, required: Iterable[str] = (),
-               error: type[Exception] = SchemaError) -> Mapping:
+def check_keys(
+    data: Any,
+    allowed: Iterable[str],
+    where: str,
+    required: Iterable[str] = (),
+    error: type[Exception] = SchemaError,
+) -> Mapping:
     """`data` if it is a mapping with only `allowed` keys and every `required` one, else `error`."""
     if not isinstance(data, Mapping):
         raise error(f"{where or 'top level'}: expected a mapping, got {data!r}")
     allowed = list(allowed)
     for key in data:
         if key not in allowed:
-            raise error(f"{_join(where, key)}: unknown key{suggestion(key, allowed)} (allowed: {', '.join(sorted(allowed))})")
+            raise error(
+                f"{_join(where, key)}: unknown key{suggestion(key, allowed)} (allowed: {', '.join(sorted(allowed))})"
+            )
     for key in required:
         if key not in data:
             raise error(f"{_join(where, key)}: missing")
@@ -67,14 +74,18 @@ def check_type(value: Any, tp: Any, path: str, error: type[Exception] = SchemaEr
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise error(f"{path}: expected a list, got {value!r}")
-        checked = [check_type(v, args[0] if args else Any, f"{path}[{i}]", error) for i, v in enumerate(value)]
+        checked = [
+            check_type(v, args[0] if args else Any, f"{path}[{i}]", error) for i, v in enumerate(value)
+        ]
         return checked if origin is list else tuple(checked)
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise error(f"{path}: expected a mapping, got {value!r}")
         key_type, value_type = args or (Any, Any)
-        return {check_type(k, key_type, f"{path} key", error): check_type(v, value_type, _join(path, k), error)
-                for k, v in value.items()}
+        return {
+            check_type(k, key_type, f"{path} key", error): check_type(v, value_type, _join(path, k), error)
+            for k, v in value.items()
+        }
     if tp is type(None):
         if value is not None:
             raise error(f"{path}: expected nothing (null), got {value!r}")
@@ -91,8 +102,11 @@ def build(cls: type, data: Any, where: str, error: type[Exception] = SchemaError
     wrong types are `error`s naming the key path under `where`. `given` fields are set by the caller."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.name not in given]
-    required = [f.name for f in fields(cls)
-                if f.name not in given and f.default is MISSING and f.default_factory is MISSING]
+    required = [
+        f.name
+        for f in fields(cls)
+        if f.name not in given and f.default is MISSING and f.default_factory is MISSING
+    ]
     check_keys(data, names, where, required, error)
     values = dict(given)
     for name in names:

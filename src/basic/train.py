@@ -46,31 +46,55 @@ DATA_CHECK_FILE = "data_check.json"
 class ModelArguments:
     """LLaVA's `ModelArguments`, same names, meanings and defaults (unsupported values are refused)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "base LLM: hub id or local directory"})
-    version: str = field(default="v1", metadata={"help": "conversation template: plain (stage 1), v1, gemma, phi3, mistral"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "base LLM: hub id or local directory"}
+    )
+    version: str = field(
+        default="v1", metadata={"help": "conversation template: plain (stage 1), v1, gemma, phi3, mistral"}
+    )
     freeze_backbone: bool = field(default=False, metadata={"help": "unsupported (must be False)"})
     tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "stage 1: train only the projector"})
-    vision_tower: str | None = field(default=None, metadata={"help": "CLIP or SigLIP: hub id or local directory"})
-    mm_vision_select_layer: int = field(default=-1, metadata={"help": "vision layer whose features are projected (LLaVA-1.5: -2)"})
+    vision_tower: str | None = field(
+        default=None, metadata={"help": "CLIP or SigLIP: hub id or local directory"}
+    )
+    mm_vision_select_layer: int = field(
+        default=-1, metadata={"help": "vision layer whose features are projected (LLaVA-1.5: -2)"}
+    )
     pretrain_mm_mlp_adapter: str | None = field(
-        default=None, metadata={"help": "stage-1 projector: mm_projector.safetensors or LLaVA's mm_projector.bin"})
+        default=None,
+        metadata={"help": "stage-1 projector: mm_projector.safetensors or LLaVA's mm_projector.bin"},
+    )
     mm_projector_type: str = field(default="linear", metadata={"help": "linear | mlp2x_gelu (LLaVA-1.5)"})
-    mm_use_im_start_end: bool = field(default=False, metadata={"help": "unsupported (must be False, as in LLaVA-1.5)"})
-    mm_use_im_patch_token: bool = field(default=False, metadata={"help": "unsupported (must be False, as in LLaVA-1.5)"})
+    mm_use_im_start_end: bool = field(
+        default=False, metadata={"help": "unsupported (must be False, as in LLaVA-1.5)"}
+    )
+    mm_use_im_patch_token: bool = field(
+        default=False, metadata={"help": "unsupported (must be False, as in LLaVA-1.5)"}
+    )
     mm_patch_merge_type: str = field(default="flat", metadata={"help": "only flat"})
-    mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch (CLIP: drop CLS) | cls_patch"})
+    mm_vision_select_feature: str = field(
+        default="patch", metadata={"help": "patch (CLIP: drop CLS) | cls_patch"}
+    )
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "attention kernel (e.g. sdpa, flash_attention_2); default: transformers' choice"})
+        default=None,
+        metadata={"help": "attention kernel (e.g. sdpa, flash_attention_2); default: transformers' choice"},
+    )
 
 
 @dataclass
 class DataArguments:
     data_path: str | None = field(default=None, metadata={"help": "LLaVA conversation JSON (or JSON-lines)"})
-    lazy_preprocess: bool = field(default=False, metadata={"help": "accepted for LLaVA scripts; data is always lazy"})
-    image_folder: str | None = field(default=None, metadata={"help": "directory the records' image paths are relative to"})
+    lazy_preprocess: bool = field(
+        default=False, metadata={"help": "accepted for LLaVA scripts; data is always lazy"}
+    )
+    image_folder: str | None = field(
+        default=None, metadata={"help": "directory the records' image paths are relative to"}
+    )
     image_aspect_ratio: str = field(default="square", metadata={"help": "square | pad (LLaVA-1.5 stage 2)"})
     max_skip_fraction: float = field(
-        default=0.001, metadata={"help": "largest fraction of records that may be skipped as unusable; more is an error"})
+        default=0.001,
+        metadata={"help": "largest fraction of records that may be skipped as unusable; more is an error"},
+    )
 
 
 @dataclass
@@ -81,13 +105,21 @@ class TrainingArguments(transformers.TrainingArguments):
     optim: str = field(default="adamw_torch")
     remove_unused_columns: bool = field(default=False)
     freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "keep the projector frozen"})
-    model_max_length: int = field(default=512, metadata={"help": "longest sample in tokens, image tokens included"})
+    model_max_length: int = field(
+        default=512, metadata={"help": "longest sample in tokens, image tokens included"}
+    )
     bits: int = field(default=16, metadata={"help": "only 16 (no quantized training)"})
     lora_enable: bool = field(default=False, metadata={"help": "unsupported (must be False)"})
-    mm_projector_lr: float | None = field(default=None, metadata={"help": "separate learning rate for the projector"})
+    mm_projector_lr: float | None = field(
+        default=None, metadata={"help": "separate learning rate for the projector"}
+    )
     group_by_modality_length: bool = field(default=False, metadata={"help": "one modality per step (LLaVA)"})
-    evaluation_strategy: str | None = field(default=None, metadata={"help": "old spelling of --eval_strategy"})
-    warmup_ratio: float | None = field(default=None, metadata={"help": "old spelling of a float --warmup_steps < 1"})
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "old spelling of --eval_strategy"}
+    )
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "old spelling of a float --warmup_steps < 1"}
+    )
 
     def __post_init__(self):
         # LLaVA's scripts use transformers 4.x spellings; map them onto their 5.x names.
@@ -95,17 +127,26 @@ class TrainingArguments(transformers.TrainingArguments):
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio < 1 or self.warmup_steps:
-                raise ValueError(f"--warmup_ratio {self.warmup_ratio}: must be in [0, 1), without --warmup_steps")
+                raise ValueError(
+                    f"--warmup_ratio {self.warmup_ratio}: must be in [0, 1), without --warmup_steps"
+                )
             self.warmup_steps = self.warmup_ratio
-        for old, new in (("gradient_checkpointing", "activation_checkpointing"),
-                         ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
             if getattr(self, new) is None and getattr(self, old) is not None:
                 setattr(self, new, getattr(self, old))
         if self.deepspeed and "WORLD_SIZE" not in os.environ:
             # One process without a launcher (plain `basic train`): give DeepSpeed the environment a launcher
             # would, instead of letting it go looking for MPI.
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(free_port()))
+            os.environ.update(
+                RANK="0",
+                LOCAL_RANK="0",
+                WORLD_SIZE="1",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(free_port()),
+            )
         if not torch.cuda.is_available():
             if self.bf16 or self.fp16 or self.tf32:
                 logger.warning("no CUDA device: ignoring --bf16/--fp16/--tf32 and training in float32")
@@ -121,12 +162,19 @@ class TrainingArguments(transformers.TrainingArguments):
             deepspeed.init_distributed(dist_backend="gloo")
 
 
-def unsupported(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
-                basic_args: BasicArguments) -> list[str]:
+def unsupported(
+    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, basic_args: BasicArguments
+) -> list[str]:
     """Every flag value this engine refuses, each naming its flag."""
-    problems = [f"--{name} is required" for name, value in (
-        ("model_name_or_path", model_args.model_name_or_path), ("vision_tower", model_args.vision_tower),
-        ("data_path", data_args.data_path)) if value is None]
+    problems = [
+        f"--{name} is required"
+        for name, value in (
+            ("model_name_or_path", model_args.model_name_or_path),
+            ("vision_tower", model_args.vision_tower),
+            ("data_path", data_args.data_path),
+        )
+        if value is None
+    ]
     for flag, value, allowed in (
         ("freeze_backbone", model_args.freeze_backbone, False),
         ("mm_use_im_start_end", model_args.mm_use_im_start_end, False),
@@ -138,14 +186,20 @@ def unsupported(model_args: ModelArguments, data_args: DataArguments, args: Trai
         if value != allowed:
             problems.append(f"--{flag} {value} is not supported (only {allowed}, as LLaVA-1.5 trains)")
     if data_args.image_aspect_ratio not in ASPECT_RATIOS:
-        problems.append(f"--image_aspect_ratio {data_args.image_aspect_ratio} is not supported (only "
-                        f"{' or '.join(ASPECT_RATIOS)})")
+        problems.append(
+            f"--image_aspect_ratio {data_args.image_aspect_ratio} is not supported (only "
+            f"{' or '.join(ASPECT_RATIOS)})"
+        )
     if not 0 <= data_args.max_skip_fraction <= 1:
         problems.append(f"--max_skip_fraction {data_args.max_skip_fraction} is not in [0, 1]")
     if model_args.tune_mm_mlp_adapter and args.freeze_mm_mlp_adapter:
-        problems.append("--tune_mm_mlp_adapter True with --freeze_mm_mlp_adapter True leaves nothing to train")
+        problems.append(
+            "--tune_mm_mlp_adapter True with --freeze_mm_mlp_adapter True leaves nothing to train"
+        )
     if basic_args.enabled and args.n_gpu > 1:
-        problems.append("BASIC losses need one process per GPU: launch with torchrun, accelerate or deepspeed")
+        problems.append(
+            "BASIC losses need one process per GPU: launch with torchrun, accelerate or deepspeed"
+        )
     try:
         get_template(model_args.version)
     except ValueError as error:
@@ -153,8 +207,12 @@ def unsupported(model_args: ModelArguments, data_args: DataArguments, args: Trai
     return problems
 
 
-def parse_args(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, TrainingArguments, BasicArguments]:
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments, BasicArguments), prog="basic train")
+def parse_args(
+    argv: list[str] | None,
+) -> tuple[ModelArguments, DataArguments, TrainingArguments, BasicArguments]:
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments, BasicArguments), prog="basic train"
+    )
     try:
         parsed = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # unknown flags and refused --basic_* values
@@ -184,8 +242,12 @@ class IdleProjector:
     def __call__(self, module, args, output):
         if not self.active:
             return None
-        zeros = torch.zeros(1, self.projector.linear_1.in_features, device=output.device,
-                            dtype=self.projector.linear_1.weight.dtype)
+        zeros = torch.zeros(
+            1,
+            self.projector.linear_1.in_features,
+            device=output.device,
+            dtype=self.projector.linear_1.weight.dtype,
+        )
         return output + self.projector(zeros).sum().to(output.dtype) * 0.0
 
 
@@ -208,8 +270,10 @@ class LlavaTrainer(Trainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.args.group_by_modality_length:
             return ModalityLengthGroupedSampler(
-                dataset.modality_lengths, batch_size=self.args.train_batch_size,
-                world_size=self.args.world_size * self.args.gradient_accumulation_steps, seed=self.args.seed,
+                dataset.modality_lengths,
+                batch_size=self.args.train_batch_size,
+                world_size=self.args.world_size * self.args.gradient_accumulation_steps,
+                seed=self.args.seed,
             )
         return super()._get_train_sampler(train_dataset)
 
@@ -225,8 +289,11 @@ class LlavaTrainer(Trainer):
             if param.requires_grad:
                 groups[(name in decay, id(param) in projector)].append(param)
         param_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0,
-             **({"lr": self.args.mm_projector_lr} if in_projector else {})}
+            {
+                "params": params,
+                "weight_decay": self.args.weight_decay if decays else 0.0,
+                **({"lr": self.args.mm_projector_lr} if in_projector else {}),
+            }
             for (decays, in_projector), params in groups.items()
         ]
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
@@ -244,7 +311,9 @@ class LlavaTrainer(Trainer):
         if not _internal_call or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return super().save_model(output_dir, _internal_call)
         output_dir = output_dir or self.args.output_dir
-        self.model.save_pretrained(output_dir, save_original_format=False, is_main_process=self.args.should_save)
+        self.model.save_pretrained(
+            output_dir, save_original_format=False, is_main_process=self.args.should_save
+        )
         if self.args.should_save:
             self.processing_class.save_pretrained(output_dir)
             torch.save(self.args, Path(output_dir) / "training_args.bin")
@@ -272,22 +341,33 @@ class LlavaTrainer(Trainer):
     def _objective_loss(self, model, inputs, return_outputs, num_items_in_batch):
         if not self.model_accepts_loss_kwargs:
             num_items_in_batch = None
-        out = self.objective(model, inputs if num_items_in_batch is None else {**inputs, "num_items_in_batch": num_items_in_batch})
+        out = self.objective(
+            model,
+            inputs if num_items_in_batch is None else {**inputs, "num_items_in_batch": num_items_in_batch},
+        )
         # Mirror Trainer: with num_items_in_batch the LM loss is a sum over this micro-batch's tokens divided
         # by the step's token count (all processes when averaging across devices, hence the x processes that
         # undoes DDP's gradient mean); without it, a per-micro-batch mean that training_step divides by the
         # accumulation steps. The extra loss, a mean over this micro-batch's images, gets the same treatment.
         scaled_for_steps = num_items_in_batch is not None
-        processes = self.accelerator.num_processes if scaled_for_steps and self.args.average_tokens_across_devices else 1
+        processes = (
+            self.accelerator.num_processes
+            if scaled_for_steps and self.args.average_tokens_across_devices
+            else 1
+        )
         loss = out.outputs.loss * processes
         images = len(inputs.get("pixel_values", ()))
         if out.extra_loss is not None and images:
-            step_images = self._images_in_step if model.training else images  # evaluation: one batch at a time
+            step_images = (
+                self._images_in_step if model.training else images
+            )  # evaluation: one batch at a time
             weight = images / step_images * processes if scaled_for_steps else 1.0
             loss = loss + out.extra_loss * weight
         if model.training:
             tokens = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum()
-            self._window["lm_loss_sum"] += out.outputs.loss.detach() * (num_items_in_batch if scaled_for_steps else tokens)
+            self._window["lm_loss_sum"] += out.outputs.loss.detach() * (
+                num_items_in_batch if scaled_for_steps else tokens
+            )
             self._window["tokens"] += tokens
             self._window["images"] += images
             for key, value in out.logs.items():
@@ -303,8 +383,10 @@ class LlavaTrainer(Trainer):
                 everyone = [None] * self.args.world_size
                 torch.distributed.all_gather_object(everyone, keys)
                 keys = sorted(set().union(*everyone))
-            values = torch.stack([torch.tensor(float(len(self._late_skips)), device=self.args.device)]
-                                 + [self._window[k].float() for k in keys])
+            values = torch.stack(
+                [torch.tensor(float(len(self._late_skips)), device=self.args.device)]
+                + [self._window[k].float() for k in keys]
+            )
             if self.args.world_size > 1:
                 values = self.accelerator.reduce(values, reduction="sum")
             totals = dict(zip(keys, values[1:].tolist()))
@@ -340,22 +422,33 @@ def _end_of_turn_ids(tokenizer, template) -> list[int]:
     return ids if len(ids) == 1 else []
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments,
-          basic_args: BasicArguments) -> LlavaTrainer:
+def train(
+    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, basic_args: BasicArguments
+) -> LlavaTrainer:
     """Run one stage and write its outputs to `args.output_dir`."""
     _setup_logging(args)
     projector_only = model_args.tune_mm_mlp_adapter
     template = get_template(model_args.version)
-    logger.info("stage %d (%s), template %s", 1 if projector_only else 2,
-                "projector only" if projector_only else "projector + LLM", template.name)
+    logger.info(
+        "stage %d (%s), template %s",
+        1 if projector_only else 2,
+        "projector only" if projector_only else "projector + LLM",
+        template.name,
+    )
     set_seed(args.seed)
     built = build(
-        model_args.model_name_or_path, model_args.vision_tower,
-        projector_type=model_args.mm_projector_type, vision_select_layer=model_args.mm_vision_select_layer,
-        vision_select_feature=model_args.mm_vision_select_feature, model_max_length=args.model_max_length,
-        chat_template=template.jinja, dtype=torch.bfloat16 if args.bf16 else torch.float32,
-        attn_implementation=model_args.attn_implementation, cache_dir=args.cache_dir,
-        hf_deepspeed_config=getattr(args, "hf_deepspeed_config", None), seed=args.seed,
+        model_args.model_name_or_path,
+        model_args.vision_tower,
+        projector_type=model_args.mm_projector_type,
+        vision_select_layer=model_args.mm_vision_select_layer,
+        vision_select_feature=model_args.mm_vision_select_feature,
+        model_max_length=args.model_max_length,
+        chat_template=template.jinja,
+        dtype=torch.bfloat16 if args.bf16 else torch.float32,
+        attn_implementation=model_args.attn_implementation,
+        cache_dir=args.cache_dir,
+        hf_deepspeed_config=getattr(args, "hf_deepspeed_config", None),
+        seed=args.seed,
     )
     model, tokenizer = built.model, built.tokenizer
     if model_args.pretrain_mm_mlp_adapter:
@@ -363,14 +456,22 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     set_trainable(model, projector_only=projector_only, freeze_projector=args.freeze_mm_mlp_adapter)
     model.config.image_aspect_ratio = data_args.image_aspect_ratio
     model.config.text_config.use_cache = False
-    model.generation_config.eos_token_id = list(dict.fromkeys([tokenizer.eos_token_id, *_end_of_turn_ids(tokenizer, template)]))
+    model.generation_config.eos_token_id = list(
+        dict.fromkeys([tokenizer.eos_token_id, *_end_of_turn_ids(tokenizer, template)])
+    )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     dataset = LazySupervisedDataset(
-        data_args.data_path, data_args.image_folder, template, tokenizer,
+        data_args.data_path,
+        data_args.image_folder,
+        template,
+        tokenizer,
         ImageTransform(built.processor.image_processor, data_args.image_aspect_ratio),
-        image_token_id=model.config.image_token_id, image_seq_length=model.config.image_seq_length,
-        max_length=args.model_max_length, require_image=projector_only, max_skip_fraction=data_args.max_skip_fraction,
+        image_token_id=model.config.image_token_id,
+        image_seq_length=model.config.image_seq_length,
+        max_length=args.model_max_length,
+        require_image=projector_only,
+        max_skip_fraction=data_args.max_skip_fraction,
     )
     if args.should_save:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -381,9 +482,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
         objective = BasicObjective(basic_args, model)
     trainer = LlavaTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=LlavaCollator(tokenizer.pad_token_id),
-        processing_class=built.processor, objective=objective,
-        skip_budget=dataset.skip_budget, skipped_before=len(dataset.skipped),
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=LlavaCollator(tokenizer.pad_token_id),
+        processing_class=built.processor,
+        objective=objective,
+        skip_budget=dataset.skip_budget,
+        skipped_before=len(dataset.skipped),
     )
     resume = args.resume_from_checkpoint
     if resume is None and any(Path(args.output_dir).glob("checkpoint-*")):

@@ -43,7 +43,9 @@ def load_records(path: str | Path) -> list:
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"--data_path {path}: cannot read LLaVA conversation data: {error}") from error
     if not isinstance(records, list):
-        raise ValueError(f"--data_path {path}: expected a JSON list of records, got {type(records).__name__}")
+        raise ValueError(  # noqa: TRY004 (a data error, reported with the file like the others)
+            f"--data_path {path}: expected a JSON list of records, got {type(records).__name__}"
+        )
     return records
 
 
@@ -55,7 +57,11 @@ def record_problem(record, template: ChatTemplate, require_image: bool) -> str |
     if not isinstance(turns, list) or not turns:
         return "'conversations' is missing or not a non-empty list"
     for k, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ROLES:
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("value"), str)
+            or turn.get("from") not in ROLES
+        ):
             return f"turn {k} is not {{'from': 'human'|'gpt', 'value': str}}"
         if ANSWER_OPEN in turn["value"] or ANSWER_CLOSE in turn["value"]:
             return f"turn {k} contains reserved private-use characters U+E000/U+E001"
@@ -112,7 +118,11 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         self.data_path = str(data_path)
         self.image_folder = Path(image_folder) if image_folder is not None else None
         self.template, self.tokenizer, self.image_transform = template, tokenizer, image_transform
-        self.image_token_id, self.image_seq_length, self.max_length = image_token_id, image_seq_length, max_length
+        self.image_token_id, self.image_seq_length, self.max_length = (
+            image_token_id,
+            image_seq_length,
+            max_length,
+        )
         records = load_records(data_path)
         self.total_records = len(records)
         self.skip_budget = math.floor(max_skip_fraction * self.total_records)
@@ -140,9 +150,13 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         if not self.skipped:
             return
         listing = "\n".join(f"  {s.name}: {s.reason}" for s in self.skipped[:SHOW_AT_MOST])
-        more = f"\n  ... and {len(self.skipped) - SHOW_AT_MOST} more" if len(self.skipped) > SHOW_AT_MOST else ""
-        summary = (f"{len(self.skipped)} of {self.total_records} records in {self.data_path} cannot be used:\n"
-                   f"{listing}{more}")
+        more = (
+            f"\n  ... and {len(self.skipped) - SHOW_AT_MOST} more" if len(self.skipped) > SHOW_AT_MOST else ""
+        )
+        summary = (
+            f"{len(self.skipped)} of {self.total_records} records in {self.data_path} cannot be used:\n"
+            f"{listing}{more}"
+        )
         if len(self.skipped) > self.skip_budget:
             raise ValueError(
                 f"{summary}\nThis exceeds --max_skip_fraction (at most {self.skip_budget} records); fix the data "
@@ -177,8 +191,13 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         _, record = self.records[i]
         has_image = "image" in record
         encoded = encode(
-            record["conversations"], self.template, self.tokenizer, has_image=has_image,
-            image_token_id=self.image_token_id, image_seq_length=self.image_seq_length, max_length=self.max_length,
+            record["conversations"],
+            self.template,
+            self.tokenizer,
+            has_image=has_image,
+            image_token_id=self.image_token_id,
+            image_seq_length=self.image_seq_length,
+            max_length=self.max_length,
         )
         sample = {"input_ids": torch.tensor(encoded.input_ids), "labels": torch.tensor(encoded.labels)}
         if has_image:

@@ -64,17 +64,24 @@ def to_messages(conversations: list[dict], has_image: bool) -> list[dict]:
 def answer_lead(template: ChatTemplate, tokenizer) -> str:
     """The text `template` writes after its generation prompt and before an answer ('' for most templates)."""
     user = [{"role": "user", "content": "?"}]
-    prompt = tokenizer.apply_chat_template(user, chat_template=template.jinja, add_generation_prompt=True, tokenize=False)
-    turn = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": ANSWER_OPEN}],
-                                         chat_template=template.jinja, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        user, chat_template=template.jinja, add_generation_prompt=True, tokenize=False
+    )
+    turn = tokenizer.apply_chat_template(
+        user + [{"role": "assistant", "content": ANSWER_OPEN}], chat_template=template.jinja, tokenize=False
+    )
     before = turn[: turn.index(ANSWER_OPEN)]
     if not before.startswith(prompt):
-        raise ValueError(f"template {template.name!r}: its generation prompt {prompt[-30:]!r} is not how it "
-                         f"renders an answer's turn ({before[-30:]!r})")
-    return before[len(prompt):]
+        raise ValueError(
+            f"template {template.name!r}: its generation prompt {prompt[-30:]!r} is not how it "
+            f"renders an answer's turn ({before[-30:]!r})"
+        )
+    return before[len(prompt) :]
 
 
-def render(template: ChatTemplate, tokenizer, conversations: list[dict], has_image: bool) -> tuple[str, list[tuple[int, int]]]:
+def render(
+    template: ChatTemplate, tokenizer, conversations: list[dict], has_image: bool
+) -> tuple[str, list[tuple[int, int]]]:
     """The conversation's text under `template` and the character spans to supervise (lead + answer + end of turn)."""
     marked = tokenizer.apply_chat_template(
         to_messages(conversations, has_image), chat_template=template.jinja, tokenize=False
@@ -101,8 +108,10 @@ def render(template: ChatTemplate, tokenizer, conversations: list[dict], has_ima
     supervised = []
     for start, end in spans:
         if text[start - len(lead) : start] != lead:
-            raise ValueError(f"template {template.name!r} does not put {lead!r} before an answer: "
-                             f"found {text[max(0, start - len(lead) - 10) : start]!r}")
+            raise ValueError(
+                f"template {template.name!r} does not put {lead!r} before an answer: "
+                f"found {text[max(0, start - len(lead) - 10) : start]!r}"
+            )
         if text[end : end + len(end_of_turn)] != end_of_turn:
             raise ValueError(
                 f"template {template.name!r} does not end an answer with its end_of_turn {end_of_turn!r}: "
@@ -142,7 +151,9 @@ def encode(
     ]
     image_positions = [i for i, token in enumerate(ids) if token == image_token_id]
     if len(image_positions) != int(has_image):
-        raise ValueError(f"the rendered text holds {len(image_positions)} {IMAGE_TOKEN} tokens, expected {int(has_image)}")
+        raise ValueError(
+            f"the rendered text holds {len(image_positions)} {IMAGE_TOKEN} tokens, expected {int(has_image)}"
+        )
     image_end = 0
     if has_image:
         (p,) = image_positions
@@ -157,5 +168,7 @@ def encode(
         total = len(ids)
         ids, labels = ids[:max_length], labels[:max_length]
         if all(label == IGNORE_INDEX for label in labels[1:]):
-            raise SkipSample(f"all answers are truncated away ({total} tokens > model_max_length {max_length})")
+            raise SkipSample(
+                f"all answers are truncated away ({total} tokens > model_max_length {max_length})"
+            )
     return Encoded(ids, labels)

@@ -29,7 +29,9 @@ def balanced_chunks(indices: list[int], lengths: list[int], n_chunks: int) -> li
     return chunks
 
 
-def length_grouped(lengths: list[int], batch_size: int, world_size: int, generator: torch.Generator) -> list[int]:
+def length_grouped(
+    lengths: list[int], batch_size: int, world_size: int, generator: torch.Generator
+) -> list[int]:
     """A random order in which each megabatch is sorted by length and split evenly across processes."""
     order = torch.randperm(len(lengths), generator=generator).tolist()
     size = batch_size * world_size
@@ -41,7 +43,9 @@ def length_grouped(lengths: list[int], batch_size: int, world_size: int, generat
     return result
 
 
-def modality_grouped(lengths: list[int], batch_size: int, world_size: int, generator: torch.Generator) -> list[int]:
+def modality_grouped(
+    lengths: list[int], batch_size: int, world_size: int, generator: torch.Generator
+) -> list[int]:
     """Indices in an order where each megabatch holds one modality (sign of `lengths`), lengths balanced."""
     if all(length > 0 for length in lengths) or all(length < 0 for length in lengths):
         return length_grouped([abs(x) for x in lengths], batch_size, world_size, generator)
@@ -49,7 +53,10 @@ def modality_grouped(lengths: list[int], batch_size: int, world_size: int, gener
     megabatches, tail = [], []
     for sign in (1, -1):
         members = [i for i, length in enumerate(lengths) if length * sign > 0]
-        order = [members[i] for i in length_grouped([abs(lengths[i]) for i in members], batch_size, world_size, generator)]
+        order = [
+            members[i]
+            for i in length_grouped([abs(lengths[i]) for i in members], batch_size, world_size, generator)
+        ]
         groups = [order[start : start + size] for start in range(0, len(order), size)]
         megabatches.extend(groups[:-1])
         tail.extend(groups[-1])

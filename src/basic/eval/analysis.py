@@ -66,8 +66,10 @@ WORD_START = ("▁", "Ġ")  # SentencePiece's and byte-level BPE's marks of a to
 PAPER_PATCHES = 576  # LLaVA-1.5's 24 x 24 patches of a 336-pixel image
 # Per profile: images, tasks, and the batch (mini: 64 halves the per-step overhead of CPU generation, and the
 # answers are the same at any batch size; full: every layer's image positions of a batch are held at once).
-DEFAULTS = {"mini": {"images": 300, "tasks": "mini_vqav2,mini_gqa,mini_textvqa", "batch_size": 64},
-            "full": {"images": 30, "tasks": "coco2017_cap_val", "batch_size": 8}}
+DEFAULTS = {
+    "mini": {"images": 300, "tasks": "mini_vqav2,mini_gqa,mini_textvqa", "batch_size": 64},
+    "full": {"images": 30, "tasks": "coco2017_cap_val", "batch_size": 8},
+}
 READINGS = ("cosine", "logit_lens")
 # Words of the background in the mini world: what the scene descriptions say about layout (where an object
 # is) and the words for the picture itself; attribute words come from the scene (basic.mini.language).
@@ -81,21 +83,28 @@ class AnalysisError(RuntimeError):
 
 # ---- vocabulary -----------------------------------------------------------------------------------------
 
+
 def stop_words() -> frozenset[str]:
     text = (resources.files("basic.eval") / STOP_WORDS_FILE).read_text(encoding="utf-8")
-    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+    return frozenset(
+        line.strip().lower() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
 
 
 def token_words(tokenizer, size: int) -> list[str | None]:
     """Per vocabulary id (0..size-1, the embedding matrix's rows): the lower-case word the token spells when it
     is a whole-word alphabetic token (word-start marker, then letters only), else None (special tokens,
     sub-word pieces, punctuation, numbers, rows past the tokenizer's vocabulary)."""
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special
+    }
     pieces = tokenizer.convert_ids_to_tokens(list(range(min(size, len(tokenizer)))))
     words: list[str | None] = []
     for i, piece in enumerate(pieces):
         word = piece[1:] if piece and piece.startswith(WORD_START) else None
-        words.append(word.lower() if word and i not in special and word.isascii() and word.isalpha() else None)
+        words.append(
+            word.lower() if word and i not in special and word.isascii() and word.isalpha() else None
+        )
     return words + [None] * (size - len(words))
 
 
@@ -113,6 +122,7 @@ def token_text(tokenizer, token_id: int) -> str:
 
 
 # ---- what is analysed: documents of lmms-eval tasks -----------------------------------------------------
+
 
 @dataclass
 class Item:
@@ -135,11 +145,15 @@ def load_tasks(names: list[str], data: Path, profile: str, work: Path) -> dict:
     from basic.eval.evaluate import render_tasks
 
     tasks_dir = render_tasks(data, work / "tasks")
-    manager = TaskManager(verbosity="WARNING", include_path=str(tasks_dir), include_defaults=profile == "full")
+    manager = TaskManager(
+        verbosity="WARNING", include_path=str(tasks_dir), include_defaults=profile == "full"
+    )
     unknown = [n for n in names if n not in manager.all_tasks]
     if unknown:
-        raise AnalysisError(f"no lmms-eval task {', '.join(unknown)} (profile {profile}; mini tasks: "
-                            f"{', '.join(t for t in manager.all_tasks if t.startswith('mini_'))})")
+        raise AnalysisError(
+            f"no lmms-eval task {', '.join(unknown)} (profile {profile}; mini tasks: "
+            f"{', '.join(t for t in manager.all_tasks if t.startswith('mini_'))})"
+        )
     tasks = get_task_dict(names, manager)
     return {name: tasks[name] for name in names}
 
@@ -174,8 +188,16 @@ def select_items(tasks: dict, n: int) -> list[Item]:
             key = pixel_key(visuals[0])
             if key not in seen:
                 seen.add(key)
-                items.append(Item(name, i, task.doc_to_text(docs[name][i]),
-                                  dict(task.config.generation_kwargs or {}), _target(task, docs[name][i]), key))
+                items.append(
+                    Item(
+                        name,
+                        i,
+                        task.doc_to_text(docs[name][i]),
+                        dict(task.config.generation_kwargs or {}),
+                        _target(task, docs[name][i]),
+                        key,
+                    )
+                )
     if not items:
         raise AnalysisError(f"tasks {', '.join(tasks)} have no single-image documents")
     return items
@@ -187,8 +209,10 @@ def load_scenes(data: Path) -> dict:
 
     path = data / "benchmarks" / "scenes.jsonl"
     if not path.is_file():
-        raise AnalysisError(f"{path}: missing; the mini world writes the benchmark scenes there (basic mini data "
-                            f"--out {data})")
+        raise AnalysisError(
+            f"{path}: missing; the mini world writes the benchmark scenes there (basic mini data "
+            f"--out {data})"
+        )
     out = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
@@ -205,7 +229,9 @@ def patch_words(scene, labels) -> list[tuple[str, frozenset[str]] | None]:
     from basic.mini.language import POSITION, colour_word, shape_word, size_word
     from basic.mini.scenes import BACKGROUND, MIXED, SIGN
 
-    layout = frozenset(w for phrase in POSITION["en"].values() for w in phrase.split()) | frozenset(BACKGROUND_WORDS)
+    layout = frozenset(w for phrase in POSITION["en"].values() for w in phrase.split()) | frozenset(
+        BACKGROUND_WORDS
+    )
     out: list[tuple[str, frozenset[str]] | None] = []
     for label in labels.flatten().tolist():
         if label == MIXED:
@@ -216,12 +242,19 @@ def patch_words(scene, labels) -> list[tuple[str, frozenset[str]] | None]:
             out.append(("object", frozenset({scene.text.lower(), "sign"})))
         else:
             o = scene.objects[label]
-            out.append(("object", frozenset({colour_word(o.colour, "en"), shape_word(o.shape, "en"),
-                                             size_word(o.size, "en")})))
+            out.append(
+                (
+                    "object",
+                    frozenset(
+                        {colour_word(o.colour, "en"), shape_word(o.shape, "en"), size_word(o.size, "en")}
+                    ),
+                )
+            )
     return out
 
 
 # ---- the model pass -------------------------------------------------------------------------------------
+
 
 class PrefillOutputs:
     """Forward hooks that keep, from the first forward pass of a generation (the prompt's, before any new
@@ -230,7 +263,11 @@ class PrefillOutputs:
     def __init__(self, model, image_mask: torch.Tensor):
         from basic.method.capture import decoder_layers
 
-        self.projector, self.layers, self.mask = model.model.multi_modal_projector, decoder_layers(model), image_mask
+        self.projector, self.layers, self.mask = (
+            model.model.multi_modal_projector,
+            decoder_layers(model),
+            image_mask,
+        )
         self.initial: torch.Tensor | None = None
         self.outputs: list[torch.Tensor | None] = [None] * len(self.layers)
         self._handles: list = []
@@ -245,6 +282,7 @@ class PrefillOutputs:
                 hidden = output[0] if isinstance(output, tuple) else output
                 if self.outputs[index] is None:  # later calls are the decoding steps
                     self.outputs[index] = hidden[self.mask].float()
+
             return keep
 
         self._handles = [self.projector.register_forward_hook(keep_initial)]
@@ -259,9 +297,13 @@ class PrefillOutputs:
     def states(self) -> list[torch.Tensor]:
         """[initial, layer 1, ..., layer L], each [image tokens of the batch, d]."""
         if self.initial is None or any(o is None for o in self.outputs):
-            raise RuntimeError("the generation's first forward pass did not run the projector and every layer")
+            raise RuntimeError(
+                "the generation's first forward pass did not run the projector and every layer"
+            )
         if len(self.initial) != len(self.outputs[0]):
-            raise RuntimeError(f"{len(self.initial)} projector outputs for {len(self.outputs[0])} image positions")
+            raise RuntimeError(
+                f"{len(self.initial)} projector outputs for {len(self.outputs[0])} image positions"
+            )
         return [self.initial, *self.outputs]  # type: ignore[list-item]
 
 
@@ -325,10 +367,12 @@ def run_model(llava, tasks: dict, items: list[Item], batch_size: int) -> Collect
     results: dict[int, tuple[dict[str, torch.Tensor], str, str, Any]] = {}
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
-            batch = indices[start:start + batch_size]
+            batch = indices[start : start + batch_size]
             images, prompts = [], []
             for i in batch:
-                visuals = llava._visuals(tasks[items[i].task].doc_to_visual, items[i].task, "docs", items[i].doc_id)
+                visuals = llava._visuals(
+                    tasks[items[i].task].doc_to_visual, items[i].task, "docs", items[i].doc_id
+                )
                 images += visuals
                 prompts.append(llava._prompt(items[i].context, len(visuals)))
             inputs = llava._encode(prompts, images)
@@ -337,20 +381,30 @@ def run_model(llava, tasks: dict, items: list[Item], batch_size: int) -> Collect
             with torch.inference_mode():
                 # The hidden states are those of the evaluation's own pass over the prompt: the generation's first.
                 with PrefillOutputs(model, mask) as prefill:
-                    real = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:]
+                    real = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1] :]
                 matched = [match(h, unit_vocab, lm_head, norm) for h in prefill.states]
                 replaced_embeds = embeddings(inputs["input_ids"])  # as the model embeds them (Gemma: scaled)
                 replaced_embeds[mask] = embeddings(matched[0]["cosine"]).to(replaced_embeds.dtype)
-                replaced = model.generate(inputs_embeds=replaced_embeds, attention_mask=inputs["attention_mask"],
-                                          **kwargs)
+                replaced = model.generate(
+                    inputs_embeds=replaced_embeds, attention_mask=inputs["attention_mask"], **kwargs
+                )
                 # The control: a blank image of the processor's mean colour (what the answer owes to no image).
-                blank_inputs = llava._encode(prompts, [Image.new("RGB", im.size, llava.pad_colour) for im in images])
-                blank = model.generate(**blank_inputs, **kwargs)[:, blank_inputs["input_ids"].shape[1]:]
-            texts = [[cut_at_stops(t, until).strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-                     for ids in (real, replaced, blank)]
+                blank_inputs = llava._encode(
+                    prompts, [Image.new("RGB", im.size, llava.pad_colour) for im in images]
+                )
+                blank = model.generate(**blank_inputs, **kwargs)[:, blank_inputs["input_ids"].shape[1] :]
+            texts = [
+                [
+                    cut_at_stops(t, until).strip()
+                    for t in tokenizer.batch_decode(ids, skip_special_tokens=True)
+                ]
+                for ids in (real, replaced, blank)
+            ]
             for r, i in enumerate(batch):
-                ids = {reading: torch.stack([mt[reading].view(len(batch), -1)[r] for mt in matched])
-                       for reading in READINGS}
+                ids = {
+                    reading: torch.stack([mt[reading].view(len(batch), -1)[r] for mt in matched])
+                    for reading in READINGS
+                }
                 results[i] = (ids, texts[0][r], texts[1][r], texts[2][r], images[r])
     out = Collected()
     for i in range(len(items)):
@@ -366,12 +420,21 @@ def run_model(llava, tasks: dict, items: list[Item], batch_size: int) -> Collect
 
 # ---- statistics -----------------------------------------------------------------------------------------
 
-def layer_stats(ids: torch.Tensor, meaningful: torch.Tensor, eos: torch.Tensor, words: list[str | None],
-                grounding: list[list[tuple[str, frozenset[str]] | None]] | None, tokenizer) -> dict:
+
+def layer_stats(
+    ids: torch.Tensor,
+    meaningful: torch.Tensor,
+    eos: torch.Tensor,
+    words: list[str | None],
+    grounding: list[list[tuple[str, frozenset[str]] | None]] | None,
+    tokenizer,
+) -> dict:
     """Fractions over all patches of all images for one layer and reading; ids [images, patches]."""
     flat = ids.flatten()
-    stats: dict[str, Any] = {"meaningful_fraction": round(float(meaningful[flat].float().mean()), 6),
-                             "eos_fraction": round(float(eos[flat].float().mean()), 6)}
+    stats: dict[str, Any] = {
+        "meaningful_fraction": round(float(meaningful[flat].float().mean()), 6),
+        "eos_fraction": round(float(eos[flat].float().mean()), 6),
+    }
     if grounding is not None:
         hits = {"object": [0, 0], "background": [0, 0]}
         for image_ids, patches in zip(ids.tolist(), grounding):
@@ -381,7 +444,9 @@ def layer_stats(ids: torch.Tensor, meaningful: torch.Tensor, eos: torch.Tensor, 
                     hits[kind][0] += words[token] in allowed
                     hits[kind][1] += 1
         total = hits["object"][1] + hits["background"][1]
-        stats["grounded_fraction"] = round((hits["object"][0] + hits["background"][0]) / total, 6) if total else None
+        stats["grounded_fraction"] = (
+            round((hits["object"][0] + hits["background"][0]) / total, 6) if total else None
+        )
         for kind, (good, count) in hits.items():
             stats[f"grounded_{kind}_fraction"] = round(good / count, 6) if count else None
     counts = Counter(flat.tolist()).most_common(TOP_TOKENS)
@@ -424,8 +489,12 @@ def analyse(args: argparse.Namespace) -> dict:
         tasks = load_tasks(names, args.data, args.profile, Path(work))
     items = select_items(tasks, n_images)
     scenes = load_scenes(args.data) if args.profile == "mini" else None
-    llava = BasicLlava(pretrained=str(args.checkpoint), device=args.device, batch_size=batch_size,
-                       dtype=args.dtype or ("float32" if args.profile == "mini" else "auto"))
+    llava = BasicLlava(
+        pretrained=str(args.checkpoint),
+        device=args.device,
+        batch_size=batch_size,
+        dtype=args.dtype or ("float32" if args.profile == "mini" else "auto"),
+    )
     model, tokenizer = llava.model, llava.tokenizer
     vocab_size = model.get_input_embeddings().weight.shape[0]
     words = token_words(tokenizer, vocab_size)
@@ -435,7 +504,7 @@ def analyse(args: argparse.Namespace) -> dict:
 
     collected = run_model(llava, tasks, items, batch_size)
     m = collected.ids["cosine"][0].shape[1]
-    grid = round(m ** 0.5)
+    grid = round(m**0.5)
     grounding = None
     if scenes is not None:
         if grid * grid != m:
@@ -443,11 +512,15 @@ def analyse(args: argparse.Namespace) -> dict:
         grounding = []
         for item, image in zip(items, collected.images):
             if item.key not in scenes:
-                raise AnalysisError(f"{args.data}/benchmarks/scenes.jsonl: no scene for {item.task} document "
-                                    f"{item.doc_id} (pixel key {item.key[:12]}...)")
+                raise AnalysisError(
+                    f"{args.data}/benchmarks/scenes.jsonl: no scene for {item.task} document "
+                    f"{item.doc_id} (pixel key {item.key[:12]}...)"
+                )
             if image.width != image.height:  # the patch grid covers the padded square: the scene must fill it
-                raise AnalysisError(f"{item.task} document {item.doc_id}: a {image.width}x{image.height} image; "
-                                    "the patch labels assume square scenes")
+                raise AnalysisError(
+                    f"{item.task} document {item.doc_id}: a {image.width}x{image.height} image; "
+                    "the patch labels assume square scenes"
+                )
             item.labels = patch_labels(scenes[item.key], grid)
             grounding.append(patch_words(scenes[item.key], item.labels))
     n_layers = len(collected.ids["cosine"][0]) - 1
@@ -461,15 +534,23 @@ def analyse(args: argparse.Namespace) -> dict:
 
     def agreement(others: list[str], idx: list[int]) -> dict[str, float]:
         same = sum(normalise(collected.answers[i]) == normalise(others[i]) for i in idx)
-        return {"exact_match": round(same / len(idx), 6),
-                "token_f1": round(sum(token_f1(collected.answers[i], others[i]) for i in idx) / len(idx), 6)}
+        return {
+            "exact_match": round(same / len(idx), 6),
+            "token_f1": round(sum(token_f1(collected.answers[i], others[i]) for i in idx) / len(idx), 6),
+        }
 
     replacement = []
     for name in ["all", *names]:
         idx = [i for i, item in enumerate(items) if name in ("all", item.task)]
         if idx:
-            replacement.append({"task": name, "questions": len(idx), **agreement(collected.replaced, idx),
-                                **{f"blank_{k}": v for k, v in agreement(collected.blank, idx).items()}})
+            replacement.append(
+                {
+                    "task": name,
+                    "questions": len(idx),
+                    **agreement(collected.replaced, idx),
+                    **{f"blank_{k}": v for k, v in agreement(collected.blank, idx).items()},
+                }
+            )
     cos = [layer["cosine"] for layer in layers]
     peak = max(range(len(cos)), key=lambda i: (cos[i]["meaningful_fraction"], -i))
     summary = {
@@ -488,22 +569,41 @@ def analyse(args: argparse.Namespace) -> dict:
         summary["initial_grounded_fraction"] = cos[0]["grounded_fraction"]
         summary["peak_grounded_fraction"] = max(c["grounded_fraction"] for c in cos)
     example_records = []
-    for i, item in enumerate(items[:args.examples]):
-        example_records.append({
-            "task": item.task, "doc_id": item.doc_id, "question": item.context, "target": item.target,
-            "answer": collected.answers[i], "replaced_answer": collected.replaced[i],
-            "blank_answer": collected.blank[i], "grid": grid,
-            "image_png": _png(collected.images[i]),
-            "labels": item.labels.flatten().tolist() if item.labels is not None else None,
-            "matches": {reading: [[token_text(tokenizer, t) for t in layer.tolist()]
-                                  for layer in collected.ids[reading][i]] for reading in READINGS},
-        })
+    for i, item in enumerate(items[: args.examples]):
+        example_records.append(
+            {
+                "task": item.task,
+                "doc_id": item.doc_id,
+                "question": item.context,
+                "target": item.target,
+                "answer": collected.answers[i],
+                "replaced_answer": collected.replaced[i],
+                "blank_answer": collected.blank[i],
+                "grid": grid,
+                "image_png": _png(collected.images[i]),
+                "labels": item.labels.flatten().tolist() if item.labels is not None else None,
+                "matches": {
+                    reading: [
+                        [token_text(tokenizer, t) for t in layer.tolist()]
+                        for layer in collected.ids[reading][i]
+                    ]
+                    for reading in READINGS
+                },
+            }
+        )
     result = {
         "summary": summary,
-        "setup": {"checkpoint": str(args.checkpoint), "profile": args.profile, "tasks": ",".join(names),
-                  "images": len(items), "patches_per_image": m, "llm_layers": n_layers, "vocabulary": vocab_size,
-                  "meaningful_tokens": int(meaningful.sum()),
-                  "eos_tokens": ",".join(token_text(tokenizer, i) for i in llava.eos_ids)},
+        "setup": {
+            "checkpoint": str(args.checkpoint),
+            "profile": args.profile,
+            "tasks": ",".join(names),
+            "images": len(items),
+            "patches_per_image": m,
+            "llm_layers": n_layers,
+            "vocabulary": vocab_size,
+            "meaningful_tokens": int(meaningful.sum()),
+            "eos_tokens": ",".join(token_text(tokenizer, i) for i in llava.eos_ids),
+        },
         "layers": layers,
         "replacement": replacement,
         "examples": example_records,
@@ -512,8 +612,10 @@ def analyse(args: argparse.Namespace) -> dict:
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(dumps(result), encoding="utf-8")
     tmp.replace(args.out)
-    print(f"basic analyze: {len(items)} images, {n_layers} layers in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+    print(
+        f"basic analyze: {len(items)} images, {n_layers} layers in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -524,13 +626,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=Path("data/mini"), help="the mini world (mini profile)")
     p.add_argument("--profile", default="mini", choices=sorted(DEFAULTS))
     p.add_argument("--images", type=int, help="held-out images (default: mini 300, full 30)")
-    p.add_argument("--tasks", help="comma-separated lmms-eval tasks whose documents are used (default: mini "
-                   f"{DEFAULTS['mini']['tasks']}; full {DEFAULTS['full']['tasks']})")
-    p.add_argument("--examples", type=int, default=4, help="images kept whole (every patch's matches) for the notebook")
+    p.add_argument(
+        "--tasks",
+        help="comma-separated lmms-eval tasks whose documents are used (default: mini "
+        f"{DEFAULTS['mini']['tasks']}; full {DEFAULTS['full']['tasks']})",
+    )
+    p.add_argument(
+        "--examples", type=int, default=4, help="images kept whole (every patch's matches) for the notebook"
+    )
     p.add_argument("--batch_size", type=int, help="images per batch (default: mini 64, full 8)")
     p.add_argument("--device", help="model device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="default: float32 (mini), the checkpoint's own (full)")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="default: float32 (mini), the checkpoint's own (full)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for the mini profile)")
     args = p.parse_args(argv)
     if args.images is not None and args.images < 1:

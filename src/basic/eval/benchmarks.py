@@ -53,7 +53,9 @@ def _load() -> dict[str, dict[str, Benchmark]]:
     profiles: dict[str, dict[str, Benchmark]] = {}
     for profile, entries in raw.items():
         for name, entry in entries.items():
-            profiles.setdefault(profile, {})[name] = build(Benchmark, entry, f"{MAP_FILE}: {profile}.{name}", name=name)
+            profiles.setdefault(profile, {})[name] = build(
+                Benchmark, entry, f"{MAP_FILE}: {profile}.{name}", name=name
+            )
     return profiles
 
 
@@ -71,5 +73,7 @@ def select(profile: str, names: list[str] | None = None) -> list[Benchmark]:
     names = list(names or PAPER_BENCHMARKS)
     missing = [n for n in names if n not in available]
     if missing:
-        raise ValueError(f"benchmarks {missing} are not in the {profile} profile; known: {', '.join(available)}")
+        raise ValueError(
+            f"benchmarks {missing} are not in the {profile} profile; known: {', '.join(available)}"
+        )
     return [available[n] for n in names]

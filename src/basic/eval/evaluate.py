@@ -42,12 +42,12 @@ from basic.eval.benchmarks import Benchmark, select
 from basic.eval.options import DEFAULT_DATA, build_parser
 
 
-
 class EvaluationError(RuntimeError):
     """Evaluation did not produce what was asked; the message names the task and where to look."""
 
 
 # ---- task YAMLs ----------------------------------------------------------------------------------------
+
 
 class _Function(str):
     """A `!function` reference, kept as a tag when a task YAML is rewritten."""
@@ -91,9 +91,10 @@ def render_tasks(data_root: Path, out_dir: Path, variant: str = prompts.DEFAULT_
         for split, path in files.items():
             if not str(path).startswith(DEFAULT_DATA + "/"):
                 raise EvaluationError(f"{source.name}: data file {path!r} is not under {DEFAULT_DATA}/")
-            files[split] = str((data_root / str(path)[len(DEFAULT_DATA) + 1:]).resolve())
-        (out_dir / source.name).write_text(yaml.dump(config, Dumper=_Dumper, allow_unicode=True, sort_keys=False),
-                                           encoding="utf-8")
+            files[split] = str((data_root / str(path)[len(DEFAULT_DATA) + 1 :]).resolve())
+        (out_dir / source.name).write_text(
+            yaml.dump(config, Dumper=_Dumper, allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
     return out_dir
 
 
@@ -108,8 +109,10 @@ def task_data_files(tasks_dir: Path, task: str) -> list[Path]:
 
 # ---- running lmms-eval --------------------------------------------------------------------------------
 
-def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Path, output: Path,
-                      blind: bool = False) -> list[str]:
+
+def lmms_eval_command(
+    args: argparse.Namespace, tasks: list[str], tasks_dir: Path, output: Path, blind: bool = False
+) -> list[str]:
     model_args = f"pretrained={Path(args.checkpoint).resolve()}"
     if blind:
         model_args += ",blind=True"
@@ -122,14 +125,43 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
         # --multi_gpu is accelerate's torchrun launcher, gloo on CPU (its --cpu needs MPI for several
         # processes). A free port, so that two evaluations on one machine do not collide on 29500.
         port = free_port()
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(args.num_processes), "--num_machines", "1", "--main_process_port", str(port),
-                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval"]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(args.num_processes),
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "lmms_eval",
+        ]
     else:
         command = [sys.executable, "-m", "lmms_eval"]
-    command += ["--model", "basic_llava", "--model_args", model_args, "--tasks", ",".join(tasks),
-                "--include_path", str(tasks_dir), "--batch_size", str(args.batch_size),
-                "--output_path", str(output), "--log_samples", "--verbosity", "INFO"]
+    command += [
+        "--model",
+        "basic_llava",
+        "--model_args",
+        model_args,
+        "--tasks",
+        ",".join(tasks),
+        "--include_path",
+        str(tasks_dir),
+        "--batch_size",
+        str(args.batch_size),
+        "--output_path",
+        str(output),
+        "--log_samples",
+        "--verbosity",
+        "INFO",
+    ]
     if args.limit is not None:
         command += ["--limit", str(args.limit)]
     if args.gen_kwargs:
@@ -137,15 +169,20 @@ def lmms_eval_command(args: argparse.Namespace, tasks: list[str], tasks_dir: Pat
     return command
 
 
-def run_lmms_eval(command: list[str], log_file: Path, threads: int | None = None,
-                  extra_env: dict[str, str] | None = None) -> str:
+def run_lmms_eval(
+    command: list[str], log_file: Path, threads: int | None = None, extra_env: dict[str, str] | None = None
+) -> str:
     """Run `command`, echoing and saving its output; returns the output's tail for error messages."""
     tail: deque[str] = deque(maxlen=30)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in every lmms-eval process
-    with open(log_file, "w", encoding="utf-8") as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as process:
+    with (
+        open(log_file, "w", encoding="utf-8") as log,
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        ) as process,
+    ):
         for line in process.stdout:  # type: ignore[union-attr]
             sys.stdout.write(line)
             log.write(line)
@@ -157,6 +194,7 @@ def run_lmms_eval(command: list[str], log_file: Path, threads: int | None = None
 
 
 # ---- collecting metrics --------------------------------------------------------------------------------
+
 
 def _newest(paths: list[Path]) -> Path | None:
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
@@ -183,15 +221,21 @@ def collect(benchmarks: list[Benchmark], output: Path, judges: dict[str, str], t
     if results_file is None:
         raise EvaluationError(
             f"lmms-eval wrote no results for {', '.join(b.task for b in benchmarks)} (it exits 0 after "
-            f"'Error during evaluation'); log: {output.parent / 'lmms_eval.log'}\n{tail}")
+            f"'Error during evaluation'); log: {output.parent / 'lmms_eval.log'}\n{tail}"
+        )
     report = json.loads(results_file.read_text(encoding="utf-8"))
     results, counts = report.get("results", {}), report.get("n-samples", {})
     entries, missing = {}, []
     for b in benchmarks:
         task_result = results.get(b.task)
-        entry = {"score": None, "n": (counts.get(b.task) or {}).get("effective"), "split": b.split,
-                 "scored_by": f"judge:{judges[b.name]}" if b.scored_by == "judge" else b.scored_by,
-                 "status": "scored", "task": b.task}
+        entry = {
+            "score": None,
+            "n": (counts.get(b.task) or {}).get("effective"),
+            "split": b.split,
+            "scored_by": f"judge:{judges[b.name]}" if b.scored_by == "judge" else b.scored_by,
+            "status": "scored",
+            "task": b.task,
+        }
         if task_result is None:
             missing.append(f"{b.task} (no result)")
             continue
@@ -227,12 +271,19 @@ def sample_answers(output: Path, task: str) -> dict[int, str]:
         if line.strip():
             record = json.loads(line)
             response = record.get("filtered_resps")
-            answers[record["doc_id"]] = str(response[0] if isinstance(response, list) and response else response)
+            answers[record["doc_id"]] = str(
+                response[0] if isinstance(response, list) and response else response
+            )
     return answers
 
 
-def add_blind(entries: dict[str, dict], blind: dict[str, dict], benchmarks: list[Benchmark], output: Path,
-              blind_output: Path) -> None:
+def add_blind(
+    entries: dict[str, dict],
+    blind: dict[str, dict],
+    benchmarks: list[Benchmark],
+    output: Path,
+    blind_output: Path,
+) -> None:
     """Add the blind pass's score, its number of distinct answers and the share of answers it left unchanged
     to each scored entry (the sighted pass's distinct answers are added by `add_distinct`)."""
     for b in benchmarks:
@@ -241,9 +292,13 @@ def add_blind(entries: dict[str, dict], blind: dict[str, dict], benchmarks: list
             continue
         seen, unseen = sample_answers(output, b.task), sample_answers(blind_output, b.task)
         shared = [d for d in seen if d in unseen]
-        entry.update(blind_score=other["score"], blind_distinct_answers=len(set(unseen.values())),
-                     same_answer_blind=round(sum(seen[d] == unseen[d] for d in shared) / len(shared), 4)
-                     if shared else None)
+        entry.update(
+            blind_score=other["score"],
+            blind_distinct_answers=len(set(unseen.values())),
+            same_answer_blind=round(sum(seen[d] == unseen[d] for d in shared) / len(shared), 4)
+            if shared
+            else None,
+        )
 
 
 def add_distinct(entries: dict[str, dict], benchmarks: list[Benchmark], output: Path) -> None:
@@ -254,6 +309,7 @@ def add_distinct(entries: dict[str, dict], benchmarks: list[Benchmark], output: 
 
 
 # ---- command line -------------------------------------------------------------------------------------
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
@@ -286,15 +342,23 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
     for b in benchmarks:
         for path in task_data_files(tasks_dir, b.task):
             if not path.is_file():
-                raise EvaluationError(f"{b.name}: data file {path} is missing (mini data: `basic mini data --out "
-                                      f"{args.data}`)")
+                raise EvaluationError(
+                    f"{b.name}: data file {path} is missing (mini data: `basic mini data --out {args.data}`)"
+                )
         if b.judge == "llm":
             judge = LLMJudge()
             judges[b.name] = judge.name
             reason = judge.check()
             if reason:
-                entries[b.name] = {"score": None, "n": None, "split": b.split, "scored_by": f"judge:{judge.name}",
-                                   "status": "unscored", "task": b.task, "reason": reason}
+                entries[b.name] = {
+                    "score": None,
+                    "n": None,
+                    "split": b.split,
+                    "scored_by": f"judge:{judge.name}",
+                    "status": "unscored",
+                    "task": b.task,
+                    "reason": reason,
+                }
                 print(f"basic evaluate: {b.name} left unscored: {reason}", file=sys.stderr)
                 continue
         elif b.judge == "rule":

@@ -86,11 +86,19 @@ class LLMJudge:
         try:
             from lmms_eval.llm_judge import Request, ServerConfig, get_server
 
-            config = ServerConfig(model_name=self.model, temperature=0.0, max_tokens=128, num_retries=self.retries,
-                                  retry_delay=1.0, timeout=60)
+            config = ServerConfig(
+                model_name=self.model,
+                temperature=0.0,
+                max_tokens=128,
+                num_retries=self.retries,
+                retry_delay=1.0,
+                timeout=60,
+            )
             if self._server is None:
                 self._server = get_server(self.api_type, config)
-            reply = self._server.evaluate(Request(messages=[{"role": "user", "content": prompt}], config=config))
+            reply = self._server.evaluate(
+                Request(messages=[{"role": "user", "content": prompt}], config=config)
+            )
         except Exception as error:  # any provider failure means: this judge cannot be reached
             self._failure = f"judge {self.name} unreachable: {type(error).__name__}: {error}"
             raise JudgeError(self._failure) from error

@@ -37,26 +37,115 @@ _DIGIT_COMMA_DIGIT = re.compile(r"(?<=\d),+(?=\d)")
 # re.UNICODE (32) where re.sub expects a count, so at most 32 periods go: reproduced as well.
 _PERIOD = re.compile(r"\.(?!\d)")
 _PERIOD_LIMIT = 32
-_NUMBERS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_NUMBERS = {
+    w: str(i)
+    for i, w in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    )
+}
 _NUMBERS["none"] = "0"
 _ARTICLES = frozenset({"a", "an", "the"})
 # The processor restores contractions written without their apostrophe. Its table lists, for each form
 # below, every spelling with exactly one of the apostrophes left out ("dont" -> "don't", "hed've" and
 # "he'dve" -> "he'd've"); a few forms that are also plain words ("shed", "well", "its", ...) are not in it.
-_CONTRACTED = """
-ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't he'd
-he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't mightn't've might've mustn't must've
-needn't not've o'clock oughtn't 'ow's'at shan't she'd've should've shouldn't shouldn't've somebody'd've
-somebody'll somebody's someone'd someone'd've someone'll someone's something'd something'd've something'll
-that's there'd there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've
-we've weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll who's
-who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd you'd've
-you'll you're you've
-""".split()
+_CONTRACTED = [
+    "ain't",
+    "aren't",
+    "can't",
+    "could've",
+    "couldn't",
+    "couldn't've",
+    "didn't",
+    "doesn't",
+    "don't",
+    "hadn't",
+    "hadn't've",
+    "hasn't",
+    "haven't",
+    "he'd",
+    "he'd've",
+    "he's",
+    "how'd",
+    "how'll",
+    "how's",
+    "isn't",
+    "it'd",
+    "it'd've",
+    "it'll",
+    "ma'am",
+    "mightn't",
+    "mightn't've",
+    "might've",
+    "mustn't",
+    "must've",
+    "needn't",
+    "not've",
+    "o'clock",
+    "oughtn't",
+    "'ow's'at",
+    "shan't",
+    "she'd've",
+    "should've",
+    "shouldn't",
+    "shouldn't've",
+    "somebody'd've",
+    "somebody'll",
+    "somebody's",
+    "someone'd",
+    "someone'd've",
+    "someone'll",
+    "someone's",
+    "something'd",
+    "something'd've",
+    "something'll",
+    "that's",
+    "there'd",
+    "there'd've",
+    "there're",
+    "there's",
+    "they'd",
+    "they'd've",
+    "they'll",
+    "they're",
+    "they've",
+    "'twas",
+    "wasn't",
+    "we'd've",
+    "we've",
+    "weren't",
+    "what'll",
+    "what're",
+    "what's",
+    "what've",
+    "when's",
+    "where'd",
+    "where's",
+    "where've",
+    "who'd",
+    "who'd've",
+    "who'll",
+    "who's",
+    "who've",
+    "why'll",
+    "why're",
+    "why's",
+    "won't",
+    "would've",
+    "wouldn't",
+    "wouldn't've",
+    "y'all",
+    "y'all'll",
+    "y'all'd've",
+    "you'd",
+    "you'd've",
+    "you'll",
+    "you're",
+    "you've",
+]
 
 
 def _one_apostrophe_less(word: str) -> list[str]:
-    return [word[:i] + word[i + 1:] for i, c in enumerate(word) if c == "'"]
+    return [word[:i] + word[i + 1 :] for i, c in enumerate(word) if c == "'"]
 
 
 _CONTRACTIONS = {spelling: word for word in _CONTRACTED for spelling in _one_apostrophe_less(word)}
@@ -94,7 +183,8 @@ def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     pred = normalise_answer(prediction)
     refs = [normalise_answer(a) for a in answers]
     return statistics.mean(
-        min(1.0, sum(ref == pred for j, ref in enumerate(refs) if j != i) / 3) for i in range(len(refs)))
+        min(1.0, sum(ref == pred for j, ref in enumerate(refs) if j != i) / 3) for i in range(len(refs))
+    )
 
 
 def sqa_letter(prediction: str, n_choices: int) -> str | None:
@@ -135,8 +225,21 @@ def gqa_match_lmms_eval(prediction: str, answer: str) -> bool:
     return prediction.lower().translate(_NO_PUNCTUATION) == answer.lower().translate(_NO_PUNCTUATION)
 
 
-_LETTER_FORMS = [("", ""), ("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."),
-                 (":", ""), (":", ","), (":", "."), (":", ")"), (":", ").")]
+_LETTER_FORMS = [
+    ("", ""),
+    ("", "."),
+    ("", ","),
+    ("", ":"),
+    ("", ")"),
+    ("", ")."),
+    ("(", ")"),
+    ("(", ")."),
+    (":", ""),
+    (":", ","),
+    (":", "."),
+    (":", ")"),
+    (":", ")."),
+]
 
 
 def mmbench_letter(prediction: str, options: Mapping[str, str]) -> str | None:

@@ -72,8 +72,10 @@ class StopAtText(StoppingCriteria):
         self.tokenizer, self.until, self.prompt_length = tokenizer, [s for s in until if s], prompt_length
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
-        return torch.tensor([any(stop in text for stop in self.until) for text in texts], device=input_ids.device)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor(
+            [any(stop in text for stop in self.until) for text in texts], device=input_ids.device
+        )
 
 
 class BasicLlava(lmms):
@@ -81,8 +83,15 @@ class BasicLlava(lmms):
 
     is_simple = True
 
-    def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 1,
-                 dtype: str = "auto", max_batch_size: int | None = None, blind: bool | str = False) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        device: str | None = None,
+        batch_size: int | str = 1,
+        dtype: str = "auto",
+        max_batch_size: int | None = None,
+        blind: bool | str = False,
+    ) -> None:
         """`max_batch_size` is accepted because lmms-eval always passes it; it only serves `auto` batch sizes,
         which this model refuses (a fixed batch keeps runs reproducible). `blind`: blank images (module docstring)."""
         super().__init__()
@@ -111,15 +120,19 @@ class BasicLlava(lmms):
             raise ValueError(f"{pretrained}: the processor has no chat_template; basic_llava prompts with it")
         self.image_aspect_ratio = getattr(self.model.config, "image_aspect_ratio", "square")
         if self.image_aspect_ratio not in ("pad", "square"):
-            raise ValueError(f"{pretrained}/config.json: image_aspect_ratio={self.image_aspect_ratio!r}; "
-                             "known: pad, square")
+            raise ValueError(
+                f"{pretrained}/config.json: image_aspect_ratio={self.image_aspect_ratio!r}; "
+                "known: pad, square"
+            )
         self.pad_colour = background_color(self.processor.image_processor)
         if str(blind).lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"basic_llava: blind={blind!r}; expected True or False")
         self.blind = str(blind).lower() in ("true", "1")
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        )
         self._warned: set[str] = set()
 
     # ---- prompts and inputs -------------------------------------------------------------------------
@@ -129,7 +142,9 @@ class BasicLlava(lmms):
         flat = [v for item in (visuals or []) for v in (item if isinstance(item, list) else [item])]
         for v in flat:
             if not isinstance(v, Image.Image):
-                raise TypeError(f"basic_llava takes images; task {task} doc {doc_id} gave a {type(v).__name__}")
+                raise TypeError(
+                    f"basic_llava takes images; task {task} doc {doc_id} gave a {type(v).__name__}"
+                )
         images = [v.convert("RGB") for v in flat]
         if self.blind:
             images = [Image.new("RGB", im.size, self.pad_colour) for im in images]
@@ -142,14 +157,18 @@ class BasicLlava(lmms):
         content: list[dict] = [] if "<image>" in context else [{"type": "image"}] * n_images
         content.append({"type": "text", "text": context})
         return self.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
 
     def _encode(self, prompts: list[str], images: list[Image.Image]) -> dict:
         # The template writes bos itself, so the tokenizer must not add special tokens again.
-        inputs = self.processor(text=prompts, images=images or None, padding=True, add_special_tokens=False,
-                                return_tensors="pt")
-        return {k: v.to(self.device, self.model.dtype) if k == "pixel_values" else v.to(self.device)
-                for k, v in inputs.items()}
+        inputs = self.processor(
+            text=prompts, images=images or None, padding=True, add_special_tokens=False, return_tensors="pt"
+        )
+        return {
+            k: v.to(self.device, self.model.dtype) if k == "pixel_values" else v.to(self.device)
+            for k, v in inputs.items()
+        }
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -160,10 +179,19 @@ class BasicLlava(lmms):
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         if gen_kwargs.get("do_sample") or int(gen_kwargs.get("num_beams") or 1) > 1:
-            self._warn_once(task, f"basic_llava decodes greedily; ignoring sampling/beam settings of task {task}")
-        kwargs = {"do_sample": False, "num_beams": 1, "temperature": None, "top_p": None, "top_k": None,
-                  "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
-                  "eos_token_id": self.eos_ids, "pad_token_id": self.pad_id}
+            self._warn_once(
+                task, f"basic_llava decodes greedily; ignoring sampling/beam settings of task {task}"
+            )
+        kwargs = {
+            "do_sample": False,
+            "num_beams": 1,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+            "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+            "eos_token_id": self.eos_ids,
+            "pad_token_id": self.pad_id,
+        }
         return kwargs, until
 
     # ---- lmms interface ---------------------------------------------------------------------------
@@ -180,7 +208,7 @@ class BasicLlava(lmms):
         for indices in groups.values():
             indices.sort(key=lambda i: -len(requests[i].args[0]))
             for start in range(0, len(indices), self.batch_size):
-                batch = indices[start:start + self.batch_size]
+                batch = indices[start : start + self.batch_size]
                 prompts, images = [], []
                 for i in batch:
                     context, _, doc_to_visual, doc_id, task, split = requests[i].args
@@ -192,7 +220,9 @@ class BasicLlava(lmms):
                 inputs = self._encode(prompts, images)
                 prompt_length = inputs["input_ids"].shape[1]
                 if until:  # stop early; the text is cut at the stop string afterwards as well
-                    kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtText(self.tokenizer, until, prompt_length)])
+                    kwargs["stopping_criteria"] = StoppingCriteriaList(
+                        [StopAtText(self.tokenizer, until, prompt_length)]
+                    )
                 output = self.model.generate(**inputs, **kwargs)[:, prompt_length:]
                 for i, text in zip(batch, self.tokenizer.batch_decode(output, skip_special_tokens=True)):
                     answers[i] = cut_at_stops(text, until).strip()
@@ -209,8 +239,10 @@ class BasicLlava(lmms):
         GenerationResult into `str(output)`, so each pair is wrapped in a GenerationResult, which it unwraps
         untouched.
         """
-        return [GenerationResult(text=(-logprob, greedy))  # type: ignore[arg-type]
-                for logprob, greedy in self.loglikelihoods(requests)]
+        return [
+            GenerationResult(text=(-logprob, greedy))  # type: ignore[arg-type]
+            for logprob, greedy in self.loglikelihoods(requests)
+        ]
 
     @torch.inference_mode()
     def loglikelihoods(self, requests: list[Instance]) -> list[tuple[float, bool]]:
@@ -219,11 +251,13 @@ class BasicLlava(lmms):
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].args[0]))
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="basic_llava loglikelihood")
         for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+            batch = order[start : start + self.batch_size]
             rows, pixels, spans = [], [], []
             for i in batch:
                 context, target, doc_to_visual, doc_id, task, split = requests[i].args
-                continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
+                continuation = (
+                    target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
+                )
                 visuals = self._visuals(doc_to_visual, task, split, doc_id)
                 encoded = self._encode([self._prompt(context, len(visuals))], visuals)
                 cont_ids = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
@@ -239,15 +273,15 @@ class BasicLlava(lmms):
             input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
             attention = torch.zeros((len(rows), width), dtype=torch.long)
             for r, row in enumerate(rows):
-                input_ids[r, :len(row)] = torch.tensor(row)
-                attention[r, :len(row)] = 1
+                input_ids[r, : len(row)] = torch.tensor(row)
+                attention[r, : len(row)] = 1
             inputs = {"input_ids": input_ids.to(self.device), "attention_mask": attention.to(self.device)}
             if pixels:
                 inputs["pixel_values"] = torch.cat(pixels)
             logprobs = self.model(**inputs).logits.float().log_softmax(-1)
             for r, (i, (n_context, n_cont)) in enumerate(zip(batch, spans)):
-                scored = logprobs[r, n_context - 1:n_context - 1 + n_cont]
-                target_ids = input_ids[r, n_context:n_context + n_cont].to(self.device)
+                scored = logprobs[r, n_context - 1 : n_context - 1 + n_cont]
+                target_ids = input_ids[r, n_context : n_context + n_cont].to(self.device)
                 total = scored.gather(-1, target_ids[:, None]).sum().item()
                 results[i] = (total, bool((scored.argmax(-1) == target_ids).all()))
             progress.update(len(batch))
@@ -255,5 +289,6 @@ class BasicLlava(lmms):
         return results  # type: ignore[return-value]
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        raise NotImplementedError("basic_llava does not implement multi-round generation (no LLaVA-1.5 "
-                                  "benchmark uses it)")
+        raise NotImplementedError(
+            "basic_llava does not implement multi-round generation (no LLaVA-1.5 benchmark uses it)"
+        )

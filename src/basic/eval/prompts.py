@@ -35,8 +35,10 @@ OCR_REFERENCE = "Reference OCR token: "
 # lmms-eval's wording where it differs from LLaVA's.
 LMMS_OPTION_LETTER_CN = "请直接使用所提供的选项字母作为答案回答。"
 LMMS_OPTIONS_HEADER = "There are several options:"  # lmms-eval's mmbench.yaml `sys_prompt`
-LMMS_MMVET_PRE_PROMPT = ("First please perform reasoning, and think step by step to provide best answer to the "
-                         "following question: \n\n")
+LMMS_MMVET_PRE_PROMPT = (
+    "First please perform reasoning, and think step by step to provide best answer to the "
+    "following question: \n\n"
+)
 
 # LLaVA's MMBench script offers four options at most and stops at the first missing one.
 LLAVA_MMBENCH_OPTIONS = "ABCD"
@@ -55,6 +57,7 @@ def _letters(choices: list[str]) -> str:
 
 
 # ---- LLaVA-1.5 ----------------------------------------------------------------------------------------
+
 
 def _llava_missing(value: Any) -> bool:
     """model_vqa_mmbench.py's `is_none`: None, NaN, or the strings 'nan' / 'none' in any case."""
@@ -101,6 +104,7 @@ def _render_llava(benchmark: str, doc: dict) -> str:
 
 
 # ---- lmms-eval 0.7.3 ----------------------------------------------------------------------------------
+
 
 def _notna(value: Any) -> bool:
     import pandas as pd  # lmms-eval tests its MMBench fields with pandas.notna
@@ -149,6 +153,7 @@ def render(benchmark: str, doc: dict, variant: str = DEFAULT_VARIANT) -> str:
 
 # ---- decoding and scoring -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Protocol:
     """What a variant sets besides the prompt, as the task YAML keys `basic evaluate` writes."""
@@ -177,8 +182,9 @@ _PROTOCOLS: dict[tuple[str, str], Protocol] = {
     # lmms-eval 0.7.3's task YAMLs, as they are.
     ("vqav2", "lmms_eval"): Protocol({"max_new_tokens": 16}),
     ("gqa", "lmms_eval"): Protocol({"max_new_tokens": 16, **_LMMS_GREEDY}, "gqa_process_results_lmms_eval"),
-    ("sqa_img", "lmms_eval"): Protocol({"max_new_tokens": 16, "temperature": 0, "do_sample": False},
-                                       "sqa_process_results_lmms_eval"),
+    ("sqa_img", "lmms_eval"): Protocol(
+        {"max_new_tokens": 16, "temperature": 0, "do_sample": False}, "sqa_process_results_lmms_eval"
+    ),
     ("mmb_en", "lmms_eval"): Protocol({"until": ["ASSISTANT:"], "max_new_tokens": 1024, **_LMMS_GREEDY}),
     ("mmb_cn", "lmms_eval"): Protocol({"max_new_tokens": 256, **_LMMS_GREEDY}),
     ("mmvet", "lmms_eval"): Protocol({"max_new_tokens": 1024, **_LMMS_GREEDY, "temperature": 0.2}),

@@ -26,7 +26,14 @@ VQAV2_TEST2015_ENV = "BASIC_VQAV2_TEST2015"
 VQAV2_DIR = Path("eval/vqav2")  # under the data root, LLaVA's playground/data/eval layout
 VQAV2_TEST2015_FILES = ("llava_vqav2_mscoco_test2015.jsonl", "v2_OpenEnded_mscoco_test2015_questions.json")
 VQAV2_TEST2015_QUESTIONS = 447_793
-MMBENCH_COLUMNS = ("index", "question", "A", "B", "C", "D")  # then prediction, then answer and split if present
+MMBENCH_COLUMNS = (
+    "index",
+    "question",
+    "A",
+    "B",
+    "C",
+    "D",
+)  # then prediction, then answer and split if present
 
 
 class SubmissionError(RuntimeError):
@@ -48,7 +55,8 @@ def read_question_ids(path: str | Path) -> list[int]:
         raise SubmissionError(
             f"{path}: VQAv2 test2015 question file missing; EvalAI wants an answer for every test2015 question. "
             f"Put LLaVA's {VQAV2_TEST2015_FILES[0]} (LLaVA's eval.zip, docs/Evaluation.md) or the official "
-            f"{VQAV2_TEST2015_FILES[1]} (visualqa.org, v2_Questions_Test_mscoco.zip) there")
+            f"{VQAV2_TEST2015_FILES[1]} (visualqa.org, v2_Questions_Test_mscoco.zip) there"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".jsonl":
@@ -64,8 +72,10 @@ def vqav2_submission(answers: Mapping[int, str], test2015_ids: Iterable[int]) ->
     ids = [int(i) for i in test2015_ids]
     unknown = set(answers) - set(ids)
     if unknown:
-        raise SubmissionError(f"{len(unknown)} answered questions are not test2015 questions (e.g. "
-                              f"{sorted(unknown)[:3]}): wrong question file or split")
+        raise SubmissionError(
+            f"{len(unknown)} answered questions are not test2015 questions (e.g. "
+            f"{sorted(unknown)[:3]}): wrong question file or split"
+        )
     return [{"question_id": i, "answer": normalise_answer(answers[i]) if i in answers else ""} for i in ids]
 
 

@@ -28,8 +28,23 @@ MANIFEST = "manifests/checkpoints/backbones.yaml"
 RECORD = "checkpoints.json"
 # What transformers reads from a checkpoint besides the weights.
 SUPPORT_FILES = ["*.json", "*.model", "*.txt", "*.jinja", "LICENSE*", "README.md"]
-NEVER = ["*.h5", "*.msgpack", "*.onnx", "*.onnx_data", "*.tflite", "*.ot", "*.gguf", "*.pt", "*.pth",
-         "consolidated*", "original/*", "onnx/*", "coreml/*", "flax_model*", "tf_model*"]
+NEVER = [
+    "*.h5",
+    "*.msgpack",
+    "*.onnx",
+    "*.onnx_data",
+    "*.tflite",
+    "*.ot",
+    "*.gguf",
+    "*.pt",
+    "*.pth",
+    "consolidated*",
+    "original/*",
+    "onnx/*",
+    "coreml/*",
+    "flax_model*",
+    "tf_model*",
+]
 
 
 class CheckpointError(Exception):
@@ -51,7 +66,13 @@ def load_backbones(path: Path | None = None) -> dict[str, Backbone]:
     data = yaml.safe_load(text)
     out = {}
     for name, d in (data.get("backbones") or {}).items():
-        check_keys(d, ("repo", "revision", "gated"), f"{where}: backbones.{name}", ("repo", "revision"), CheckpointError)
+        check_keys(
+            d,
+            ("repo", "revision", "gated"),
+            f"{where}: backbones.{name}",
+            ("repo", "revision"),
+            CheckpointError,
+        )
         rev = str(d["revision"])
         if len(rev) != 40 or any(c not in "0123456789abcdef" for c in rev):
             raise CheckpointError(f"{where}: backbone {name}: revision {rev!r} is not a 40-hex commit id")
@@ -69,8 +90,11 @@ def weight_patterns(repo_files: list[str]) -> list[str]:
 def select_files(repo_files: list[str]) -> list[str]:
     """The files of a revision to download (see module docstring)."""
     wanted = SUPPORT_FILES + weight_patterns(repo_files)
-    return sorted(f for f in repo_files
-                  if any(fnmatch.fnmatch(f, p) for p in wanted) and not any(fnmatch.fnmatch(f, p) for p in NEVER))
+    return sorted(
+        f
+        for f in repo_files
+        if any(fnmatch.fnmatch(f, p) for p in wanted) and not any(fnmatch.fnmatch(f, p) for p in NEVER)
+    )
 
 
 def _read_record(dest: Path) -> dict:
@@ -91,26 +115,42 @@ def fetch(backbone: Backbone, dest: Path, cache_dir: Path | None = None, hub=Non
     hub = hub or huggingface_hub
     target = dest / backbone.name
     record = _read_record(dest).get(backbone.name)
-    if record and record["revision"] == backbone.revision and (target / "config.json").exists() \
-            and all((target / f).exists() for f in record["files"]):
+    if (
+        record
+        and record["revision"] == backbone.revision
+        and (target / "config.json").exists()
+        and all((target / f).exists() for f in record["files"])
+    ):
         print(f"{backbone.name}: {backbone.repo}@{backbone.revision[:8]} already in {target}")
         return target
     try:
         files = select_files(hub.HfApi().list_repo_files(backbone.repo, revision=backbone.revision))
         if "config.json" not in files:
             raise CheckpointError(f"{backbone.name}: {backbone.repo}@{backbone.revision} has no config.json")
-        hub.snapshot_download(backbone.repo, revision=backbone.revision, local_dir=target, cache_dir=cache_dir,
-                              allow_patterns=files)
+        hub.snapshot_download(
+            backbone.repo,
+            revision=backbone.revision,
+            local_dir=target,
+            cache_dir=cache_dir,
+            allow_patterns=files,
+        )
     except GatedRepoError as e:
         raise CheckpointError(
-            f"{backbone.name}: {backbone.repo} is gated: accept its licence on the hub page and set HF_TOKEN ({e})") from None
+            f"{backbone.name}: {backbone.repo} is gated: accept its licence on the hub page and set HF_TOKEN ({e})"
+        ) from None
     except RevisionNotFoundError as e:
-        raise CheckpointError(f"{backbone.name}: revision {backbone.revision} not found in {backbone.repo} ({e})") from None
+        raise CheckpointError(
+            f"{backbone.name}: revision {backbone.revision} not found in {backbone.repo} ({e})"
+        ) from None
     except (RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"{backbone.name}: fetching {backbone.repo}@{backbone.revision} failed: {e}") from None
+        raise CheckpointError(
+            f"{backbone.name}: fetching {backbone.repo}@{backbone.revision} failed: {e}"
+        ) from None
     missing = [f for f in files if not (target / f).exists()]
     if missing:
-        raise CheckpointError(f"{backbone.name}: {len(missing)} file(s) missing after download: {missing[:5]}")
+        raise CheckpointError(
+            f"{backbone.name}: {len(missing)} file(s) missing after download: {missing[:5]}"
+        )
     records = _read_record(dest)
     records[backbone.name] = {"repo": backbone.repo, "revision": backbone.revision, "files": files}
     (dest / RECORD).write_text(json.dumps(records, indent=1, sort_keys=True))
@@ -127,7 +167,9 @@ def check(backbones: dict[str, Backbone], dest: Path) -> list[str]:
         if rec is None:
             problems.append(f"{name}: not fetched into {dest / name}")
         elif rec["revision"] != b.revision:
-            problems.append(f"{name}: {dest / name} holds revision {rec['revision']}, the manifest pins {b.revision}")
+            problems.append(
+                f"{name}: {dest / name} holds revision {rec['revision']}, the manifest pins {b.revision}"
+            )
         elif missing := [f for f in rec["files"] if not (dest / name / f).exists()]:
             problems.append(f"{name}: {len(missing)} file(s) missing, e.g. {missing[0]}")
     return problems
@@ -135,7 +177,12 @@ def check(backbones: dict[str, Backbone], dest: Path) -> list[str]:
 
 def build_parser(backbones: dict[str, Backbone]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="basic checkpoints", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dest", type=Path, default=Path("models/backbones"), help="one folder per backbone (default %(default)s)")
+    p.add_argument(
+        "--dest",
+        type=Path,
+        default=Path("models/backbones"),
+        help="one folder per backbone (default %(default)s)",
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="huggingface_hub cache (default: HF_HOME's)")
     p.add_argument("--only", nargs="+", choices=sorted(backbones), help="fetch only these backbones")
     p.add_argument("--check", action="store_true", help="only report what is missing (no network)")
@@ -148,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {n: backbones[n] for n in (args.only or backbones)}
     if args.check:
         problems = check(chosen, args.dest)
-        print("\n".join(problems) or f"all {len(chosen)} backbones present at their pinned revisions in {args.dest}")
+        print(
+            "\n".join(problems)
+            or f"all {len(chosen)} backbones present at their pinned revisions in {args.dest}"
+        )
         return 1 if problems else 0
     args.dest.mkdir(parents=True, exist_ok=True)
     errors = []
@@ -158,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         except CheckpointError as e:
             errors.append(str(e))
     if errors:
-        print("basic checkpoints: " + "\n  ".join([f"{len(errors)} backbone(s) failed:", *errors]), file=sys.stderr)
+        print(
+            "basic checkpoints: " + "\n  ".join([f"{len(errors)} backbone(s) failed:", *errors]),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

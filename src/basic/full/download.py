@@ -141,7 +141,8 @@ def resolve_manifest(name_or_path: str | os.PathLike) -> Path:
     if shipped.is_file():
         return Path(str(shipped))
     raise DownloadError(
-        f"manifest {str(name_or_path)!r} is neither a file nor a shipped manifest ({', '.join(manifest_names())})")
+        f"manifest {str(name_or_path)!r} is neither a file nor a shipped manifest ({', '.join(manifest_names())})"
+    )
 
 
 def _relative(where: str, value: Any) -> str:
@@ -157,7 +158,9 @@ def _parse_file(where: str, d: dict) -> FileEntry:
     check_keys(d, _FILE_KEYS, where, {"path", "url", "sha256"}, error=DownloadError)
     where = f"{where} ({d['path']})"
     sha = d["sha256"]
-    if sha is not None and not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+    if sha is not None and not (
+        isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
+    ):
         raise DownloadError(f"{where}: sha256 must be 64 lowercase hex digits or null (unknown), got {sha!r}")
     if d.get("unpack") not in (None, *UNPACK_KINDS):
         raise DownloadError(f"{where}: unpack must be one of {', '.join(UNPACK_KINDS)}, got {d['unpack']!r}")
@@ -167,21 +170,33 @@ def _parse_file(where: str, d: dict) -> FileEntry:
     if size is not None and (not isinstance(size, int) or size < 0):
         raise DownloadError(f"{where}: size must be a byte count, got {size!r}")
     return FileEntry(
-        path=_relative(where, d["path"]), url=d["url"], sha256=sha, size=size, unpack=d.get("unpack"),
+        path=_relative(where, d["path"]),
+        url=d["url"],
+        sha256=sha,
+        size=size,
+        unpack=d.get("unpack"),
         unpack_to=_relative(where, d["unpack_to"]) if d.get("unpack_to") else None,
-        provides=tuple(_relative(where, p) for p in d.get("provides", [])), manual=d.get("manual"),
+        provides=tuple(_relative(where, p) for p in d.get("provides", [])),
+        manual=d.get("manual"),
     )
 
 
 def _parse_list(where: str, d: dict) -> ImageList:
-    check_keys(d, _LIST_KEYS, where, {"name", "format", "list", "dest", "report", "max_missing"}, error=DownloadError)
+    check_keys(
+        d, _LIST_KEYS, where, {"name", "format", "list", "dest", "report", "max_missing"}, error=DownloadError
+    )
     if d["format"] not in LIST_FORMATS:
         raise DownloadError(f"{where}: format must be one of {', '.join(LIST_FORMATS)}, got {d['format']!r}")
     if not isinstance(d["max_missing"], int) or d["max_missing"] < 0:
         raise DownloadError(f"{where}: max_missing must be a count >= 0, got {d['max_missing']!r}")
     return ImageList(
-        name=d["name"], format=d["format"], list=_relative(where, d["list"]), dest=_relative(where, d["dest"]),
-        report=_relative(where, d["report"]), max_missing=d["max_missing"], ext=d.get("ext", ".jpg"),
+        name=d["name"],
+        format=d["format"],
+        list=_relative(where, d["list"]),
+        dest=_relative(where, d["dest"]),
+        report=_relative(where, d["report"]),
+        max_missing=d["max_missing"],
+        ext=d.get("ext", ".jpg"),
         referenced_by=_relative(where, d["referenced_by"]) if d.get("referenced_by") else None,
         provides=tuple(_relative(where, p) for p in d.get("provides", [])),
     )
@@ -200,19 +215,27 @@ def load_manifest(name_or_path: str | os.PathLike, _seen: tuple[Path, ...] = ())
     files: list[FileEntry] = []
     lists: list[ImageList] = []
     for inc in data.get("include", []):
-        sub = load_manifest(path.parent / f"{inc}.yaml" if (path.parent / f"{inc}.yaml").is_file() else inc,
-                            _seen + (path,))
+        sub = load_manifest(
+            path.parent / f"{inc}.yaml" if (path.parent / f"{inc}.yaml").is_file() else inc, _seen + (path,)
+        )
         files += sub.files
         lists += sub.image_lists
     files += [_parse_file(f"{path}: files[{i}]", d) for i, d in enumerate(data.get("files") or [])]
-    lists += [_parse_list(f"{path}: image_lists[{i}]", d) for i, d in enumerate(data.get("image_lists") or [])]
+    lists += [
+        _parse_list(f"{path}: image_lists[{i}]", d) for i, d in enumerate(data.get("image_lists") or [])
+    ]
     seen_paths: set[str] = set()
     for f in files:
         if f.path in seen_paths:
             raise DownloadError(f"{path}: file {f.path} is listed twice")
         seen_paths.add(f.path)
-    return Manifest(name=data["name"], source=str(path), files=tuple(files), image_lists=tuple(lists),
-                    description=data.get("description", ""))
+    return Manifest(
+        name=data["name"],
+        source=str(path),
+        files=tuple(files),
+        image_lists=tuple(lists),
+        description=data.get("description", ""),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -239,7 +262,7 @@ class Mirrors:
 
     def resolve(self, url: str) -> str:
         best = max((r for r in self.rules if url.startswith(r[0])), key=lambda r: len(r[0]), default=None)
-        return url if best is None else best[1] + url[len(best[0]):]
+        return url if best is None else best[1] + url[len(best[0]) :]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -255,7 +278,9 @@ class State:
         try:
             self.records: dict[str, dict] = json.loads(self.path.read_text()) if self.path.exists() else {}
         except json.JSONDecodeError as e:
-            raise DownloadError(f"{self.path}: unreadable state file ({e}); delete it to re-verify everything") from e
+            raise DownloadError(
+                f"{self.path}: unreadable state file ({e}); delete it to re-verify everything"
+            ) from e
 
     def get(self, key: str) -> dict | None:
         with self._lock:
@@ -319,7 +344,9 @@ def _auth_headers(url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token and urlparse(url).hostname in hub_hosts else {}
 
 
-def _open_stream(url: str, offset: int, timeout: float) -> tuple[int, int | None, Iterable[bytes], Callable[[], None]]:
+def _open_stream(
+    url: str, offset: int, timeout: float
+) -> tuple[int, int | None, Iterable[bytes], Callable[[], None]]:
     """Start reading `url` at byte `offset`: (offset actually used, total size or None, chunks, close)."""
     if url.startswith("file://"):
         src = Path(unquote(urlparse(url).path))
@@ -351,7 +378,9 @@ def _open_stream(url: str, offset: int, timeout: float) -> tuple[int, int | None
     return offset, total, r.iter_content(NET_CHUNK), r.close
 
 
-def _transfer(url: str, part: Path, label: str, opts: Options, position: int, expected_size: int | None) -> str:
+def _transfer(
+    url: str, part: Path, label: str, opts: Options, position: int, expected_size: int | None
+) -> str:
     """Download `url` into `part`, resuming what is there; return the sha256 of the complete file."""
     for attempt in range(opts.retries + 1):
         offset = part.stat().st_size if part.exists() else 0
@@ -359,7 +388,9 @@ def _transfer(url: str, part: Path, label: str, opts: Options, position: int, ex
             offset, total, chunks, close = _open_stream(url, offset, opts.timeout)
             if expected_size is not None and total is not None and total != expected_size:
                 close()
-                raise DownloadError(f"{label}: the source has {total} bytes, the manifest says {expected_size} ({url})")
+                raise DownloadError(
+                    f"{label}: the source has {total} bytes, the manifest says {expected_size} ({url})"
+                )
             h = hashlib.sha256()
             if offset:
                 with open(part, "rb") as f:  # hash the bytes already on disk, then the rest as it streams
@@ -368,10 +399,21 @@ def _transfer(url: str, part: Path, label: str, opts: Options, position: int, ex
                         h.update(chunk)
                         remaining -= len(chunk)
             mode = "r+b" if offset else "wb"
-            with open(part, mode) as f, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-                position=position, leave=False, disable=not opts.progress, dynamic_ncols=True,
-            ) as bar:
+            with (
+                open(part, mode) as f,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=label,
+                    position=position,
+                    leave=False,
+                    disable=not opts.progress,
+                    dynamic_ncols=True,
+                ) as bar,
+            ):
                 f.seek(offset)
                 f.truncate()
                 written = offset
@@ -396,11 +438,14 @@ def _transfer(url: str, part: Path, label: str, opts: Options, position: int, ex
         except OSError as e:  # local trouble (disk full, permissions): no point retrying
             raise DownloadError(f"{label}: {e}") from None
         if attempt < opts.retries:
-            tqdm.write(f"{label}: transfer interrupted ({err}); resuming (attempt {attempt + 2}/{opts.retries + 1})")
-            time.sleep(opts.backoff * 2 ** attempt)
+            tqdm.write(
+                f"{label}: transfer interrupted ({err}); resuming (attempt {attempt + 2}/{opts.retries + 1})"
+            )
+            time.sleep(opts.backoff * 2**attempt)
     raise DownloadError(
         f"{label}: transfer from {url} failed after {opts.retries + 1} attempts ({err}); "
-        f"{part.name} keeps the {part.stat().st_size if part.exists() else 0} bytes received, the next run resumes it")
+        f"{part.name} keeps the {part.stat().st_size if part.exists() else 0} bytes received, the next run resumes it"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -462,8 +507,16 @@ def unpack(archive: Path, kind: str, target: Path, label: str, progress: bool = 
     strip = _strip_prefix(names, target.name)
     count = 0
     try:
-        with tqdm(total=sum(sizes), unit="B", unit_scale=True, unit_divisor=1024, desc=f"unpack {label}",
-                  leave=False, disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=sum(sizes),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"unpack {label}",
+            leave=False,
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
             for member, name, directory, size in zip(members, names, is_dir, sizes):
                 rel = _safe_member(archive, name.removeprefix(strip))
                 if not str(rel) or str(rel) == ".":
@@ -502,16 +555,30 @@ def _verify_present(entry: FileEntry, target: Path, state: State, opts: Options)
     rec = state.get(entry.path) or {}
     expected = entry.sha256 or rec.get("sha256")
     st = target.stat()
-    if (not opts.verify and rec.get("sha256") and rec.get("size") == st.st_size
-            and rec.get("mtime_ns") == st.st_mtime_ns and (entry.sha256 is None or rec["sha256"] == entry.sha256)):
+    if (
+        not opts.verify
+        and rec.get("sha256")
+        and rec.get("size") == st.st_size
+        and rec.get("mtime_ns") == st.st_mtime_ns
+        and (entry.sha256 is None or rec["sha256"] == entry.sha256)
+    ):
         return rec["sha256"], "skipped"
-    with tqdm(total=st.st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"sha256 {entry.path}",
-              leave=False, disable=not opts.progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=st.st_size,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=f"sha256 {entry.path}",
+        leave=False,
+        disable=not opts.progress,
+        dynamic_ncols=True,
+    ) as bar:
         actual = sha256_file(target, bar.update)
     if expected and actual != expected:
         raise DownloadError(
             f"{entry.path}: sha256 mismatch for the file already in {opts.dest}: expected {expected}, got {actual}. "
-            f"Delete it to download it again (or correct the manifest if the source changed)")
+            f"Delete it to download it again (or correct the manifest if the source changed)"
+        )
     state.put(entry.path, sha256=actual, size=st.st_size, mtime_ns=st.st_mtime_ns)
     return actual, "verified" if expected else "recorded"
 
@@ -520,18 +587,35 @@ def ensure_file(entry: FileEntry, opts: Options, state: State, position: int = 0
     target = opts.dest / entry.path
     rec = state.get(entry.path) or {}
     unpack_dir = opts.dest / entry.unpack_dir
-    if (entry.unpack and rec.get("unpacked") and rec.get("archive_deleted") and not target.exists()
-            and unpack_dir.is_dir()):
+    if (
+        entry.unpack
+        and rec.get("unpacked")
+        and rec.get("archive_deleted")
+        and not target.exists()
+        and unpack_dir.is_dir()
+    ):
         return Outcome(entry.path, "skipped", rec.get("sha256"), note="unpacked earlier, archive deleted")
-    if (opts.use_existing and entry.unpack and entry.provides and not target.exists()
-            and all((opts.dest / p).is_dir() and any((opts.dest / p).iterdir()) for p in entry.provides)):
+    if (
+        opts.use_existing
+        and entry.unpack
+        and entry.provides
+        and not target.exists()
+        and all((opts.dest / p).is_dir() and any((opts.dest / p).iterdir()) for p in entry.provides)
+    ):
         state.put(entry.path, unpacked=True, unpacked_to=entry.unpack_dir, archive_deleted=True, trusted=True)
-        return Outcome(entry.path, "skipped", None, note="its folders are already there: used unverified (--use-existing)")
+        return Outcome(
+            entry.path,
+            "skipped",
+            None,
+            note="its folders are already there: used unverified (--use-existing)",
+        )
     if target.exists():
         sha, action = _verify_present(entry, target, state, opts)
     else:
         if entry.url is None:
-            raise DownloadError(f"{entry.path}: has no public download URL and is not in {opts.dest}. {entry.manual}")
+            raise DownloadError(
+                f"{entry.path}: has no public download URL and is not in {opts.dest}. {entry.manual}"
+            )
         url = opts.mirrors.resolve(entry.url)
         part = target.with_name(target.name + ".part")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -545,15 +629,25 @@ def ensure_file(entry: FileEntry, opts: Options, state: State, position: int = 0
             os.replace(part, bad)
             raise DownloadError(
                 f"{entry.path}: sha256 mismatch: expected {expected}, got {sha} (from {url}). "
-                f"The download is kept as {bad.name} for inspection; the next run fetches the file again")
+                f"The download is kept as {bad.name} for inspection; the next run fetches the file again"
+            )
         os.replace(part, target)
         st = target.stat()
-        state.put(entry.path, sha256=sha, size=st.st_size, mtime_ns=st.st_mtime_ns, url=url,
-                  unpacked=False, archive_deleted=False)
+        state.put(
+            entry.path,
+            sha256=sha,
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            url=url,
+            unpacked=False,
+            archive_deleted=False,
+        )
         action = "downloaded"
         if not expected:
-            tqdm.write(f"{entry.path}: no checksum was known; recorded sha256 {sha} in {state.path} "
-                       f"(copy it into {entry.path}'s manifest entry to pin it)")
+            tqdm.write(
+                f"{entry.path}: no checksum was known; recorded sha256 {sha} in {state.path} "
+                f"(copy it into {entry.path}'s manifest entry to pin it)"
+            )
     outcome = Outcome(entry.path, action, sha)
     if entry.unpack:
         rec = state.get(entry.path) or {}
@@ -592,7 +686,11 @@ def _referenced_images(llava_json: Path, folder: str) -> set[str]:
     except (OSError, json.JSONDecodeError) as e:
         raise DownloadError(f"{llava_json}: unreadable ({e}); download it first (manifest mix665k)") from None
     prefix = folder.rstrip("/") + "/"
-    return {r["image"][len(prefix):] for r in records if isinstance(r.get("image"), str) and r["image"].startswith(prefix)}
+    return {
+        r["image"][len(prefix) :]
+        for r in records
+        if isinstance(r.get("image"), str) and r["image"].startswith(prefix)
+    }
 
 
 def _fetch_image(url: str, out: Path, opts: Options) -> None:
@@ -611,7 +709,7 @@ def _fetch_image(url: str, out: Path, opts: Options) -> None:
         except (requests.RequestException, OSError) as e:
             err = e
             if attempt < opts.retries:
-                time.sleep(opts.backoff * 2 ** attempt)
+                time.sleep(opts.backoff * 2**attempt)
     else:
         raise DownloadError(str(err))
     try:  # a placeholder page or a truncated file is a failure, not an image
@@ -636,15 +734,26 @@ def fetch_image_list(lst: ImageList, opts: Options) -> dict:
     missing: list[dict] = []
     if lst.referenced_by:
         refs = _referenced_images(opts.dest / lst.referenced_by, lst.dest)
-        missing += [{"image": name, "url": None, "error": f"not in {lst.list}"} for name in sorted(refs - set(wanted))]
+        missing += [
+            {"image": name, "url": None, "error": f"not in {lst.list}"} for name in sorted(refs - set(wanted))
+        ]
         wanted = {name: url for name, url in wanted.items() if name in refs}
     todo = {name: url for name, url in wanted.items() if not (folder / name).is_file() or opts.verify}
-    with ThreadPoolExecutor(max_workers=max(1, opts.jobs * 4)) as pool, tqdm(
-        total=len(wanted), initial=len(wanted) - len(todo), desc=lst.name, unit="img",
-        disable=not opts.progress, dynamic_ncols=True,
-    ) as bar:
-        futures = {pool.submit(_fetch_image, opts.mirrors.resolve(url), folder / name, opts): (name, url)
-                   for name, url in todo.items()}
+    with (
+        ThreadPoolExecutor(max_workers=max(1, opts.jobs * 4)) as pool,
+        tqdm(
+            total=len(wanted),
+            initial=len(wanted) - len(todo),
+            desc=lst.name,
+            unit="img",
+            disable=not opts.progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
+        futures = {
+            pool.submit(_fetch_image, opts.mirrors.resolve(url), folder / name, opts): (name, url)
+            for name, url in todo.items()
+        }
         for fut in as_completed(futures):
             name, url = futures[fut]
             try:
@@ -653,18 +762,27 @@ def fetch_image_list(lst: ImageList, opts: Options) -> dict:
                 missing.append({"image": name, "url": url, "error": str(e)})
             bar.update()
     missing.sort(key=lambda m: m["image"])
-    report = {"list": lst.list, "folder": lst.dest, "wanted": len(wanted) + sum(m["url"] is None for m in missing),
-              "present": len(wanted) - sum(m["url"] is not None for m in missing),
-              "missing": len(missing), "images": missing}
+    report = {
+        "list": lst.list,
+        "folder": lst.dest,
+        "wanted": len(wanted) + sum(m["url"] is None for m in missing),
+        "present": len(wanted) - sum(m["url"] is not None for m in missing),
+        "missing": len(missing),
+        "images": missing,
+    }
     (opts.dest / lst.report).parent.mkdir(parents=True, exist_ok=True)
     limit = lst.max_missing if opts.max_missing is None else opts.max_missing
     report["max_missing"] = limit
     (opts.dest / lst.report).write_text(json.dumps(report, indent=1))
-    print(f"{lst.name}: {report['present']} of {report['wanted']} images present, {len(missing)} missing "
-          f"(listed in {lst.report}; limit {limit})")
+    print(
+        f"{lst.name}: {report['present']} of {report['wanted']} images present, {len(missing)} missing "
+        f"(listed in {lst.report}; limit {limit})"
+    )
     if len(missing) > limit:
-        raise DownloadError(f"{lst.name}: {len(missing)} images could not be fetched, more than max_missing="
-                            f"{limit}; see {opts.dest / lst.report}")
+        raise DownloadError(
+            f"{lst.name}: {len(missing)} images could not be fetched, more than max_missing="
+            f"{limit}; see {opts.dest / lst.report}"
+        )
     return report
 
 
@@ -708,8 +826,10 @@ def download(manifest: Manifest, opts: Options) -> list[Outcome]:
         extra = f", unpacked {o.unpacked} files" if o.unpacked is not None else ""
         print(f"{o.action:>10}  {o.path}{extra}{'  (' + o.note + ')' if o.note else ''}")
     if errors:
-        raise DownloadError(f"{len(errors)} of {len(manifest.files) + len(manifest.image_lists)} item(s) failed:\n  "
-                            + "\n  ".join(sorted(errors)))
+        raise DownloadError(
+            f"{len(errors)} of {len(manifest.files) + len(manifest.image_lists)} item(s) failed:\n  "
+            + "\n  ".join(sorted(errors))
+        )
     return outcomes
 
 
@@ -735,23 +855,44 @@ def check(manifest: Manifest, dest: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="basic download", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", action="append", required=True,
-                   help=f"manifest file or shipped name ({', '.join(manifest_names())}); repeatable")
+    p = argparse.ArgumentParser(
+        prog="basic download",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--manifest",
+        action="append",
+        required=True,
+        help=f"manifest file or shipped name ({', '.join(manifest_names())}); repeatable",
+    )
     p.add_argument("--dest", required=True, type=Path, help="folder the manifest's paths are relative to")
     p.add_argument("--jobs", type=int, default=4, help="parallel transfers (default 4)")
     p.add_argument("--retries", type=int, default=3, help="resumed retries of a cut transfer (default 3)")
-    p.add_argument("--mirror", action="append", default=[], metavar="PREFIX=REPLACEMENT",
-                   help="rewrite URLs starting with PREFIX (also BASIC_MIRRORS, HF_ENDPOINT)")
+    p.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="PREFIX=REPLACEMENT",
+        help="rewrite URLs starting with PREFIX (also BASIC_MIRRORS, HF_ENDPOINT)",
+    )
     p.add_argument("--verify", action="store_true", help="re-hash files even if verified before")
     p.add_argument("--delete-archives", action="store_true", help="delete zip/tar files once unpacked")
-    p.add_argument("--use-existing", action="store_true",
-                   help="accept image folders already in DEST (e.g. links to a shared copy) instead of downloading "
-                        "their archives; they are not verified")
-    p.add_argument("--max-missing", type=int, default=None,
-                   help="override the manifests' limit on images an image list may fail to fetch")
-    p.add_argument("--check", action="store_true", help="only report what is missing or unverified (no network)")
+    p.add_argument(
+        "--use-existing",
+        action="store_true",
+        help="accept image folders already in DEST (e.g. links to a shared copy) instead of downloading "
+        "their archives; they are not verified",
+    )
+    p.add_argument(
+        "--max-missing",
+        type=int,
+        default=None,
+        help="override the manifests' limit on images an image list may fail to fetch",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="only report what is missing or unverified (no network)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     try:
@@ -765,10 +906,20 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 print(f"{manifest.name}: all {len(manifest.files)} files verified in {args.dest}")
                 continue
-            download(manifest, Options(
-                dest=args.dest, mirrors=Mirrors.from_args(args.mirror), jobs=args.jobs, retries=args.retries,
-                verify=args.verify, delete_archives=args.delete_archives, progress=not args.no_progress,
-                max_missing=args.max_missing, use_existing=args.use_existing))
+            download(
+                manifest,
+                Options(
+                    dest=args.dest,
+                    mirrors=Mirrors.from_args(args.mirror),
+                    jobs=args.jobs,
+                    retries=args.retries,
+                    verify=args.verify,
+                    delete_archives=args.delete_archives,
+                    progress=not args.no_progress,
+                    max_missing=args.max_missing,
+                    use_existing=args.use_existing,
+                ),
+            )
     except DownloadError as e:
         print(f"basic download: {e}", file=sys.stderr)
         return 1

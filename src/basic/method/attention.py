@@ -41,7 +41,11 @@ def _basic_attention(base: str):
         if basic_recorder is None or module.layer_idx >= basic_recorder.k:
             return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, attention_mask, *args, **kwargs)
         # Layers 1..k: the same path in the forward pass and in a gradient-checkpointing recompute.
-        fused = sdpa_with_log_norm(module, query, key, value, attention_mask, **kwargs) if base == "sdpa" else None
+        fused = (
+            sdpa_with_log_norm(module, query, key, value, attention_mask, **kwargs)
+            if base == "sdpa"
+            else None
+        )
         if fused is None:
             basic_recorder.observe(module, query, key, attention_mask, kwargs)
             return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, attention_mask, *args, **kwargs)
@@ -53,8 +57,18 @@ def _basic_attention(base: str):
     return attention
 
 
-def sdpa_with_log_norm(module, query, key, value, attention_mask, *, dropout: float = 0.0,
-                       scaling: float | None = None, is_causal: bool | None = None, **kwargs):
+def sdpa_with_log_norm(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    *,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+):
     """SDPA's output from one of SDPA's own kernels, called directly so that it also returns the
     log-normaliser (logsumexp) of every query row; None where that is not possible here.
 
@@ -69,24 +83,47 @@ def sdpa_with_log_norm(module, query, key, value, attention_mask, *, dropout: fl
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     q_len = query.shape[2]
-    is_causal = q_len > 1 and attention_mask is None and (is_causal if is_causal is not None
-                                                          else getattr(module, "is_causal", True))
+    is_causal = (
+        q_len > 1
+        and attention_mask is None
+        and (is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    )
     bias = attention_mask
     if bias is not None and bias.dtype == torch.bool:
         bias = torch.where(bias, torch.zeros((), dtype=query.dtype, device=bias.device), -torch.inf)
     aten = torch.ops.aten
     if query.device.type == "cpu":
-        kernels = [partial(aten._scaled_dot_product_flash_attention_for_cpu, query, key, value, dropout, is_causal,
-                           attn_mask=bias, scale=scaling)]
+        kernels = [
+            partial(
+                aten._scaled_dot_product_flash_attention_for_cpu,
+                query,
+                key,
+                value,
+                dropout,
+                is_causal,
+                attn_mask=bias,
+                scale=scaling,
+            )
+        ]
     elif query.device.type == "cuda":
         if bias is not None:
             kv_len = key.shape[2]
             bias = torch.nn.functional.pad(bias, (0, -kv_len % 16))[..., :kv_len]  # the kernel's alignment
             bias = bias.expand(query.shape[0], query.shape[1], q_len, kv_len)
-        efficient = partial(aten._scaled_dot_product_efficient_attention, query, key, value, bias, True, dropout,
-                            is_causal, scale=scaling)
-        flash = partial(aten._scaled_dot_product_flash_attention, query, key, value, dropout, is_causal,
-                        scale=scaling)  # no mask, half precision only
+        efficient = partial(
+            aten._scaled_dot_product_efficient_attention,
+            query,
+            key,
+            value,
+            bias,
+            True,
+            dropout,
+            is_causal,
+            scale=scaling,
+        )
+        flash = partial(
+            aten._scaled_dot_product_flash_attention, query, key, value, dropout, is_causal, scale=scaling
+        )  # no mask, half precision only
         kernels = [efficient] if bias is not None else [flash, efficient]
     else:
         return None
@@ -99,7 +136,9 @@ def sdpa_with_log_norm(module, query, key, value, attention_mask, *, dropout: fl
             reason = str(error).splitlines()[0]
             if reason not in _refusals:
                 _refusals.add(reason)
-                logger.warning("BASIC: an SDPA kernel refused these inputs (%s); trying the next path", reason)
+                logger.warning(
+                    "BASIC: an SDPA kernel refused these inputs (%s); trying the next path", reason
+                )
             continue
         if log_norm.shape[:2] == query.shape[:2] and log_norm.shape[2] >= q_len:
             return output.transpose(1, 2).contiguous(), log_norm[:, :, :q_len]
@@ -111,8 +150,11 @@ def register(base: str) -> str:
     name = PREFIX + base
     if name in ALL_ATTENTION_FUNCTIONS._global_mapping:
         return name
-    if base in UNSUPPORTED or base not in ALL_ATTENTION_FUNCTIONS._global_mapping \
-            or base not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+    if (
+        base in UNSUPPORTED
+        or base not in ALL_ATTENTION_FUNCTIONS._global_mapping
+        or base not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+    ):
         raise ValueError(
             f"BASIC measures attention inside SDPA or flash attention; the text model uses {base!r}. "
             "Load it with attn_implementation='sdpa' (or a flash attention implementation)"
@@ -139,9 +181,17 @@ def restore(model, implementation: str) -> None:
         model.set_attn_implementation({"text_config": implementation})
 
 
-def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, positions, *,
-                    scaling: float, sliding_window: int | None = None, log_norm: torch.Tensor | None = None,
-                    block_elements: int = SCORE_BLOCK_ELEMENTS) -> torch.Tensor:
+def image_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    positions,
+    *,
+    scaling: float,
+    sliding_window: int | None = None,
+    log_norm: torch.Tensor | None = None,
+    block_elements: int = SCORE_BLOCK_ELEMENTS,
+) -> torch.Tensor:
     """Per image token, the sum over its image's text queries of the head-mean softmax probability on it.
 
     query [B, heads, S, hd] and key [B, kv_heads, S, hd] as the attention function receives them (after
@@ -168,11 +218,13 @@ def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torc
     row, keys, queries, q_valid = positions.row, positions.keys, positions.queries, positions.q_valid
     images, m = keys.shape
     slots = queries.shape[1]
-    width = -(-(hd + 2) // 4) * 4  # scaled query | -lse (high, low) | zeros, a multiple of 16 bytes in float32
+    width = (
+        -(-(hd + 2) // 4) * 4
+    )  # scaled query | -lse (high, low) | zeros, a multiple of 16 bytes in float32
     image_keys = torch.zeros((images, kv_heads, m, width), dtype=dtype, device=query.device)
     image_keys[..., :hd] = _take(key, row, keys).transpose(1, 2)  # [images, kv_heads, m, hd]
     image_keys[..., :hd] *= scaling
-    image_keys[..., hd:hd + 2] = 1
+    image_keys[..., hd : hd + 2] = 1
     row_keys = None
     if log_norm is None:  # whole rows of keys for the log-normalisers
         row_keys = key.index_select(0, row).to(dtype) * scaling  # [images, kv_heads, S, hd]
@@ -186,16 +238,20 @@ def image_attention(query: torch.Tensor, key: torch.Tensor, attention_mask: torc
         ii = slice(first, first + image_block)
         n = len(range(images)[ii])
         for start in range(0, slots, slot_block):
-            qi, valid = queries[ii, start:start + slot_block], q_valid[ii, start:start + slot_block]
+            qi, valid = queries[ii, start : start + slot_block], q_valid[ii, start : start + slot_block]
             c = qi.shape[1]
             q = torch.empty((n, heads, c, width), dtype=dtype, device=query.device)
             q[..., :hd] = _take(query, row[ii], qi).transpose(1, 2)  # [n, heads, c, hd]
-            q[..., hd + 2:] = 0
+            q[..., hd + 2 :] = 0
             if log_norm is None:
-                scores = torch.matmul(q[..., :hd].view(n, kv_heads, group * c, hd), row_keys[ii].transpose(-1, -2))
+                scores = torch.matmul(
+                    q[..., :hd].view(n, kv_heads, group * c, hd), row_keys[ii].transpose(-1, -2)
+                )
                 scores = scores.view(n, heads, c, S)
                 every_key = torch.arange(S, device=query.device).expand(n, S)
-                _apply(scores, _visible(attention_mask, row[ii], qi, every_key, sliding_window, S, causal=True))
+                _apply(
+                    scores, _visible(attention_mask, row[ii], qi, every_key, sliding_window, S, causal=True)
+                )
                 row_norm = scores.logsumexp(-1)
                 del scores
             else:
@@ -241,8 +297,15 @@ def _apply(scores: torch.Tensor, visible: torch.Tensor | None) -> None:
         scores += visible.to(scores.dtype)
 
 
-def _visible(attention_mask: torch.Tensor | None, row: torch.Tensor, qi: torch.Tensor, key_positions: torch.Tensor,
-             sliding_window: int | None, kv_len: int, causal: bool) -> torch.Tensor | None:
+def _visible(
+    attention_mask: torch.Tensor | None,
+    row: torch.Tensor,
+    qi: torch.Tensor,
+    key_positions: torch.Tensor,
+    sliding_window: int | None,
+    kv_len: int,
+    causal: bool,
+) -> torch.Tensor | None:
     """What the layer's mask says about queries `qi` [images, c] and keys `key_positions` [images, n] of the
     images' rows: a boolean [images, 1, c, n] (or [images, heads, c, n]) tensor, an additive one for a float
     mask, or None when it hides nothing. `causal=False`: the keys come before every query (an image's keys)."""
@@ -252,7 +315,9 @@ def _visible(attention_mask: torch.Tensor | None, row: torch.Tensor, qi: torch.T
             inside = key_positions[:, None, :] > qi[:, :, None] - sliding_window
             allowed = inside if allowed is None else allowed & inside
         if attention_mask is not None:
-            padding = attention_mask[:, -kv_len:].bool()[row].gather(1, key_positions)  # flash attention's mask
+            padding = (
+                attention_mask[:, -kv_len:].bool()[row].gather(1, key_positions)
+            )  # flash attention's mask
             allowed = padding[:, None, :] if allowed is None else allowed & padding[:, None, :]
         return None if allowed is None else allowed[:, None].expand(-1, -1, qi.shape[1], -1)
     mask_row = row if attention_mask.shape[0] > 1 else torch.zeros_like(row)
@@ -263,7 +328,11 @@ def _visible(attention_mask: torch.Tensor | None, row: torch.Tensor, qi: torch.T
         except RuntimeError:
             rows = None
         if rows is not None:
-            picked = rows.index_select(0, (mask_row[:, None] * plane.shape[1] + qi).flatten()).view(*qi.shape, -1)
+            picked = rows.index_select(0, (mask_row[:, None] * plane.shape[1] + qi).flatten()).view(
+                *qi.shape, -1
+            )
             return picked.gather(2, key_positions[:, None, :].expand(-1, qi.shape[1], -1))[:, None]
-    mask = attention_mask[mask_row[:, None, None], :, qi[:, :, None], key_positions[:, None, :]]  # [images, c, n, 1|h]
+    mask = attention_mask[
+        mask_row[:, None, None], :, qi[:, :, None], key_positions[:, None, :]
+    ]  # [images, c, n, 1|h]
     return mask.permute(0, 3, 1, 2)

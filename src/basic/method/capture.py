@@ -32,6 +32,7 @@ from basic.method.config import ATTENTION_QUERIES, PATCH_WEIGHT_SCHEMES
 
 logger = logging.getLogger(__name__)
 
+
 def decoder_layers(model) -> torch.nn.ModuleList:
     try:
         return model.model.language_model.layers
@@ -56,13 +57,22 @@ class Positions:
     flat: torch.Tensor  # [images * m] flat position (row * S + position) of every image token, in image order
     row: torch.Tensor  # [images] batch row of each image
     keys: torch.Tensor  # [images, m] positions of its tokens in that row
-    queries: torch.Tensor  # [images, S - m] the positions after the image (the last position repeats past the end)
+    queries: (
+        torch.Tensor
+    )  # [images, S - m] the positions after the image (the last position repeats past the end)
     q_valid: torch.Tensor  # [images, S - m] which of them are the image's text queries
     query_count: torch.Tensor  # [images] text queries after each image
 
 
-def locate(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None,
-           image_token_id: int, images: int, m: int, queries: str = "text") -> Positions:
+def locate(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    image_token_id: int,
+    images: int,
+    m: int,
+    queries: str = "text",
+) -> Positions:
     """Image tokens and text queries of a batch whose image tokens are `images` runs of m (the model checks
     the count), each in one row, in image order. Only device operations of static shapes: an image split
     across rows is reported by an asynchronous device assertion."""
@@ -74,8 +84,10 @@ def locate(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels:
     flat = torch.sort((~image).flatten().to(torch.int8), stable=True).indices[: images * m]
     per_image = flat.view(images, m)
     row = per_image[:, 0] // S
-    torch._assert_async((per_image[:, -1] // S == row).all(),
-                        f"the image tokens of an image span two rows: is m = {m} tokens per image right?")
+    torch._assert_async(
+        (per_image[:, -1] // S == row).all(),
+        f"the image tokens of an image span two rows: is m = {m} tokens per image right?",
+    )
     keys = per_image % S
     text = ~image
     if attention_mask is not None:
@@ -97,7 +109,9 @@ def check_image_tokens(input_ids: torch.Tensor, image_token_id: int, images: int
     use outside a training step, where the model's own check reports the same)."""
     tokens = int((input_ids == image_token_id).sum())
     if tokens == 0 or images == 0 or tokens % images:
-        raise ValueError(f"{tokens} image tokens in input_ids for {images} images: each image needs the same number")
+        raise ValueError(
+            f"{tokens} image tokens in input_ids for {images} images: each image needs the same number"
+        )
 
 
 class SilentImages:
@@ -131,15 +145,26 @@ class SilentImages:
             if done is not None:
                 done.synchronize()
             if int(count):
-                logger.warning("%d of %d images have no text query after them: their BASIC terms are 0",
-                               int(count), images)
+                logger.warning(
+                    "%d of %d images have no text query after them: their BASIC terms are 0",
+                    int(count),
+                    images,
+                )
 
 
 class Capture:
     """Records v_hat (when `layer_weights` is given) and text->image attention in layers 1..k of one pass."""
 
-    def __init__(self, model, inputs: dict[str, Any], k: int, *, layer_weights: torch.Tensor | None = None,
-                 detach_target: bool = True, queries: str = "text"):
+    def __init__(
+        self,
+        model,
+        inputs: dict[str, Any],
+        k: int,
+        *,
+        layer_weights: torch.Tensor | None = None,
+        detach_target: bool = True,
+        queries: str = "text",
+    ):
         layers = decoder_layers(model)
         if not 1 <= k <= len(layers):
             raise ValueError(f"BASIC's k = {k}, but the LLM has {len(layers)} layers")
@@ -153,8 +178,13 @@ class Capture:
         self.images = 0 if pixel_values is None else len(pixel_values)
         if self.images == 0:
             raise ValueError("BASIC needs a batch with images (pixel_values)")
-        self._batch = (inputs["input_ids"], inputs.get("attention_mask"), inputs.get("labels"),
-                       model.config.image_token_id, queries)
+        self._batch = (
+            inputs["input_ids"],
+            inputs.get("attention_mask"),
+            inputs.get("labels"),
+            model.config.image_token_id,
+            queries,
+        )
         self.projector = model.model.multi_modal_projector
         self.k, self.layers, self.detach_target = k, layers[:k], detach_target
         self.layer_weights = None if layer_weights is None else layer_weights.tolist()
@@ -175,15 +205,21 @@ class Capture:
     def positions(self) -> Positions:
         if self._positions is None:
             if self.m is None:
-                raise RuntimeError("BASIC: the projector has not run in this forward pass (no image features)")
+                raise RuntimeError(
+                    "BASIC: the projector has not run in this forward pass (no image features)"
+                )
             input_ids, attention_mask, labels, image_token_id, queries = self._batch
-            self._positions = locate(input_ids, attention_mask, labels, image_token_id, self.images, self.m, queries)
+            self._positions = locate(
+                input_ids, attention_mask, labels, image_token_id, self.images, self.m, queries
+            )
         return self._positions
 
     def __enter__(self) -> Self:
         self._handles = [self.projector.register_forward_hook(self._image_features)]
         if self.layer_weights is not None:
-            self._handles += [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+            self._handles += [
+                layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)
+            ]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -216,8 +252,15 @@ class Capture:
             else:
                 self.target.add_(part, alpha=weight)
 
-    def observe(self, module, query: torch.Tensor, key: torch.Tensor, attention_mask, kwargs: dict,
-                log_norm: torch.Tensor | None = None) -> None:
+    def observe(
+        self,
+        module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask,
+        kwargs: dict,
+        log_norm: torch.Tensor | None = None,
+    ) -> None:
         """Called by the attention function of layers 1..k (with the kernel's row logsumexp when it has it);
         counts each layer once."""
         layer = module.layer_idx
@@ -232,10 +275,17 @@ class Capture:
             )
         with torch.no_grad():
             totals = attention.image_attention(
-                query, key, attention_mask, self.positions, scaling=kwargs.get("scaling") or module.scaling,
-                sliding_window=kwargs.get("sliding_window"), log_norm=log_norm,
+                query,
+                key,
+                attention_mask,
+                self.positions,
+                scaling=kwargs.get("scaling") or module.scaling,
+                sliding_window=kwargs.get("sliding_window"),
+                log_norm=log_norm,
             )
-        self.attention_totals = totals if self.attention_totals is None else self.attention_totals.add_(totals)
+        self.attention_totals = (
+            totals if self.attention_totals is None else self.attention_totals.add_(totals)
+        )
 
     def _check(self, seen: set[int], what: str) -> None:
         if seen != set(range(self.k)):
@@ -254,7 +304,9 @@ class Capture:
         of the attention probability on it; `uniform` gives every patch its image's mean. Detached. `silent`
         then holds the number of images without text queries (their weights are 0), on the device."""
         if scheme not in PATCH_WEIGHT_SCHEMES:
-            raise ValueError(f"patch weight scheme {scheme!r} is not one of {', '.join(PATCH_WEIGHT_SCHEMES)}")
+            raise ValueError(
+                f"patch weight scheme {scheme!r} is not one of {', '.join(PATCH_WEIGHT_SCHEMES)}"
+            )
         self._check(self._attention_seen, "attention")
         counts = self.positions.query_count[:, None]
         weights = torch.where(counts > 0, self.attention_totals / (self.k * counts.clamp(min=1)), 0.0)
@@ -264,14 +316,18 @@ class Capture:
         return weights
 
 
-def patch_weights(model, inputs: dict[str, Any], k: int | None = None, scheme: str = "attention", *,
-                  queries: str = "text") -> torch.Tensor:
+def patch_weights(
+    model, inputs: dict[str, Any], k: int | None = None, scheme: str = "attention", *, queries: str = "text"
+) -> torch.Tensor:
     """BASIC's patch weights [images, m] for a LLaVA model and its processor's batch (input_ids,
     attention_mask, pixel_values; any padding side, text-only rows allowed), through the training code path."""
     k = default_layers(model) if k is None else k
     device = next(model.parameters()).device
-    batch = {key: inputs[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "labels")
-             if inputs.get(key) is not None}
+    batch = {
+        key: inputs[key].to(device)
+        for key in ("input_ids", "attention_mask", "pixel_values", "labels")
+        if inputs.get(key) is not None
+    }
     check_image_tokens(batch["input_ids"], model.config.image_token_id, len(batch.get("pixel_values", ())))
     before = attention.enable(model)
     try:

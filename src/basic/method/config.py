@@ -18,25 +18,39 @@ ATTENTION_QUERIES = ("text", "prompt", "response")
 @dataclass
 class BasicArguments:
     basic_das_weight: float = field(
-        default=0.0, metadata={"help": "lambda_1, weight of directional alignment supervision (paper: 1.0)"})
+        default=0.0, metadata={"help": "lambda_1, weight of directional alignment supervision (paper: 1.0)"}
+    )
     basic_sds_weight: float = field(
-        default=0.0, metadata={"help": "lambda_2, weight of semantic distribution supervision (paper: 0.01)"})
+        default=0.0, metadata={"help": "lambda_2, weight of semantic distribution supervision (paper: 0.01)"}
+    )
     basic_layers: int | None = field(
-        default=None, metadata={"help": "k, number of shallow LLM layers that supervise (default: half the layers)"})
+        default=None,
+        metadata={"help": "k, number of shallow LLM layers that supervise (default: half the layers)"},
+    )
     basic_layer_weights: str = field(
-        default="increasing", metadata={"help": "w_i over layers 1..k: " + " | ".join(LAYER_WEIGHT_SCHEMES)})
+        default="increasing", metadata={"help": "w_i over layers 1..k: " + " | ".join(LAYER_WEIGHT_SCHEMES)}
+    )
     basic_patch_weights: str = field(
-        default="attention", metadata={"help": "a_i over patches: " + " | ".join(PATCH_WEIGHT_SCHEMES)})
+        default="attention", metadata={"help": "a_i over patches: " + " | ".join(PATCH_WEIGHT_SCHEMES)}
+    )
     basic_vocab: str = field(
         default="input_embeddings",
-        metadata={"help": "E of SDS: input embeddings as the model sees them (Gemma's sqrt(d) applied) or lm_head"})
+        metadata={
+            "help": "E of SDS: input embeddings as the model sees them (Gemma's sqrt(d) applied) or lm_head"
+        },
+    )
     basic_detach_target: bool = field(
-        default=True, metadata={"help": "stop gradient through the supervision embeddings v_hat (teacher signal)"})
+        default=True,
+        metadata={"help": "stop gradient through the supervision embeddings v_hat (teacher signal)"},
+    )
     basic_attention_queries: str = field(
         default="text",
-        metadata={"help": "text tokens whose attention weights the patches: text (every non-image, non-padding "
-                          "token after the image) | prompt (those not trained on: labels -100) | response (those "
-                          "trained on)"})
+        metadata={
+            "help": "text tokens whose attention weights the patches: text (every non-image, non-padding "
+            "token after the image) | prompt (those not trained on: labels -100) | response (those "
+            "trained on)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name, value, allowed in (

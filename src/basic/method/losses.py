@@ -78,8 +78,9 @@ def das_loss(v: torch.Tensor, v_hat: torch.Tensor, a: torch.Tensor) -> torch.Ten
     return _mean_over_images((a.to(dtype) * distance).sum(-1))
 
 
-def sds_loss(v: torch.Tensor, v_hat: torch.Tensor, a: torch.Tensor, E: torch.Tensor,
-             block_elements: int | None = None) -> torch.Tensor:
+def sds_loss(
+    v: torch.Tensor, v_hat: torch.Tensor, a: torch.Tensor, E: torch.Tensor, block_elements: int | None = None
+) -> torch.Tensor:
     """Semantic distribution supervision: weighted KL(softmax(v_hat E^T) || softmax(v E^T)).
 
     `E` is used as given (no gradient); a model that scales its input embeddings (Gemma: x sqrt(d)) is
@@ -92,8 +93,15 @@ def sds_loss(v: torch.Tensor, v_hat: torch.Tensor, a: torch.Tensor, E: torch.Ten
         raise ValueError(f"sds_loss: E must be [vocab, {v.shape[-1]}], got {tuple(E.shape)}")
     images, d = v.shape[0], v.shape[-1]
     grad = torch.is_grad_enabled()
-    total = _KL.apply(v.reshape(-1, d), v_hat.reshape(-1, d), a.reshape(-1).detach(), E.detach(), block_elements,
-                      grad and v.requires_grad, grad and v_hat.requires_grad)
+    total = _KL.apply(
+        v.reshape(-1, d),
+        v_hat.reshape(-1, d),
+        a.reshape(-1).detach(),
+        E.detach(),
+        block_elements,
+        grad and v.requires_grad,
+        grad and v_hat.requires_grad,
+    )
     return total / images if images else total
 
 
@@ -170,7 +178,9 @@ class _KL(torch.autograd.Function):
             q = log_q.exp_()
             if need_y:
                 g = torch.empty((2 * n if need_x else n, n_vocab), dtype=g_dtype, device=x.device)
-                torch.mul(log_ratio.sub_(kl[:, None]), p, out=g[n:] if need_x else g)  # p (log p - log q - KL)
+                torch.mul(
+                    log_ratio.sub_(kl[:, None]), p, out=g[n:] if need_x else g
+                )  # p (log p - log q - KL)
                 if need_x:
                     torch.sub(q, p, out=g[:n])
             elif g_dtype == dtype:

@@ -53,10 +53,18 @@ class BasicObjective:
         base = attention.enable(model)
         logger.info(
             "BASIC: das %g, sds %g, k = %d of %d layers (%s), patch weights %s from %s queries, SDS vocabulary %s, "
-            "target %s; attention %s -> %s", args.basic_das_weight, args.basic_sds_weight, self.k,
-            len(decoder_layers(model)), args.basic_layer_weights, args.basic_patch_weights,
-            args.basic_attention_queries, args.basic_vocab, "detached" if args.basic_detach_target else "with gradient",
-            base, attention.text_implementation(model),
+            "target %s; attention %s -> %s",
+            args.basic_das_weight,
+            args.basic_sds_weight,
+            self.k,
+            len(decoder_layers(model)),
+            args.basic_layer_weights,
+            args.basic_patch_weights,
+            args.basic_attention_queries,
+            args.basic_vocab,
+            "detached" if args.basic_detach_target else "with gradient",
+            base,
+            attention.text_implementation(model),
         )
 
     def vocabulary(self) -> tuple[torch.nn.Parameter, float]:
@@ -72,8 +80,14 @@ class BasicObjective:
         if pixel_values is None or len(pixel_values) == 0:
             return ObjectiveOutput(model(**inputs), None, {})
         args = self.args
-        capture = Capture(self.model, inputs, self.k, layer_weights=self.layer_weights,
-                          detach_target=args.basic_detach_target, queries=args.basic_attention_queries)
+        capture = Capture(
+            self.model,
+            inputs,
+            self.k,
+            layer_weights=self.layer_weights,
+            detach_target=args.basic_detach_target,
+            queries=args.basic_attention_queries,
+        )
         with capture:
             outputs = model(**inputs, **capture.forward_kwargs)
         v_hat = capture.supervision()

@@ -87,17 +87,32 @@ def _llm_job(name: str, data: Path, out: Path, seed: int, s: BackboneSettings, p
     train_items = encode(_read_jsonl(data / "text" / "llm_train.jsonl"), tokenizer, spec.family)
     eval_items = encode(_read_jsonl(data / "text" / "llm_eval.jsonl"), tokenizer, spec.family)
     model = build_llm(spec, tokenizer, _seed(seed, name))
-    losses = train_llm(model, train_items, s.llm_steps, s.llm_batch, s.llm_lr, _seed(seed, name), pad,
-                       desc=name, position=position)
+    losses = train_llm(
+        model,
+        train_items,
+        s.llm_steps,
+        s.llm_batch,
+        s.llm_lr,
+        _seed(seed, name),
+        pad,
+        desc=name,
+        position=position,
+    )
     quality = text_qa_accuracy(model, eval_items, pad)
     target = out / name
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     generation_config(tokenizer, spec.family).save_pretrained(target)
-    return {"type": "llm", "architecture": type(model).__name__, **asdict(spec),
-            "parameters": sum(p.numel() for p in model.parameters()), "steps": s.llm_steps,
-            "final_loss": float(np.mean(losses[-20:])), "text_qa_accuracy": quality["all"]["accuracy"],
-            "text_qa": quality}
+    return {
+        "type": "llm",
+        "architecture": type(model).__name__,
+        **asdict(spec),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": s.llm_steps,
+        "final_loss": float(np.mean(losses[-20:])),
+        "text_qa_accuracy": quality["all"]["accuracy"],
+        "text_qa": quality,
+    }
 
 
 def _encoder_job(name: str, data: Path, out: Path, seed: int, s: BackboneSettings, position: int) -> dict:
@@ -114,41 +129,65 @@ def _encoder_job(name: str, data: Path, out: Path, seed: int, s: BackboneSetting
         # The world's images already have the tower's size, so resizing and cropping would return them as
         # they are (the same tensors, measured); skipping them saves ~5% of a CLIP step.
         native = all(im.size == (size, size) for im in batch)
-        return processor(images=batch, return_tensors="pt", do_resize=not native,
-                         do_center_crop=not native)["pixel_values"]
+        return processor(images=batch, return_tensors="pt", do_resize=not native, do_center_crop=not native)[
+            "pixel_values"
+        ]
 
     def tokenize(texts: list[str]) -> torch.Tensor:
-        return tokenizer(texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
-                         return_tensors="pt")["input_ids"]
+        return tokenizer(
+            texts, padding="max_length", max_length=TEXT_LENGTH, truncation=True, return_tensors="pt"
+        )["input_ids"]
 
     probe = datasets.Dataset.from_parquet(str(data / "probe" / "probe.parquet"))
     probe_images = [im.convert("RGB") for im in probe["image"]]
     rng = np.random.default_rng(_seed(seed, name))
     objects = object_batches(s.encoder_batch, rng, size, frozenset(pixel_digest(im) for im in probe_images))
-    batches = mixed_batches(process(images), tokenize(captions), captions, objects, tokenize, process,
-                            s.encoder_batch, rng, s.encoder_object_share)
+    batches = mixed_batches(
+        process(images),
+        tokenize(captions),
+        captions,
+        objects,
+        tokenize,
+        process,
+        s.encoder_batch,
+        rng,
+        s.encoder_object_share,
+    )
     steps = s.clip_steps if spec.kind == "clip" else s.siglip_steps
     losses = train_encoder(model, batches, steps, s.encoder_lr, desc=name, position=position)
     probe_pixels = process(probe_images)
     fit = torch.tensor([split == "fit" for split in probe["split"]])
-    labels = {"colour": (torch.tensor(probe["colour"]), len(COLOURS)), "shape": (torch.tensor(probe["shape"]), len(SHAPES))}
+    labels = {
+        "colour": (torch.tensor(probe["colour"]), len(COLOURS)),
+        "shape": (torch.tensor(probe["shape"]), len(SHAPES)),
+    }
     accuracy = {}
     for features_name, features in probe_features(model, probe_pixels).items():
         for attr, (y, classes) in labels.items():
-            accuracy[f"{features_name}/{attr}"] = linear_probe(features[fit], y[fit], features[~fit], y[~fit], classes)
+            accuracy[f"{features_name}/{attr}"] = linear_probe(
+                features[fit], y[fit], features[~fit], y[~fit], classes
+            )
     target = out / name
     model.save_pretrained(target)
     processor.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    return {"type": "encoder", "architecture": type(model).__name__, **asdict(spec),
-            "parameters": sum(p.numel() for p in model.vision_model.parameters()), "steps": steps,
-            "final_loss": float(np.mean(losses[-10:])), "probe_colour": accuracy["pooled/colour"],
-            "probe_shape": accuracy["pooled/shape"], "probe": accuracy,
-            "probe_sizes": {"fit": int(fit.sum()), "test": int((~fit).sum())}}
+    return {
+        "type": "encoder",
+        "architecture": type(model).__name__,
+        **asdict(spec),
+        "parameters": sum(p.numel() for p in model.vision_model.parameters()),
+        "steps": steps,
+        "final_loss": float(np.mean(losses[-10:])),
+        "probe_colour": accuracy["pooled/colour"],
+        "probe_shape": accuracy["pooled/shape"],
+        "probe": accuracy,
+        "probe_sizes": {"fit": int(fit.sum()), "test": int((~fit).sum())},
+    }
 
 
-def run_job(name: str, data: str, out: str, seed: int, settings: BackboneSettings, threads: int,
-            position: int = 0) -> dict:
+def run_job(
+    name: str, data: str, out: str, seed: int, settings: BackboneSettings, threads: int, position: int = 0
+) -> dict:
     """Train, measure and save one backbone; returns its metrics (with its wall time)."""
     torch.set_num_threads(threads)
     start = time.time()
@@ -157,14 +196,18 @@ def run_job(name: str, data: str, out: str, seed: int, settings: BackboneSetting
     return {**metrics, "seed": _seed(seed, name), "threads": threads, "wall_s": round(time.time() - start, 1)}
 
 
-def build_backbones(data: Path, out: Path, seed: int, settings: BackboneSettings = BackboneSettings()) -> dict:
+def build_backbones(
+    data: Path, out: Path, seed: int, settings: BackboneSettings = BackboneSettings()
+) -> dict:
     """Train every backbone in `settings.names`; writes `<out>/<name>/` and `<out>/metrics.json`."""
     unknown = [n for n in settings.names if n not in LLM_SPECS and n not in ENCODER_SPECS]
     if unknown:
         raise ValueError(f"unknown backbone(s) {unknown}; known: {', '.join(ORDER)}")
     for required in ("tokenizer", "text/llm_train.jsonl", "llava/pretrain.json", "probe/probe.parquet"):
         if not (Path(data) / required).exists():
-            raise FileNotFoundError(f"{Path(data) / required} is missing: run `basic mini data --out {data}` first")
+            raise FileNotFoundError(
+                f"{Path(data) / required} is missing: run `basic mini data --out {data}` first"
+            )
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n in ORDER if n in settings.names]
     workers = max(1, min(settings.workers, len(names)))
@@ -174,18 +217,30 @@ def build_backbones(data: Path, out: Path, seed: int, settings: BackboneSettings
         results = [run_job(n, str(data), str(out), seed, settings, threads, i) for i, n in enumerate(names)]
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_job, n, str(data), str(out), seed, settings, threads, i)
-                       for i, n in enumerate(names)]
+            futures = [
+                pool.submit(run_job, n, str(data), str(out), seed, settings, threads, i)
+                for i, n in enumerate(names)
+            ]
             results = [f.result() for f in futures]
     per_backbone = dict(zip(names, results))
     llms = {n: m["text_qa_accuracy"] for n, m in per_backbone.items() if m["type"] == "llm"}
-    probes = {n: min(m["probe_colour"], m["probe_shape"]) for n, m in per_backbone.items() if m["type"] == "encoder"}
+    probes = {
+        n: min(m["probe_colour"], m["probe_shape"]) for n, m in per_backbone.items() if m["type"] == "encoder"
+    }
     metrics = {
-        "seed": seed, "settings": asdict(settings), "workers": workers, "threads_per_worker": threads,
-        "wall_s": round(time.time() - start, 1), "goals": GOALS,
-        "goals_met": {"llm_text_qa_accuracy": _met(llms, GOALS["llm_text_qa_accuracy"]),
-                      "encoder_probe_accuracy": _met(probes, GOALS["encoder_probe_accuracy"])},
-        "llm_text_qa_accuracy": llms, "encoder_probe_min_accuracy": probes, "backbones": per_backbone,
+        "seed": seed,
+        "settings": asdict(settings),
+        "workers": workers,
+        "threads_per_worker": threads,
+        "wall_s": round(time.time() - start, 1),
+        "goals": GOALS,
+        "goals_met": {
+            "llm_text_qa_accuracy": _met(llms, GOALS["llm_text_qa_accuracy"]),
+            "encoder_probe_accuracy": _met(probes, GOALS["encoder_probe_accuracy"]),
+        },
+        "llm_text_qa_accuracy": llms,
+        "encoder_probe_min_accuracy": probes,
+        "backbones": per_backbone,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -29,13 +29,18 @@ from basic.mini.scenes import Scene
 IMAGE = "<image>"
 
 BRIEF_PROMPTS = (
-    "Give a brief description of the image.", "Describe the image concisely.",
-    "Provide a short caption for this picture.", "Summarize the visual content of the image.",
-    "Write a terse but informative summary of the picture.", "Share a concise interpretation of the image provided.",
+    "Give a brief description of the image.",
+    "Describe the image concisely.",
+    "Provide a short caption for this picture.",
+    "Summarize the visual content of the image.",
+    "Write a terse but informative summary of the picture.",
+    "Share a concise interpretation of the image provided.",
 )
 DETAIL_PROMPTS = (
-    "Describe the image in detail.", "Describe the following image.",
-    "What do you see in this picture? Describe everything.", "Write a detailed description of the given image.",
+    "Describe the image in detail.",
+    "Describe the following image.",
+    "What do you see in this picture? Describe everything.",
+    "Write a detailed description of the given image.",
 )
 # Share of each instruction type among image records (the rest of the mix is text-only, see finetune_records).
 # No conversations and no detailed descriptions (dark or blurry photos still get a description): in the
@@ -59,10 +64,16 @@ def _turns(conversation: list[tuple[str, str]], with_image: bool) -> list[dict]:
 
 def pretrain_records(scenes: list[Scene], rng: np.random.Generator) -> list[dict]:
     """LLaVA-558K format: `{"id", "image", "conversations": [human "<image>\\n...", gpt caption]}`."""
-    return [{"id": s.id, "image": f"train/{s.id}.png",
-             "conversations": _turns([(BRIEF_PROMPTS[int(rng.integers(len(BRIEF_PROMPTS)))], caption(s, rng))],
-                                     with_image=True)}
-            for s in scenes]
+    return [
+        {
+            "id": s.id,
+            "image": f"train/{s.id}.png",
+            "conversations": _turns(
+                [(BRIEF_PROMPTS[int(rng.integers(len(BRIEF_PROMPTS)))], caption(s, rng))], with_image=True
+            ),
+        }
+        for s in scenes
+    ]
 
 
 def _image_conversation(scene: Scene, kind: str, rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -96,10 +107,14 @@ def finetune_records(scenes: list[Scene], text_scenes: list[Scene], rng: np.rand
         conv = _image_conversation(s, kind, rng)
         if not conv:  # no question fits this scene in this style: describe it instead
             kind, conv = "detail", _image_conversation(s, "detail", rng)
-        records.append({"id": f"{s.id}-{kind}", "image": f"train/{s.id}.png", "conversations": _turns(conv, True)})
+        records.append(
+            {"id": f"{s.id}-{kind}", "image": f"train/{s.id}.png", "conversations": _turns(conv, True)}
+        )
     for s in text_scenes:
         style = "short" if rng.random() < 0.5 else "open"
-        conv = [prompt(qa, style, rng) for qa in distinct_questions(s, rng, int(rng.integers(1, 4)), OPEN_KINDS)]
+        conv = [
+            prompt(qa, style, rng) for qa in distinct_questions(s, rng, int(rng.integers(1, 4)), OPEN_KINDS)
+        ]
         if conv:
             conv[0] = (f"{describe(s, 'en', rng)}\n{conv[0][0]}", conv[0][1])
             records.append({"id": f"{s.id}-text", "conversations": _turns(conv, with_image=False)})
@@ -117,8 +132,14 @@ def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int, br
     """
     turns = []
     if brief:
-        turns.append({"prompt": BRIEF_PROMPTS[int(rng.integers(len(BRIEF_PROMPTS)))], "answer": caption(scene, rng),
-                      "kind": "caption", "style": "caption"})
+        turns.append(
+            {
+                "prompt": BRIEF_PROMPTS[int(rng.integers(len(BRIEF_PROMPTS)))],
+                "answer": caption(scene, rng),
+                "kind": "caption",
+                "style": "caption",
+            }
+        )
     for _ in range(n_turns):
         u = rng.random()
         if scene.quality != "clear" or (lang == "en" and u < 0.15):
@@ -132,12 +153,18 @@ def text_doc(scene: Scene, rng: np.random.Generator, lang: str, n_turns: int, br
             continue
         text, answer = prompt(qa, style, rng)
         turns.append({"prompt": text, "answer": answer, "kind": qa.kind, "style": style})
-    return {"id": scene.id, "lang": lang, "objects": len(scene.objects) if scene.quality == "clear" else 0,
-            "description": describe(scene, lang, rng), "turns": turns}
+    return {
+        "id": scene.id,
+        "lang": lang,
+        "objects": len(scene.objects) if scene.quality == "clear" else 0,
+        "description": describe(scene, lang, rng),
+        "turns": turns,
+    }
 
 
-def text_docs(scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1),
-              brief_share: float = 0.0) -> list[dict]:
+def text_docs(
+    scenes: list[Scene], rng: np.random.Generator, turns: tuple[int, int] = (1, 1), brief_share: float = 0.0
+) -> list[dict]:
     """One `text_doc` per scene; language: Chinese for half the clear scenes; `turns` = (min, max)
     question turns; `brief_share` of the English clear scenes open with a brief-caption turn."""
     docs = []

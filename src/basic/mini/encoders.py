@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,8 +31,8 @@ from transformers import (
     SiglipModel,
 )
 
-from basic.mini.optim import EAGER, adamw_warmup_cosine
 from basic.mini.language import caption
+from basic.mini.optim import EAGER, adamw_warmup_cosine
 from basic.mini.scenes import COLOURS, SHAPES, SIZES, SceneSampler, render
 
 TEXT_LENGTH = 40  # the longest caption (four objects and a sign) is 27 tokens, 29 with the special ones
@@ -55,7 +55,9 @@ class EncoderSpec:
 
 
 ENCODER_SPECS: dict[str, EncoderSpec] = {
-    "clip-l-336": EncoderSpec("clip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=16),
+    "clip-l-336": EncoderSpec(
+        "clip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=16
+    ),
     "siglip": EncoderSpec("siglip", layers=4, hidden=96, heads=4, intermediate=384, text_layers=2, patch=16),
 }
 
@@ -67,34 +69,70 @@ def encoder_tokenizer(base: Tokenizer, kind: str) -> PreTrainedTokenizerFast:
     if kind == "clip":
         bos, eos = "<s>", "<|endoftext|>"
         backend.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A {eos}", special_tokens=[(bos, backend.token_to_id(bos)), (eos, backend.token_to_id(eos))])
-        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=eos,
-                                       unk_token="<unk>", model_max_length=TEXT_LENGTH)
+            single=f"{bos} $A {eos}",
+            special_tokens=[(bos, backend.token_to_id(bos)), (eos, backend.token_to_id(eos))],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=backend,
+            bos_token=bos,
+            eos_token=eos,
+            pad_token=eos,
+            unk_token="<unk>",
+            model_max_length=TEXT_LENGTH,
+        )
     eos = "</s>"
     backend.post_processor = processors.TemplateProcessing(
-        single=f"$A {eos}", special_tokens=[(eos, backend.token_to_id(eos))])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token=eos, unk_token="<unk>",
-                                   model_max_length=TEXT_LENGTH)
+        single=f"$A {eos}", special_tokens=[(eos, backend.token_to_id(eos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=eos,
+        pad_token=eos,
+        unk_token="<unk>",
+        model_max_length=TEXT_LENGTH,
+    )
 
 
 def build_encoder(spec: EncoderSpec, tokenizer: PreTrainedTokenizerFast, image_size: int, seed: int):
     """(model, image processor) for `spec`, freshly initialised."""
-    vision = {"hidden_size": spec.hidden, "intermediate_size": spec.intermediate, "num_hidden_layers": spec.layers,
-                  "num_attention_heads": spec.heads, "image_size": image_size, "patch_size": spec.patch}
-    text = {"vocab_size": len(tokenizer), "hidden_size": spec.hidden, "intermediate_size": spec.intermediate,
-                "num_hidden_layers": spec.text_layers, "num_attention_heads": spec.heads,
-                "max_position_embeddings": TEXT_LENGTH, "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    vision = {
+        "hidden_size": spec.hidden,
+        "intermediate_size": spec.intermediate,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "image_size": image_size,
+        "patch_size": spec.patch,
+    }
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.hidden,
+        "intermediate_size": spec.intermediate,
+        "num_hidden_layers": spec.text_layers,
+        "num_attention_heads": spec.heads,
+        "max_position_embeddings": TEXT_LENGTH,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     torch.manual_seed(seed)
     if spec.kind == "clip":
         # Patch and position embeddings drawn at ~1/sqrt(fan-in) as SigLIP's are (CLIP's 0.02 makes AdamW's
         # first steps rewrite them wholesale; shape came later), and a sharper start temperature (1/50).
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config={**vision, "initializer_range": 0.07},
-                                     projection_dim=spec.hidden, logit_scale_init_value=math.log(50.0)))
-        processor = CLIPImageProcessor(size={"shortest_edge": image_size},
-                                       crop_size={"height": image_size, "width": image_size})
+        model = CLIPModel(
+            CLIPConfig(
+                text_config=text,
+                vision_config={**vision, "initializer_range": 0.07},
+                projection_dim=spec.hidden,
+                logit_scale_init_value=math.log(50.0),
+            )
+        )
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
     elif spec.kind == "siglip":
-        model = SiglipModel(SiglipConfig(text_config={**text, "projection_size": spec.hidden}, vision_config=vision))
+        model = SiglipModel(
+            SiglipConfig(text_config={**text, "projection_size": spec.hidden}, vision_config=vision)
+        )
         with torch.no_grad():  # SigLIP's initialisation: temperature 10, bias -log(batch) (see SIGLIP_BIAS)
             model.logit_scale.fill_(math.log(10.0))
             model.logit_bias.fill_(SIGLIP_BIAS)
@@ -110,16 +148,21 @@ def contrast_batches(captions: list[str], batch_size: int, rng: np.random.Genera
     images whose captions differ only in their shape words, so that telling them apart takes shapes: in
     random batches colours separate almost every pair, and the encoders learnt no shape at all."""
     groups: dict[tuple, list[int]] = {}
-    for i, caption in enumerate(captions):
-        groups.setdefault(tuple(sorted(w for w in caption.split() if w.strip(',."') not in SHAPES)), []).append(i)
+    for i, text in enumerate(captions):
+        groups.setdefault(tuple(sorted(w for w in text.split() if w.strip(',."') not in SHAPES)), []).append(
+            i
+        )
     # Groups are drawn through their images, so big ones (single objects) come up most.
     members = [i for g in groups.values() if len({captions[j] for j in g}) > 1 for i in g]
     group_of = {i: g for g in groups.values() for i in g}
     while True:
         batch, seen = [], set()
         hard_batch = bool(members) and rng.random() < hard
-        order = (i for m in rng.permutation(members) for i in rng.permutation(group_of[m])[:16]) if hard_batch \
+        order = (
+            (i for m in rng.permutation(members) for i in rng.permutation(group_of[m])[:16])
+            if hard_batch
             else iter(rng.permutation(len(captions)))
+        )
         for i in order:
             if captions[i] not in seen:
                 seen.add(captions[i])
@@ -129,8 +172,9 @@ def contrast_batches(captions: list[str], batch_size: int, rng: np.random.Genera
         yield torch.tensor(batch)
 
 
-def object_batches(batch_size: int, rng: np.random.Generator, image_size: int,
-                   held_out: frozenset[str] = frozenset()):
+def object_batches(
+    batch_size: int, rng: np.random.Generator, image_size: int, held_out: frozenset[str] = frozenset()
+):
     """Endless batches of freshly drawn single-object scenes, as (images, captions): `batch_size // 4`
     distinct (size, colour) pairs, each drawn once in every shape ("a large red circle", "a large red
     square", ...), at its own place. Every image's hardest rivals, its shape siblings, share its batch, so
@@ -159,8 +203,18 @@ def pixel_digest(image: Image.Image) -> str:
     return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()
 
 
-def mixed_batches(pixel_values: torch.Tensor, input_ids: torch.Tensor, captions: list[str], objects, tokenize,
-                  process, batch_size: int, rng: np.random.Generator, object_share: float, hard: float = 0.75):
+def mixed_batches(
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    captions: list[str],
+    objects,
+    tokenize,
+    process,
+    batch_size: int,
+    rng: np.random.Generator,
+    object_share: float,
+    hard: float = 0.75,
+):
     """Endless (pixel_values, input_ids) batches: a share `object_share` from `objects` (`object_batches`,
     processed and tokenised here), the rest from the scene-caption pairs by `contrast_batches`."""
     scenes = contrast_batches(captions, batch_size, rng, hard)
@@ -173,8 +227,9 @@ def mixed_batches(pixel_values: torch.Tensor, input_ids: torch.Tensor, captions:
             yield pixel_values[idx], input_ids[idx]
 
 
-def train_encoder(model: PreTrainedModel, batches, steps: int, lr: float, desc: str = "encoder",
-                  position: int = 0) -> list[float]:
+def train_encoder(
+    model: PreTrainedModel, batches, steps: int, lr: float, desc: str = "encoder", position: int = 0
+) -> list[float]:
     """`steps` AdamW steps of the model's own image-text loss on `batches` ((pixel_values, input_ids)
     pairs, e.g. `mixed_batches`); returns the losses. Many small batches beat few large ones here: shape
     is learnt only after about a thousand updates."""
@@ -199,7 +254,9 @@ def train_encoder(model: PreTrainedModel, batches, steps: int, lr: float, desc: 
 
 
 @torch.no_grad()
-def probe_features(model: PreTrainedModel, pixel_values: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def probe_features(
+    model: PreTrainedModel, pixel_values: torch.Tensor, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
     """Image features for linear probes: `pooled` (the tower's pooled output, CLIP's post-norm CLS or
     SigLIP's attention-pool head: the standard linear-probe features) and `patches` (mean over patches of
     the penultimate layer, what LLaVA's projector reads)."""
@@ -207,11 +264,7 @@ def probe_features(model: PreTrainedModel, pixel_values: torch.Tensor, batch_siz
     skip = 1 if isinstance(model, CLIPModel) else 0  # CLIP's CLS token is not a patch
     pooled, patches = [], []
     for b in range(0, len(pixel_values), batch_size):
-        out = vision(pixel_values=pixel_values[b:b + batch_size], output_hidden_states=True)
+        out = vision(pixel_values=pixel_values[b : b + batch_size], output_hidden_states=True)
         pooled.append(out.pooler_output)
         patches.append(out.hidden_states[-2][:, skip:].mean(1))
     return {"pooled": torch.cat(pooled), "patches": torch.cat(patches)}
-
-
-def spec_dict(name: str) -> dict:
-    return {"name": name, **asdict(ENCODER_SPECS[name])}

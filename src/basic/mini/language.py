@@ -15,7 +15,14 @@ import numpy as np
 from basic.mini.scenes import COLOURS, GRID, SHAPES, SIGN_WORDS, SIZES, Obj, Scene
 
 LANGS = ("en", "zh")
-COLOUR_ZH = {"red": "红色", "orange": "橙色", "yellow": "黄色", "green": "绿色", "blue": "蓝色", "purple": "紫色"}
+COLOUR_ZH = {
+    "red": "红色",
+    "orange": "橙色",
+    "yellow": "黄色",
+    "green": "绿色",
+    "blue": "蓝色",
+    "purple": "紫色",
+}
 SHAPE_ZH = {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "星形"}
 SIZE_ZH = {"small": "小", "large": "大"}
 POSITION = {"en": {}, "zh": {}}
@@ -24,11 +31,16 @@ _COLS = {"en": ("left", "", "right"), "zh": ("左", "", "右")}
 for _r in range(GRID):
     for _c in range(GRID):
         _en = " ".join(w for w in (_ROWS["en"][_r], _COLS["en"][_c]) if w) or "center"
-        _zh = (_COLS["zh"][_c] + _ROWS["zh"][_r] + "方") if (_r != 1 and _c != 1) else (
-            {(0, 1): "上方", (2, 1): "下方", (1, 0): "左侧", (1, 2): "右侧", (1, 1): "中间"}[(_r, _c)])
+        _zh = (
+            (_COLS["zh"][_c] + _ROWS["zh"][_r] + "方")
+            if (_r != 1 and _c != 1)
+            else ({(0, 1): "上方", (2, 1): "下方", (1, 0): "左侧", (1, 2): "右侧", (1, 1): "中间"}[(_r, _c)])
+        )
         POSITION["en"][(_r, _c)], POSITION["zh"][(_r, _c)] = _en, _zh
-NUMBER_WORDS = {"en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
-                "zh": ("零", "一", "两", "三", "四", "五", "六", "七", "八", "九")}
+NUMBER_WORDS = {
+    "en": ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    "zh": ("零", "一", "两", "三", "四", "五", "六", "七", "八", "九"),
+}
 YES = {"en": "yes", "zh": "是"}
 NO = {"en": "no", "zh": "否"}
 UNANSWERABLE_ANSWER = "unanswerable"
@@ -37,8 +49,7 @@ UNANSWERABLE_ANSWER = "unanswerable"
 # `--lang cn` one that basic.eval.prompts' llava_v15 variant asks with), lmms-eval's VizWiz one; the
 # Chinese short-answer line is this world's own (LLaVA has none).
 SHORT = {"en": "Answer the question using a single word or phrase.", "zh": "请用一个单词或短语回答这个问题。"}
-MC = {"en": "Answer with the option's letter from the given choices directly.",
-      "zh": "请直接回答选项字母。"}
+MC = {"en": "Answer with the option's letter from the given choices directly.", "zh": "请直接回答选项字母。"}
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 LETTERS = "ABCDE"
 
@@ -80,6 +91,7 @@ class QA:
 
 # ---------------------------------------------------------------- noun phrases and descriptions
 
+
 def noun(o: Obj, lang: str, attrs: tuple[str, ...] = ("size", "colour", "shape")) -> str:
     """`o` named by `attrs`: 'large red circle', 'red object'; '大的红色圆形', '红色物体'."""
     if lang == "en":
@@ -110,7 +122,11 @@ def ref(o: Obj, scene: Scene, lang: str, omit: str | None = None) -> str | None:
 
 def _count_phrase(n: int, lang: str) -> str:
     if lang == "en":
-        return f"There is {number_word(n, 'en')} object" if n == 1 else f"There are {number_word(n, 'en')} objects"
+        return (
+            f"There is {number_word(n, 'en')} object"
+            if n == 1
+            else f"There are {number_word(n, 'en')} objects"
+        )
     return f"图中有{number_word(n, 'zh')}个物体"
 
 
@@ -124,10 +140,12 @@ def position_phrase(o: Obj, lang: str) -> str:
 def describe(scene: Scene, lang: str, rng: np.random.Generator | None = None) -> str:
     """A complete description in words: every object with size, colour, shape and place, sign, quality."""
     if scene.quality != "clear":
-        return {("en", "dark"): "The picture is too dark to see what it shows.",
-                ("en", "blurry"): "The picture is too blurry to see what it shows.",
-                ("zh", "dark"): "这张图片太暗了，看不清内容。",
-                ("zh", "blurry"): "这张图片太模糊了，看不清内容。"}[(lang, scene.quality)]
+        return {
+            ("en", "dark"): "The picture is too dark to see what it shows.",
+            ("en", "blurry"): "The picture is too blurry to see what it shows.",
+            ("zh", "dark"): "这张图片太暗了，看不清内容。",
+            ("zh", "blurry"): "这张图片太模糊了，看不清内容。",
+        }[(lang, scene.quality)]
     objs = list(scene.objects)
     if rng is not None:
         objs = [objs[i] for i in rng.permutation(len(objs))]
@@ -158,6 +176,7 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 # ---------------------------------------------------------------- question kinds
 
+
 def _pick(rng: np.random.Generator, items):
     items = list(items)
     return items[int(rng.integers(len(items)))] if items else None
@@ -173,8 +192,14 @@ def q_colour(scene, rng, lang):
         return None
     x = ref(o, scene, lang, omit="colour")
     q = f"What color is the {x}?" if lang == "en" else f"{x}是什么颜色？"
-    return QA("colour", lang, q, colour_word(o.colour, lang), f"The {x} is {o.colour}.",
-              tuple(colour_word(c, lang) for c in COLOURS))
+    return QA(
+        "colour",
+        lang,
+        q,
+        colour_word(o.colour, lang),
+        f"The {x} is {o.colour}.",
+        tuple(colour_word(c, lang) for c in COLOURS),
+    )
 
 
 def q_shape(scene, rng, lang):
@@ -183,8 +208,14 @@ def q_shape(scene, rng, lang):
         return None
     x = ref(o, scene, lang, omit="shape")
     q = f"What shape is the {x}?" if lang == "en" else f"{x}是什么形状？"
-    return QA("shape", lang, q, shape_word(o.shape, lang), f"The {x} is a {o.shape}.",
-              tuple(shape_word(s, lang) for s in SHAPES))
+    return QA(
+        "shape",
+        lang,
+        q,
+        shape_word(o.shape, lang),
+        f"The {x} is a {o.shape}.",
+        tuple(shape_word(s, lang) for s in SHAPES),
+    )
 
 
 def q_count(scene, rng, lang):
@@ -230,8 +261,14 @@ def q_position(scene, rng, lang):
         return None
     x = ref(o, scene, lang)
     q = f"Where is the {x}?" if lang == "en" else f"{x}在哪里？"
-    return QA("position", lang, q, POSITION[lang][(o.row, o.col)], f"The {x} is {position_phrase(o, 'en')}.",
-              tuple(POSITION[lang].values()))
+    return QA(
+        "position",
+        lang,
+        q,
+        POSITION[lang][(o.row, o.col)],
+        f"The {x} is {position_phrase(o, 'en')}.",
+        tuple(POSITION[lang].values()),
+    )
 
 
 RELATIONS = {
@@ -257,8 +294,15 @@ def q_relation(scene, rng, lang):
         full = f"{'Yes' if yes else 'No'}, the {x} is {'' if yes else 'not '}{en} the {y}."
     else:
         q, full = f"{x}在{y}的{zh}吗？", ""
-    return QA("relation", lang, q, YES[lang] if yes else NO[lang], full, (YES[lang], NO[lang]),
-              meta={"relation": rel})
+    return QA(
+        "relation",
+        lang,
+        q,
+        YES[lang] if yes else NO[lang],
+        full,
+        (YES[lang], NO[lang]),
+        meta={"relation": rel},
+    )
 
 
 def q_size(scene, rng, lang):
@@ -267,20 +311,37 @@ def q_size(scene, rng, lang):
         return None
     x = ref(o, scene, lang, omit="size")
     q = f"Is the {x} small or large?" if lang == "en" else f"{x}是大的还是小的？"
-    return QA("size", lang, q, size_word(o.size, lang), f"The {x} is {o.size}.",
-              tuple(size_word(s, lang) for s in SIZES))
+    return QA(
+        "size",
+        lang,
+        q,
+        size_word(o.size, lang),
+        f"The {x} is {o.size}.",
+        tuple(size_word(s, lang) for s in SIZES),
+    )
 
 
 def q_text(scene, rng, lang):
     if not scene.text:
         return None
-    q = _pick(rng, ["What does the sign say?", "What word is written on the sign?"]) if lang == "en" \
+    q = (
+        _pick(rng, ["What does the sign say?", "What word is written on the sign?"])
+        if lang == "en"
         else _pick(rng, ["牌子上写着什么？", "牌子上写的是哪个词？"])
+    )
     return QA("text", lang, q, scene.text, f'The sign says "{scene.text}".', SIGN_WORDS)
 
 
-KINDS = {"colour": q_colour, "shape": q_shape, "count": q_count, "exist": q_exist, "position": q_position,
-         "relation": q_relation, "size": q_size, "text": q_text}
+KINDS = {
+    "colour": q_colour,
+    "shape": q_shape,
+    "count": q_count,
+    "exist": q_exist,
+    "position": q_position,
+    "relation": q_relation,
+    "size": q_size,
+    "text": q_text,
+}
 
 
 def ask(scene: Scene, rng: np.random.Generator, lang: str, kinds=tuple(KINDS), tries: int = 8) -> QA | None:
@@ -292,8 +353,9 @@ def ask(scene: Scene, rng: np.random.Generator, lang: str, kinds=tuple(KINDS), t
     return None
 
 
-def distinct_questions(scene: Scene, rng: np.random.Generator, n: int, kinds=tuple(KINDS), lang: str = "en",
-                       tries: int = 20) -> list[QA]:
+def distinct_questions(
+    scene: Scene, rng: np.random.Generator, n: int, kinds=tuple(KINDS), lang: str = "en", tries: int = 20
+) -> list[QA]:
     """Up to `n` questions about `scene` with different wording."""
     seen, out = set(), []
     for _ in range(tries):
@@ -309,12 +371,17 @@ def distinct_questions(scene: Scene, rng: np.random.Generator, n: int, kinds=tup
 def unanswerable(scene: Scene, rng: np.random.Generator) -> QA | None:
     """A VizWiz-style unanswerable question: the picture is too dark/blurry, or asks about an absent shape."""
     if scene.quality != "clear":
-        qa = ask(replace(scene, quality="clear"), rng, "en",
-                 ("colour", "shape", "count", "position", "text"))
+        qa = ask(replace(scene, quality="clear"), rng, "en", ("colour", "shape", "count", "position", "text"))
         if qa is None:
             return None
-        return replace(qa, kind="unanswerable", answer=UNANSWERABLE_ANSWER, full="", alternatives=(),
-                       meta={"reason": scene.quality})
+        return replace(
+            qa,
+            kind="unanswerable",
+            answer=UNANSWERABLE_ANSWER,
+            full="",
+            alternatives=(),
+            meta={"reason": scene.quality},
+        )
     absent = [s for s in SHAPES if all(o.shape != s for o in scene.objects)]
     if not absent:
         return None
@@ -323,6 +390,7 @@ def unanswerable(scene: Scene, rng: np.random.Generator) -> QA | None:
 
 
 # ---------------------------------------------------------------- prompt formats
+
 
 def options(qa: QA, rng: np.random.Generator, k: int = 4) -> tuple[list[str], int]:
     """`k` shuffled options (the answer and distractors from `qa.choices`) and the answer's index."""

@@ -24,8 +24,8 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerF
 
 from basic.data.labels import render, supervised_mask
 from basic.data.templates import get_template
-from basic.mini.optim import EAGER, adamw_warmup_cosine
 from basic.families import FAMILIES
+from basic.mini.optim import EAGER, adamw_warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class LLMSpec:
 
     def __post_init__(self):
         if self.layers % 2:
-            raise ValueError(f"{self}: the number of layers must be even (BASIC supervises with half of them)")
+            raise ValueError(
+                f"{self}: the number of layers must be even (BASIC supervises with half of them)"
+            )
 
 
 # Shapes keep each real model's proportions: MLP ratio, attention grouping, vicuna-13b > vicuna-7b. The
@@ -59,10 +61,16 @@ def build_llm(spec: LLMSpec, tokenizer: PreTrainedTokenizerFast, seed: int) -> P
     """A freshly initialised causal LM of `spec`'s family and shape for `tokenizer`'s vocabulary."""
     config_cls, model_cls, _, _ = FAMILIES[spec.family]
     kwargs = {
-        "vocab_size": len(tokenizer), "hidden_size": spec.hidden, "intermediate_size": spec.intermediate,
-        "num_hidden_layers": spec.layers, "num_attention_heads": spec.heads, "num_key_value_heads": spec.kv_heads,
-        "max_position_embeddings": tokenizer.model_max_length, "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        "vocab_size": len(tokenizer),
+        "hidden_size": spec.hidden,
+        "intermediate_size": spec.intermediate,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.kv_heads,
+        "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
         "tie_word_embeddings": spec.family == "gemma",
     }
     if spec.family == "gemma":
@@ -80,9 +88,12 @@ def generation_config(tokenizer: PreTrainedTokenizerFast, family: str) -> Genera
     _, _, template, _ = FAMILIES[family]
     eot = tokenizer.convert_tokens_to_ids(get_template(template).end_of_turn_for(tokenizer))
     eos = sorted({tokenizer.eos_token_id, eot})
-    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
-                            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
-                            do_sample=False)
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos if len(eos) > 1 else eos[0],
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
+        do_sample=False,
+    )
 
 
 @dataclass
@@ -115,20 +126,29 @@ def encode(docs: list[dict], tokenizer: PreTrainedTokenizerFast, family: str) ->
     out = []
     for doc, ids, offsets, doc_spans in zip(docs, enc["input_ids"], enc["offset_mapping"], spans):
         targets = [t for t, keep in enumerate(supervised_mask(offsets, doc_spans)) if keep and t > 0]
-        out.append(Encoded(ids, targets, [t["kind"] for t in doc["turns"]], [t["style"] for t in doc["turns"]],
-                           doc["lang"], doc.get("objects", 0)))
+        out.append(
+            Encoded(
+                ids,
+                targets,
+                [t["kind"] for t in doc["turns"]],
+                [t["style"] for t in doc["turns"]],
+                doc["lang"],
+                doc.get("objects", 0),
+            )
+        )
     return out
 
 
-def length_grouped_batches(items: list[Encoded], batch_size: int, rng: np.random.Generator,
-                           group: int = 32) -> list[list[int]]:
+def length_grouped_batches(
+    items: list[Encoded], batch_size: int, rng: np.random.Generator, group: int = 32
+) -> list[list[int]]:
     """Shuffled batches of similar length: sort each window of `group` batches by length, then shuffle."""
     order = rng.permutation(len(items))
     window = batch_size * group
     batches = []
     for w in range(0, len(order), window):
-        chunk = sorted(order[w:w + window], key=lambda i: len(items[i].ids))
-        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[w : w + window], key=lambda i: len(items[i].ids))
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
     return [batches[int(i)] for i in rng.permutation(len(batches))]
 
 
@@ -145,9 +165,19 @@ def collate(items: list[Encoded], pad_id: int):
     return ids, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets)
 
 
-def train_llm(model: PreTrainedModel, items: list[Encoded], steps: int, batch_size: int, lr: float,
-              seed: int, pad_id: int, warmup: float = 0.06, desc: str = "llm", position: int = 0,
-              aux_loss: Callable | None = None) -> list[float]:
+def train_llm(
+    model: PreTrainedModel,
+    items: list[Encoded],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    warmup: float = 0.06,
+    desc: str = "llm",
+    position: int = 0,
+    aux_loss: Callable | None = None,
+) -> list[float]:
     """Train on the answer tokens of `items` for `steps` AdamW steps; returns the answer loss per step.
     `aux_loss(model, batch_items, output)`, if given, is added to it, with the base model's output carrying
     hidden states and attentions (benchmarks/llm_binding.py's circuit terms)."""
@@ -163,8 +193,11 @@ def train_llm(model: PreTrainedModel, items: list[Encoded], steps: int, batch_si
         batch = [items[i] for i in batches.pop()]
         ids, rows, cols, targets = collate(batch, pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model.model(input_ids=ids, output_hidden_states=aux_loss is not None,
-                              output_attentions=aux_loss is not None)
+            out = model.model(
+                input_ids=ids,
+                output_hidden_states=aux_loss is not None,
+                output_attentions=aux_loss is not None,
+            )
         logits = model.lm_head(out.last_hidden_state[rows, cols].float())
         loss = torch.nn.functional.cross_entropy(logits, targets)
         (loss + aux_loss(model, batch, out) if aux_loss else loss).backward()

@@ -12,14 +12,19 @@ import torch
 EAGER = "eager"
 
 
-def adamw_warmup_cosine(model: torch.nn.Module, lr: float, steps: int, warmup: float, weight_decay: float,
-                        floor: float = 0.05):
+def adamw_warmup_cosine(
+    model: torch.nn.Module, lr: float, steps: int, warmup: float, weight_decay: float, floor: float = 0.05
+):
     """(optimizer, scheduler): AdamW (no weight decay on norms and biases), `warmup` of the steps linear,
     then cosine down to `floor` x `lr`."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
     warm = max(1, int(warmup * steps))
 
     def factor(step: int) -> float:

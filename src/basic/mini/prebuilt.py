@@ -36,8 +36,11 @@ def _package_root() -> Path:
 def source_digest() -> str:
     """sha256 over the build's source files (names and contents), in a fixed order."""
     root = _package_root()
-    files = sorted(p for entry in SOURCES for p in ((root / entry).rglob("*.py") if (root / entry).is_dir()
-                                                     else [root / entry]))
+    files = sorted(
+        p
+        for entry in SOURCES
+        for p in ((root / entry).rglob("*.py") if (root / entry).is_dir() else [root / entry])
+    )
     h = hashlib.sha256()
     for path in files:
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -53,8 +56,11 @@ def inputs(data: Path, seed: int, settings: dict) -> dict:
         "format": FORMAT,
         "world": _sha256(manifest.read_bytes()),
         "seed": seed,
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(settings.items())
-                     if k not in ("workers", "threads")},  # how the work is split does not change the result
+        "settings": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in sorted(settings.items())
+            if k not in ("workers", "threads")
+        },  # how the work is split does not change the result
         "source": source_digest(),
         "torch": metadata.version("torch"),
         "transformers": metadata.version("transformers"),
@@ -69,14 +75,18 @@ def pack(models: Path, artifact: Path, parts: dict) -> Path:
     """Write every file under `models` into `artifact` (gzip tar) with the record of what built them."""
     models, artifact = Path(models), Path(artifact)
     files = sorted(p for p in models.rglob("*") if p.is_file() and p.name != RECORD)
-    record = {"fingerprint": fingerprint(parts), "inputs": parts,
-              "files": {str(p.relative_to(models)): _sha256(p.read_bytes()) for p in files}}
+    record = {
+        "fingerprint": fingerprint(parts),
+        "inputs": parts,
+        "files": {str(p.relative_to(models)): _sha256(p.read_bytes()) for p in files},
+    }
     artifact.parent.mkdir(parents=True, exist_ok=True)
     tmp = artifact.with_name(artifact.name + ".tmp")
     # Fixed metadata (mtime, owner) so that the same checkpoints give the same archive bytes.
     with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in [(RECORD, json.dumps(record, indent=1, sort_keys=True).encode())] + \
-                [(str(p.relative_to(models)), p.read_bytes()) for p in files]:
+        for name, data in [(RECORD, json.dumps(record, indent=1, sort_keys=True).encode())] + [
+            (str(p.relative_to(models)), p.read_bytes()) for p in files
+        ]:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             tar.addfile(info, io.BytesIO(data))
@@ -106,7 +116,9 @@ def unpack(artifact: Path, models: Path) -> dict:
     with tarfile.open(artifact, "r:gz") as tar:
         members = {m.name: m for m in tar.getmembers() if m.isfile() and m.name != RECORD}
         if set(members) != set(expected):
-            raise ValueError(f"{artifact}: files {sorted(set(members) ^ set(expected))} do not match its {RECORD}")
+            raise ValueError(
+                f"{artifact}: files {sorted(set(members) ^ set(expected))} do not match its {RECORD}"
+            )
         for name, sha in expected.items():
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ValueError(f"{artifact}: refusing the path {name!r}")

@@ -27,14 +27,14 @@ def text_qa_accuracy(model: PreTrainedModel, items: list[Encoded], pad_id: int, 
     hits: dict[str, list[bool]] = defaultdict(list)
     order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
     for b in range(0, len(order), batch_size):
-        batch = [items[i] for i in order[b:b + batch_size]]
+        batch = [items[i] for i in order[b : b + batch_size]]
         ids, rows, cols, targets = collate(batch, pad_id)
         predicted = model(input_ids=ids).logits[rows, cols].argmax(-1)
         correct = (predicted == targets).tolist()
         start = 0
         for it in batch:
             n = len(it.targets)
-            ok = all(correct[start:start + n])
+            ok = all(correct[start : start + n])
             start += n
             hits["all"].append(ok)
             hits[f"lang/{it.lang}"].append(ok)
@@ -49,14 +49,23 @@ def _standardise(train: torch.Tensor, test: torch.Tensor):
     return (train - mean) / std, (test - mean) / std
 
 
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 classes: int, steps: int = 300, weight_decay: float = 1e-3, seed: int = 0) -> float:
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    classes: int,
+    steps: int = 300,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> float:
     """Test accuracy of a linear classifier (L-BFGS on cross-entropy + L2) fit on the training features."""
     train_x, test_x = _standardise(train_x.float(), test_x.float())
     torch.manual_seed(seed)
     probe = torch.nn.Linear(train_x.shape[1], classes)
-    opt = torch.optim.LBFGS(probe.parameters(), lr=0.5, max_iter=steps, history_size=20,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        probe.parameters(), lr=0.5, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()

@@ -34,17 +34,59 @@ SIZES = ("small", "large")
 RADIUS = {"small": 0.085, "large": 0.14}
 # Words on signs (TextVQA-style scenes): short, distinct, none of them a colour or shape name.
 SIGN_WORDS = (
-    "cafe", "stop", "open", "exit", "park", "taxi", "bank", "shop", "book", "sale", "milk", "bus",
-    "hotel", "pizza", "tea", "gym", "zoo", "farm", "road", "gate", "lamp", "fish", "cake", "door",
-    "home", "west", "east", "north", "south", "bread", "soup", "rice", "train", "boat", "bike", "wine",
+    "cafe",
+    "stop",
+    "open",
+    "exit",
+    "park",
+    "taxi",
+    "bank",
+    "shop",
+    "book",
+    "sale",
+    "milk",
+    "bus",
+    "hotel",
+    "pizza",
+    "tea",
+    "gym",
+    "zoo",
+    "farm",
+    "road",
+    "gate",
+    "lamp",
+    "fish",
+    "cake",
+    "door",
+    "home",
+    "west",
+    "east",
+    "north",
+    "south",
+    "bread",
+    "soup",
+    "rice",
+    "train",
+    "boat",
+    "bike",
+    "wine",
 )
-QUALITIES = ("clear", "dark", "blurry")
 GRID = 3
 
 # Independent random streams: the same seed never feeds two purposes.
 STREAMS = {
-    "train_images": 1, "llm_train": 2, "finetune_text": 3, "llm_eval": 10, "probe": 11,
-    "vqav2": 20, "gqa": 21, "sqa_img": 22, "mmb": 23, "mmvet": 24, "vizwiz": 25, "textvqa": 26,
+    "train_images": 1,
+    "llm_train": 2,
+    "finetune_text": 3,
+    "llm_eval": 10,
+    "probe": 11,
+    "vqav2": 20,
+    "gqa": 21,
+    "sqa_img": 22,
+    "mmb": 23,
+    "mmvet": 24,
+    "vizwiz": 25,
+    "textvqa": 26,
 }
 
 
@@ -99,26 +141,44 @@ class Scene:
 class SceneSampler:
     """Draws scenes from one Generator; scenes whose `key` is in `exclude` are redrawn (held-out sets)."""
 
-    def __init__(self, rng: np.random.Generator, prefix: str, exclude: set[str] | frozenset = frozenset(),
-                 max_objects: int = 4, text_prob: float = 0.3, dark_prob: float = 0.0,
-                 blurry_prob: float = 0.0, max_redraws: int = 1000):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        prefix: str,
+        exclude: set[str] | frozenset = frozenset(),
+        max_objects: int = 4,
+        text_prob: float = 0.3,
+        dark_prob: float = 0.0,
+        blurry_prob: float = 0.0,
+        max_redraws: int = 1000,
+    ):
         self.rng, self.prefix, self.exclude = rng, prefix, exclude
         self.max_objects, self.text_prob = max_objects, text_prob
         self.dark_prob, self.blurry_prob, self.max_redraws = dark_prob, blurry_prob, max_redraws
         self.drawn: list[Scene] = []
 
-    def sample(self, n_objects: int | None = None, text: bool | None = None,
-               quality: str | None = None, **kwargs) -> Scene:
+    def sample(
+        self, n_objects: int | None = None, text: bool | None = None, quality: str | None = None, **kwargs
+    ) -> Scene:
         for _ in range(self.max_redraws):
             scene = self._draw(n_objects, text, quality, **kwargs)
             if scene.key not in self.exclude:
                 self.drawn.append(scene)
                 return scene
-        raise RuntimeError(f"{self.prefix}: no scene outside the excluded set after {self.max_redraws} draws; "
-                           "the world is too small for this many held-out scenes")
+        raise RuntimeError(
+            f"{self.prefix}: no scene outside the excluded set after {self.max_redraws} draws; "
+            "the world is too small for this many held-out scenes"
+        )
 
-    def _draw(self, n_objects: int | None, text: bool | None, quality: str | None,
-              shape: str | None = None, colour: str | None = None, size: str | None = None) -> Scene:
+    def _draw(
+        self,
+        n_objects: int | None,
+        text: bool | None,
+        quality: str | None,
+        shape: str | None = None,
+        colour: str | None = None,
+        size: str | None = None,
+    ) -> Scene:
         rng = self.rng
         has_text = bool(rng.random() < self.text_prob) if text is None else text
         sign_row = int(rng.choice([0, GRID - 1])) if has_text else None
@@ -129,7 +189,9 @@ class SceneSampler:
         objects = []
         for k, idx in enumerate(chosen):
             row, col = cells[int(idx)]
-            drawn_size = SIZES[int(rng.integers(len(SIZES)))]  # drawn even when forced: same stream either way
+            drawn_size = SIZES[
+                int(rng.integers(len(SIZES)))
+            ]  # drawn even when forced: same stream either way
             size_k = size if (size and k == 0) else drawn_size
             r = RADIUS[size_k]
             slack = 1 / (2 * GRID) - r - 0.015  # keep the shape inside its cell
@@ -137,20 +199,37 @@ class SceneSampler:
             y = (row + 0.5) / GRID + float(rng.uniform(-slack, slack))
             name = colour if (colour and k == 0) else str(rng.choice(list(COLOURS)))
             rgb = tuple(int(np.clip(v + rng.integers(-18, 19), 0, 255)) for v in COLOURS[name])
-            objects.append(Obj(shape=shape if (shape and k == 0) else str(rng.choice(SHAPES)),
-                               colour=name, size=size_k, row=row, col=col,
-                               x=round(x, 4), y=round(y, 4), rgb=rgb))
+            objects.append(
+                Obj(
+                    shape=shape if (shape and k == 0) else str(rng.choice(SHAPES)),
+                    colour=name,
+                    size=size_k,
+                    row=row,
+                    col=col,
+                    x=round(x, 4),
+                    y=round(y, 4),
+                    rgb=rgb,
+                )
+            )
         u = rng.random()
-        q = quality or ("dark" if u < self.dark_prob else
-                        "blurry" if u < self.dark_prob + self.blurry_prob else "clear")
+        q = quality or (
+            "dark" if u < self.dark_prob else "blurry" if u < self.dark_prob + self.blurry_prob else "clear"
+        )
         grey = int(rng.integers(205, 250))
         tint = rng.integers(-8, 9, size=3)
         background = tuple(int(np.clip(grey + t, 0, 255)) for t in tint)
         word = str(rng.choice(SIGN_WORDS)) if has_text else None
         scene_id = f"{self.prefix}{len(self.drawn):06d}"
-        return Scene(id=scene_id, objects=tuple(sorted(objects, key=lambda o: (o.row, o.col))), text=word,
-                     sign_row=sign_row, text_upper=bool(rng.random() < 0.5) if has_text else False,
-                     quality=q, background=background, noise_seed=int(rng.integers(2**31)))
+        return Scene(
+            id=scene_id,
+            objects=tuple(sorted(objects, key=lambda o: (o.row, o.col))),
+            text=word,
+            sign_row=sign_row,
+            text_upper=bool(rng.random() < 0.5) if has_text else False,
+            quality=q,
+            background=background,
+            noise_seed=int(rng.integers(2**31)),
+        )
 
 
 def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -238,8 +317,15 @@ def patch_labels(scene: Scene, grid: int, min_cover: float = 0.25, subpixels: in
     sign = len(scene.objects) + 1
     if scene.text is not None:
         draw.rectangle(list(_sign_box(scene, size)), fill=sign)
-    cells = np.asarray(mask).reshape(grid, subpixels, grid, subpixels).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
-    counts = np.stack([(cells == v).sum(-1) for v in range(sign + 1)], -1) / subpixels ** 2  # [grid, grid, labels]
+    cells = (
+        np.asarray(mask)
+        .reshape(grid, subpixels, grid, subpixels)
+        .transpose(0, 2, 1, 3)
+        .reshape(grid, grid, -1)
+    )
+    counts = (
+        np.stack([(cells == v).sum(-1) for v in range(sign + 1)], -1) / subpixels**2
+    )  # [grid, grid, labels]
     best = counts[..., 1:].argmax(-1) + 1
     share = np.take_along_axis(counts, best[..., None], -1)[..., 0]
     labels = np.where(best == sign, SIGN, best - 1)

@@ -29,21 +29,29 @@ def template_texts() -> list[str]:
     system prompt, role names) become whole tokens like the corpus words."""
     conversation = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hello."}]
     env = ImmutableSandboxedEnvironment()
-    return [env.from_string(t.jinja).render(messages=conversation, bos_token="", eos_token="",
-                                            add_generation_prompt=True) for t in TEMPLATES.values()]
+    return [
+        env.from_string(t.jinja).render(
+            messages=conversation, bos_token="", eos_token="", add_generation_prompt=True
+        )
+        for t in TEMPLATES.values()
+    ]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Tokenizer:
     """A byte-level BPE (every family's special tokens included) trained on `texts` and the chat
     templates' text; deterministic."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(_CJK, behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(_CJK, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(itertools.chain(template_texts(), texts), trainer=trainer)
@@ -57,8 +65,12 @@ def family_tokenizer(base: Tokenizer | PreTrainedTokenizerFast, family: str) -> 
     backend = base.backend_tokenizer if isinstance(base, PreTrainedTokenizerFast) else base
     _, _, template, tokens = FAMILIES[family]
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(backend.to_str()), bos_token=tokens["bos"], eos_token=tokens["eos"],
-        unk_token=tokens["unk"], pad_token=tokens["pad"], model_max_length=MODEL_MAX_LENGTH,
+        tokenizer_object=Tokenizer.from_str(backend.to_str()),
+        bos_token=tokens["bos"],
+        eos_token=tokens["eos"],
+        unk_token=tokens["unk"],
+        pad_token=tokens["pad"],
+        model_max_length=MODEL_MAX_LENGTH,
     )
     fast.chat_template = TEMPLATES[template].jinja
     return fast

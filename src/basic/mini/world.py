@@ -41,14 +41,14 @@ VIZWIZ_SCENES = {"text_prob": 0.3, "dark_prob": 0.2, "blurry_prob": 0.15}
 @dataclass(frozen=True)
 class WorldSizes:
     image_size: int = 64
-    train_images: int = 4000       # LLaVA-558K stand-in captions; each also gets one LLaVA-665K record
+    train_images: int = 4000  # LLaVA-558K stand-in captions; each also gets one LLaVA-665K record
     text_conversations: int = 100  # text-only records of the instruction mix (2.4% of it: a step of
-                                   # text-only records teaches nothing about the image)
-    llm_docs: int = 8000           # LLM pretraining documents (a scene in words, 3-5 QA turns): one pass
-                                   # of the backbones' default 500 steps x 16
-    llm_eval: int = 600            # held-out text QA for the LLM quality metric
-    bench_questions: int = 300     # per benchmark (MMBench: base questions, circular copies extra)
-    probe_images: int = 2000       # held-out single-object images (60% fit, 40% test)
+    # text-only records teaches nothing about the image)
+    llm_docs: int = 8000  # LLM pretraining documents (a scene in words, 3-5 QA turns): one pass
+    # of the backbones' default 500 steps x 16
+    llm_eval: int = 600  # held-out text QA for the LLM quality metric
+    bench_questions: int = 300  # per benchmark (MMBench: base questions, circular copies extra)
+    probe_images: int = 2000  # held-out single-object images (60% fit, 40% test)
     vocab_size: int = 2048
     # One object per scene: with 1-4 objects the mini VLMs stayed blind, since every question
     # about one of several objects needs a lookup (find it, read its attribute) that their 2-6 layer LLMs
@@ -70,7 +70,9 @@ def _write_jsonl(path: Path, rows) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def _scenes(seed: int, stream: str, prefix: str, n: int, exclude=frozenset(), max_objects=4, **kw) -> list[Scene]:
+def _scenes(
+    seed: int, stream: str, prefix: str, n: int, exclude=frozenset(), max_objects=4, **kw
+) -> list[Scene]:
     sampler = SceneSampler(stream_rng(seed, stream), prefix, exclude=exclude, max_objects=max_objects, **kw)
     return [sampler.sample() for _ in range(n)]
 
@@ -80,19 +82,32 @@ def check_disjoint(train_keys: set[str], held_out: dict[str, list[Scene]]) -> No
     for name, scenes in held_out.items():
         leaked = [s.id for s in scenes if s.key in train_keys]
         if leaked:
-            raise AssertionError(f"held-out set {name!r}: {len(leaked)} scenes also in training, e.g. {leaked[:3]}")
+            raise AssertionError(
+                f"held-out set {name!r}: {len(leaked)} scenes also in training, e.g. {leaked[:3]}"
+            )
 
 
 def _probe_rows(scenes: list[Scene], size: int) -> list[dict]:
     fit = int(0.6 * len(scenes))
-    return [{"image": {"bytes": png_bytes(render(s, size)), "path": None}, "colour": s.objects[0].colour,
-             "shape": s.objects[0].shape, "split": "fit" if i < fit else "test"} for i, s in enumerate(scenes)]
+    return [
+        {
+            "image": {"bytes": png_bytes(render(s, size)), "path": None},
+            "colour": s.objects[0].colour,
+            "shape": s.objects[0].shape,
+            "split": "fit" if i < fit else "test",
+        }
+        for i, s in enumerate(scenes)
+    ]
 
 
-PROBE_FEATURES = datasets.Features({
-    "image": datasets.Image(), "colour": datasets.ClassLabel(names=list(COLOURS)),
-    "shape": datasets.ClassLabel(names=list(SHAPES)), "split": datasets.Value("string"),
-})
+PROBE_FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "colour": datasets.ClassLabel(names=list(COLOURS)),
+        "shape": datasets.ClassLabel(names=list(SHAPES)),
+        "split": datasets.Value("string"),
+    }
+)
 
 
 def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
@@ -102,7 +117,9 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     mo = sizes.max_objects
     # --- training scenes: images, text-only instruction records, LLM pretraining text
     train = _scenes(seed, "train_images", "train", sizes.train_images, max_objects=mo, **TRAIN_SCENES)
-    text_only = _scenes(seed, "finetune_text", "text", sizes.text_conversations, max_objects=mo, **TRAIN_SCENES)
+    text_only = _scenes(
+        seed, "finetune_text", "text", sizes.text_conversations, max_objects=mo, **TRAIN_SCENES
+    )
     llm_train = _scenes(seed, "llm_train", "doc", sizes.llm_docs, max_objects=mo, **TRAIN_SCENES)
     train_keys = {s.key for s in train + text_only + llm_train}
     # --- held-out scenes
@@ -111,9 +128,16 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     # these are held out as images (their own stream; no PNG equal to a training image, checked below).
     probe_sampler = SceneSampler(stream_rng(seed, "probe"), "probe", text_prob=0.0)
     probe = [probe_sampler.sample(n_objects=1) for _ in range(sizes.probe_images)]
-    samplers = {name: SceneSampler(stream_rng(seed, name), f"{name}-", exclude=train_keys, max_objects=mo,
-                                   **(VIZWIZ_SCENES if name == "vizwiz" else TRAIN_SCENES))
-                for name in ("vqav2", "gqa", "sqa_img", "mmb", "mmvet", "vizwiz", "textvqa")}
+    samplers = {
+        name: SceneSampler(
+            stream_rng(seed, name),
+            f"{name}-",
+            exclude=train_keys,
+            max_objects=mo,
+            **(VIZWIZ_SCENES if name == "vizwiz" else TRAIN_SCENES),
+        )
+        for name in ("vqav2", "gqa", "sqa_img", "mmb", "mmvet", "vizwiz", "textvqa")
+    }
     files: list[Path] = []
     for s in tqdm(train, desc="training images", mininterval=1.0):
         path = out / "images" / "train" / f"{s.id}.png"
@@ -123,20 +147,29 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     # --- corpora
     pretrain = pretrain_records(train, stream_rng(seed, "train_images", 1))
     finetune = finetune_records(train, text_only, stream_rng(seed, "train_images", 2))
-    docs = text_docs(llm_train, stream_rng(seed, "llm_train", 1), turns=(3, 5), brief_share=sizes.llm_brief_share)
+    docs = text_docs(
+        llm_train, stream_rng(seed, "llm_train", 1), turns=(3, 5), brief_share=sizes.llm_brief_share
+    )
     eval_docs = text_docs(llm_eval, stream_rng(seed, "llm_eval", 1), turns=(1, 1))
-    for path, obj in ((out / "llava" / "pretrain.json", pretrain), (out / "llava" / "finetune.json", finetune)):
+    for path, obj in (
+        (out / "llava" / "pretrain.json", pretrain),
+        (out / "llava" / "finetune.json", finetune),
+    ):
         _write_json(path, obj)
         files.append(path)
-    for path, rows in ((out / "text" / "llm_train.jsonl", docs), (out / "text" / "llm_eval.jsonl", eval_docs)):
+    for path, rows in (
+        (out / "text" / "llm_train.jsonl", docs),
+        (out / "text" / "llm_eval.jsonl", eval_docs),
+    ):
         _write_jsonl(path, rows)
         files.append(path)
     # --- benchmarks and probe set
     counts = {}
     held_out = {"llm_eval": llm_eval}
     for name in tqdm(samplers, desc="benchmarks"):
-        built = benchmarks.build(name, samplers[name], stream_rng(seed, name, 1), sizes.bench_questions,
-                                 sizes.image_size)
+        built = benchmarks.build(
+            name, samplers[name], stream_rng(seed, name, 1), sizes.bench_questions, sizes.image_size
+        )
         for bench, rows in built.items():
             files += benchmarks.write(out / "benchmarks" / bench, bench, rows)
             counts[bench] = len(rows)
@@ -158,15 +191,29 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
     files.append(probe_path)
     # --- tokenizer, trained on the training corpora only
     texts = [t["value"] for r in pretrain + finetune for t in r["conversations"]]
-    texts += [d["description"] + "\n" + "\n".join(f"{t['prompt']}\n{t['answer']}" for t in d["turns"]) for d in docs]
+    texts += [
+        d["description"] + "\n" + "\n".join(f"{t['prompt']}\n{t['answer']}" for t in d["turns"]) for d in docs
+    ]
     tokenizer = family_tokenizer(train_tokenizer(texts, sizes.vocab_size), "llama")
     tokenizer.save_pretrained(out / "tokenizer")
     files += sorted((out / "tokenizer").iterdir())
-    counts.update(train_images=len(train), pretrain=len(pretrain), finetune=len(finetune),
-                  finetune_text_only=sum("image" not in r for r in finetune), llm_train_docs=len(docs),
-                  llm_train_answers=sum(len(d["turns"]) for d in docs), llm_eval=len(eval_docs),
-                  probe_images=len(probe), vocab=len(tokenizer))
-    manifest = {"seed": seed, "sizes": asdict(sizes), "counts": counts, "disjoint_checked": True,
-                "files": {str(p.relative_to(out)): sha256(p.read_bytes()) for p in sorted(files)}}
+    counts.update(
+        train_images=len(train),
+        pretrain=len(pretrain),
+        finetune=len(finetune),
+        finetune_text_only=sum("image" not in r for r in finetune),
+        llm_train_docs=len(docs),
+        llm_train_answers=sum(len(d["turns"]) for d in docs),
+        llm_eval=len(eval_docs),
+        probe_images=len(probe),
+        vocab=len(tokenizer),
+    )
+    manifest = {
+        "seed": seed,
+        "sizes": asdict(sizes),
+        "counts": counts,
+        "disjoint_checked": True,
+        "files": {str(p.relative_to(out)): sha256(p.read_bytes()) for p in sorted(files)},
+    }
     _write_json(out / "manifest.json", manifest)
     return manifest

@@ -15,15 +15,16 @@ The paths the stages share are functions here, so that dvc.yaml and the commands
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
-from basic.pipeline.launch import LaunchError, LaunchSpec, batch_args, eval_command, train_command
 from basic.method.config import BasicArguments
 from basic.pipeline import flags as flags_
+from basic.pipeline.launch import LaunchError, LaunchSpec, batch_args, eval_command, train_command
 from basic.schema import build as _build_schema
 from basic.schema import check_keys
 from basic.schema import check_type as _check_type
@@ -33,7 +34,15 @@ WORLDS = ("mini", "full")
 STAGES = ("backbones", "pretrain", "finetune", "evaluate", "analyze")
 # The paper's tables (and `depth`, the ablation it states in words), then `analysis`: the runs whose visual
 # embeddings the analyze stage reads (the paper's section 3), a list of runs rather than a table of scores.
-TABLES = ("main", "loss_ablation", "cross_model", "layer_weights", "supervision_strength", "depth", "analysis")
+TABLES = (
+    "main",
+    "loss_ablation",
+    "cross_model",
+    "layer_weights",
+    "supervision_strength",
+    "depth",
+    "analysis",
+)
 ANALYSIS_TABLE = "analysis"
 BASELINE = "llava-1.5"
 METHOD = "basic"
@@ -46,16 +55,30 @@ ANALYSIS_DIR = Path("results/analysis")
 # mini: docs/interfaces.md (basic mini data); full: LLaVA's playground layout (docs/full_study.md).
 DATA_LAYOUT = {
     "mini": {"pretrain": ("llava/pretrain.json", "images"), "finetune": ("llava/finetune.json", "images")},
-    "full": {"pretrain": ("LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "LLaVA-Pretrain/images"),
-             "finetune": ("llava_v1_5_mix665k.json", ".")},
+    "full": {
+        "pretrain": ("LLaVA-Pretrain/blip_laion_cc_sbu_558k.json", "LLaVA-Pretrain/images"),
+        "finetune": ("llava_v1_5_mix665k.json", "."),
+    },
 }
 # Training flags the pipeline sets from the run and the stage; a profile or run may not set them.
-PIPELINE_FLAGS = frozenset({
-    "model_name_or_path", "vision_tower", "version", "data_path", "image_folder", "output_dir", "seed",
-    "tune_mm_mlp_adapter", "pretrain_mm_mlp_adapter", "deepspeed",
-    *(f.name for f in fields(BasicArguments)),
-})
-GLOBAL_BATCH = "global_batch_size"  # a stage key that is not a LLaVA flag: per-device batch x accumulation x GPUs
+PIPELINE_FLAGS = frozenset(
+    {
+        "model_name_or_path",
+        "vision_tower",
+        "version",
+        "data_path",
+        "image_folder",
+        "output_dir",
+        "seed",
+        "tune_mm_mlp_adapter",
+        "pretrain_mm_mlp_adapter",
+        "deepspeed",
+        *(f.name for f in fields(BasicArguments)),
+    }
+)
+GLOBAL_BATCH = (
+    "global_batch_size"  # a stage key that is not a LLaVA flag: per-device batch x accumulation x GPUs
+)
 RUN_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a DVC key path (no dots) and a folder name
 
 
@@ -132,9 +155,14 @@ class Run:
     def settings(self) -> dict[str, Any]:
         """Everything that defines the model except the seed: runs equal here are seeds of one setting."""
         args = self.basic_args
-        return {"encoder": self.encoder, "llm": self.llm, "method": self.method,
-                **({k.removeprefix("basic_"): v for k, v in vars(args).items()} if args.enabled else {}),
-                "pretrain": dict(sorted(self.pretrain.items())), "finetune": dict(sorted(self.finetune.items()))}
+        return {
+            "encoder": self.encoder,
+            "llm": self.llm,
+            "method": self.method,
+            **({k.removeprefix("basic_"): v for k, v in vars(args).items()} if args.enabled else {}),
+            "pretrain": dict(sorted(self.pretrain.items())),
+            "finetune": dict(sorted(self.finetune.items())),
+        }
 
 
 @dataclass(frozen=True)
@@ -173,15 +201,22 @@ def build(cls: type, data: Any, path: str, **given: Any) -> Any:
 
 def _stage_flags(flags: Flags, path: str) -> None:
     """A training block: `basic train`'s flags (plus `global_batch_size`), none the pipeline sets itself."""
-    flags_.check({k: v for k, v in flags.items() if k != GLOBAL_BATCH}, flags_.train_options(), path, ConfigError)
+    flags_.check(
+        {k: v for k, v in flags.items() if k != GLOBAL_BATCH}, flags_.train_options(), path, ConfigError
+    )
     check(flags.get(GLOBAL_BATCH), int | None, f"{path}.{GLOBAL_BATCH}")
     reserved = sorted(set(flags) & PIPELINE_FLAGS)
     if reserved:
-        raise ConfigError(f"{path}: {', '.join(reserved)} are set by the pipeline from the run (see basic.pipeline.config)")
-    if GLOBAL_BATCH in flags:
-        if "per_device_train_batch_size" not in flags or "gradient_accumulation_steps" in flags:
-            raise ConfigError(f"{path}.{GLOBAL_BATCH}: give per_device_train_batch_size with it, and no "
-                              "gradient_accumulation_steps (it follows from the GPUs)")
+        raise ConfigError(
+            f"{path}: {', '.join(reserved)} are set by the pipeline from the run (see basic.pipeline.config)"
+        )
+    if GLOBAL_BATCH in flags and (
+        "per_device_train_batch_size" not in flags or "gradient_accumulation_steps" in flags
+    ):
+        raise ConfigError(
+            f"{path}.{GLOBAL_BATCH}: give per_device_train_batch_size with it, and no "
+            "gradient_accumulation_steps (it follows from the GPUs)"
+        )
 
 
 def _profile(data: Any, path: str) -> Profile:
@@ -195,7 +230,9 @@ def _profile(data: Any, path: str) -> Profile:
     except TypeError as e:
         raise ConfigError(f"{path}.launch: {e}") from None
     if spec is None:
-        raise ConfigError(f"{path}.launch: expected a mapping (launcher, gpus_per_node, nodes, ...), got {launch!r}")
+        raise ConfigError(
+            f"{path}.launch: expected a mapping (launcher, gpus_per_node, nodes, ...), got {launch!r}"
+        )
     profile = build(Profile, {k: v for k, v in data.items() if k != "launch"}, path, launch=spec)
     if profile.world not in WORLDS:
         raise ConfigError(f"{path}.world: {profile.world!r} is not one of {', '.join(WORLDS)}")
@@ -207,8 +244,10 @@ def _profile(data: Any, path: str) -> Profile:
         raise ConfigError(f"{path}.evaluate.benchmarks: expected a non-empty list of benchmark names")
     unknown = [b for b in benchmarks if b not in _benchmark_names(profile.world)]
     if unknown:
-        raise ConfigError(f"{path}.evaluate.benchmarks: {', '.join(map(str, unknown))} not in the {profile.world} "
-                          f"benchmark map ({', '.join(_benchmark_names(profile.world))})")
+        raise ConfigError(
+            f"{path}.evaluate.benchmarks: {', '.join(map(str, unknown))} not in the {profile.world} "
+            f"benchmark map ({', '.join(_benchmark_names(profile.world))})"
+        )
     return profile
 
 
@@ -220,14 +259,23 @@ def _command_flags(profile: Profile, path: str) -> None:
         flags_.check(profile.data, flags_.mini_data_options(), f"{path}.data", ConfigError)
         flags_.check(profile.backbones, flags_.mini_backbones_options(), f"{path}.backbones", ConfigError)
     else:
-        from basic.full.checkpoints import build_parser as checkpoints_parser, load_backbones
+        from basic.full.checkpoints import build_parser as checkpoints_parser
+        from basic.full.checkpoints import load_backbones
 
         build(FullData, profile.data, f"{path}.data")
-        flags_.check(profile.backbones, flags_.parser_options(checkpoints_parser(load_backbones())),
-                     f"{path}.backbones", ConfigError)
+        flags_.check(
+            profile.backbones,
+            flags_.parser_options(checkpoints_parser(load_backbones())),
+            f"{path}.backbones",
+            ConfigError,
+        )
     # `benchmarks` is a list here (checked against the benchmark map below), comma-joined on the command line.
-    flags_.check({k: v for k, v in profile.evaluate.items() if k != "benchmarks"},
-                 flags_.parser_options(evaluate_parser()), f"{path}.evaluate", ConfigError)
+    flags_.check(
+        {k: v for k, v in profile.evaluate.items() if k != "benchmarks"},
+        flags_.parser_options(evaluate_parser()),
+        f"{path}.evaluate",
+        ConfigError,
+    )
 
 
 def _benchmark_names(world: str) -> list[str]:
@@ -239,22 +287,32 @@ def _benchmark_names(world: str) -> list[str]:
 def _run(name: str, data: Any, backbones: Backbones) -> Run:
     path = f"runs.{name}"
     if not RUN_NAME.fullmatch(name):
-        raise ConfigError(f"{path}: a run name is letters, digits, '-' and '_' only (it is a DVC key path and a folder)")
+        raise ConfigError(
+            f"{path}: a run name is letters, digits, '-' and '_' only (it is a DVC key path and a folder)"
+        )
     run = build(Run, data, path, name=name)
     if run.encoder not in backbones.encoders:
-        raise ConfigError(f"{path}.encoder: {run.encoder!r} is not in backbones.encoders ({', '.join(backbones.encoders)})")
+        raise ConfigError(
+            f"{path}.encoder: {run.encoder!r} is not in backbones.encoders ({', '.join(backbones.encoders)})"
+        )
     if run.llm not in backbones.llms:
         raise ConfigError(f"{path}.llm: {run.llm!r} is not in backbones.llms ({', '.join(backbones.llms)})")
-    check_keys(run.basic, [f.name.removeprefix("basic_") for f in fields(BasicArguments)], f"{path}.basic",
-               error=ConfigError)
+    check_keys(
+        run.basic,
+        [f.name.removeprefix("basic_") for f in fields(BasicArguments)],
+        f"{path}.basic",
+        error=ConfigError,
+    )
     try:
-        run.basic_args
+        _ = run.basic_args  # builds and validates the method's arguments
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{path}.basic: {e}") from None
     for stage in ("pretrain", "finetune"):
         _stage_flags(getattr(run, stage), f"{path}.{stage}")
     if run.benchmarks is not None and not run.benchmarks:
-        raise ConfigError(f"{path}.benchmarks: give at least one benchmark, or leave it out for the profile's")
+        raise ConfigError(
+            f"{path}.benchmarks: give at least one benchmark, or leave it out for the profile's"
+        )
     return run
 
 
@@ -266,11 +324,16 @@ def parse(data: Any, where: str = str(PARAMS_FILE)) -> Study:
         known = [f.name for f in fields(Study)]
         check_keys(data, known, "", known, ConfigError)
         profile = check(data["profile"], str, "profile")
-        profiles = {name: _profile(p, f"profiles.{name}") for name, p in check(data["profiles"], dict[str, Any], "profiles").items()}
+        profiles = {
+            name: _profile(p, f"profiles.{name}")
+            for name, p in check(data["profiles"], dict[str, Any], "profiles").items()
+        }
         if profile not in profiles:
             raise ConfigError(f"profile: {profile!r} is not one of the profiles ({', '.join(profiles)})")
         backbones = build(Backbones, data["backbones"], "backbones")
-        runs = {name: _run(name, r, backbones) for name, r in check(data["runs"], dict[str, Any], "runs").items()}
+        runs = {
+            name: _run(name, r, backbones) for name, r in check(data["runs"], dict[str, Any], "runs").items()
+        }
         tables = check(data["tables"], dict[str, list[str]], "tables")
         for table, names in tables.items():
             if table not in TABLES:
@@ -282,8 +345,10 @@ def parse(data: Any, where: str = str(PARAMS_FILE)) -> Study:
             for name, prof in profiles.items():
                 unknown = sorted(set(run.benchmarks or ()) - set(_benchmark_names(prof.world)))
                 if unknown:
-                    raise ConfigError(f"runs.{run.name}.benchmarks: {', '.join(unknown)} not in the {prof.world} benchmark "
-                                      f"map (profile {name})")
+                    raise ConfigError(
+                        f"runs.{run.name}.benchmarks: {', '.join(unknown)} not in the {prof.world} benchmark "
+                        f"map (profile {name})"
+                    )
         return Study(profile, profiles, backbones, runs, tables)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
@@ -343,7 +408,11 @@ def cli_argv(flags: Mapping[str, Value | list[Value]]) -> list[str]:
     for name, value in flags.items():
         if value is None or value is False:
             continue
-        argv += [f"--{name}"] if value is True else [f"--{name}", *map(_text, value if isinstance(value, list) else [value])]
+        argv += (
+            [f"--{name}"]
+            if value is True
+            else [f"--{name}", *map(_text, value if isinstance(value, list) else [value])]
+        )
     return argv
 
 
@@ -387,8 +456,16 @@ def command(study: Study, stage: str, run_name: str | None = None) -> list[str]:
         if run_name is not None:
             raise ConfigError("the backbones stage is shared by every run: give no run")
         if profile.world == "mini":
-            return ["basic", "mini", "backbones", "--data", str(study.data_dir), "--out", str(BACKBONES_DIR),
-                    *cli_argv(profile.backbones)]
+            return [
+                "basic",
+                "mini",
+                "backbones",
+                "--data",
+                str(study.data_dir),
+                "--out",
+                str(BACKBONES_DIR),
+                *cli_argv(profile.backbones),
+            ]
         return ["basic", "checkpoints", "--dest", str(BACKBONES_DIR), *cli_argv(profile.backbones)]
     if run_name is None:
         raise ConfigError(f"the {stage} stage runs per run: name one ({', '.join(study.runs)})")
@@ -396,10 +473,27 @@ def command(study: Study, stage: str, run_name: str | None = None) -> list[str]:
     if stage == "analyze":
         return analyze_command(study, run.name)
     if stage == "evaluate":
-        return eval_command(profile.launch, [
-            "--checkpoint", str(run_dir(run.name) / "finetune"), "--out", str(metrics_file(run.name)),
-            "--profile", profile.world, "--data", str(study.data_dir), "--log_dir", str(run_dir(run.name) / "evaluate"),
-            *cli_argv({**profile.evaluate, "benchmarks": ",".join(run.benchmarks or profile.evaluate["benchmarks"])})])
+        return eval_command(
+            profile.launch,
+            [
+                "--checkpoint",
+                str(run_dir(run.name) / "finetune"),
+                "--out",
+                str(metrics_file(run.name)),
+                "--profile",
+                profile.world,
+                "--data",
+                str(study.data_dir),
+                "--log_dir",
+                str(run_dir(run.name) / "evaluate"),
+                *cli_argv(
+                    {
+                        **profile.evaluate,
+                        "benchmarks": ",".join(run.benchmarks or profile.evaluate["benchmarks"]),
+                    }
+                ),
+            ],
+        )
     return train_command(profile.launch, stage, train_flags(study, stage, run))
 
 
@@ -415,5 +509,15 @@ def analyze_command(study: Study, run_name: str) -> list[str]:
     """`basic analyze` of one run's stage-2 checkpoint in the active profile (its defaults: 300 held-out mini
     images, or the paper's 30 at full scale), one process: it reads hidden states, no training launch."""
     run = study.run(run_name)
-    return ["basic", "analyze", "--checkpoint", str(run_dir(run.name) / "finetune"), "--data", str(study.data_dir),
-            "--out", str(analysis_file(run.name)), "--profile", study.active.world]
+    return [
+        "basic",
+        "analyze",
+        "--checkpoint",
+        str(run_dir(run.name) / "finetune"),
+        "--data",
+        str(study.data_dir),
+        "--out",
+        str(analysis_file(run.name)),
+        "--profile",
+        study.active.world,
+    ]

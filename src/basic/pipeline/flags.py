@@ -34,9 +34,11 @@ TRAIN_ARGUMENTS = (
 )
 # The mini commands' options beyond their settings dataclass (basic.mini.cli).
 MINI_DATA = ({"out": "Path", "seed": "int"}, ("basic.mini.world", "WorldSizes"), ())
-MINI_BACKBONES = ({"data": "Path", "out": "Path", "seed": "int", "names": "list[str]", "prebuilt": "Path",
-                   "pack": "Path"},
-                  ("basic.mini.backbones", "BackboneSettings"), ("names",))
+MINI_BACKBONES = (
+    {"data": "Path", "out": "Path", "seed": "int", "names": "list[str]", "prebuilt": "Path", "pack": "Path"},
+    ("basic.mini.backbones", "BackboneSettings"),
+    ("names",),
+)
 
 _SCALARS = {"bool": bool, "int": int, "float": float, "str": str, "Path": str, "None": type(None)}
 
@@ -72,10 +74,19 @@ def _option(annotation: ast.expr) -> Option:
         node = parts.pop()
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
             parts += [node.left, node.right]
-        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("Optional", "Union", "typing.Optional"):
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in (
+            "Optional",
+            "Union",
+            "typing.Optional",
+        ):
             inner = node.slice
             parts += list(inner.elts) if isinstance(inner, ast.Tuple) else [inner]
-        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("list", "List", "tuple", "typing.List"):
+        elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in (
+            "list",
+            "List",
+            "tuple",
+            "typing.List",
+        ):
             many = True
             inner = node.slice
             parts.append(inner.elts[0] if isinstance(inner, ast.Tuple) else inner)
@@ -94,8 +105,10 @@ def _init_field(node: ast.AnnAssign) -> bool:
         return False
     call = node.value
     if isinstance(call, ast.Call) and ast.unparse(call.func) in ("field", "dataclasses.field"):
-        return not any(k.arg == "init" and isinstance(k.value, ast.Constant) and k.value.value is False
-                       for k in call.keywords)
+        return not any(
+            k.arg == "init" and isinstance(k.value, ast.Constant) and k.value.value is False
+            for k in call.keywords
+        )
     return True
 
 
@@ -105,8 +118,11 @@ def dataclass_options(module: str, cls: str) -> dict[str, Option]:
     tree = ast.parse(_source(module).read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls:
-            return {n.target.id: _option(n.annotation) for n in node.body
-                    if isinstance(n, ast.AnnAssign) and _init_field(n)}
+            return {
+                n.target.id: _option(n.annotation)
+                for n in node.body
+                if isinstance(n, ast.AnnAssign) and _init_field(n)
+            }
     raise LookupError(f"{module}: no class {cls}")
 
 
@@ -119,7 +135,9 @@ def train_options() -> dict[str, Option]:
     return options
 
 
-def _mini_options(extra: dict[str, str], settings: tuple[str, str], skip: tuple[str, ...]) -> dict[str, Option]:
+def _mini_options(
+    extra: dict[str, str], settings: tuple[str, str], skip: tuple[str, ...]
+) -> dict[str, Option]:
     options = {name: _option(ast.parse(annotation, mode="eval").body) for name, annotation in extra.items()}
     for name, option in dataclass_options(*settings).items():
         if name not in skip:
@@ -154,7 +172,9 @@ def check(flags: Mapping[str, Any], options: Mapping[str, Option], path: str, er
     for name, value in flags.items():
         where = f"{path}.{name}"
         if name not in options:
-            raise error(f"{where}: unknown key{suggestion(name, options)} (not an option of the command it is passed to)")
+            raise error(
+                f"{where}: unknown key{suggestion(name, options)} (not an option of the command it is passed to)"
+            )
         option = options[name]
         values = value if isinstance(value, list) else [value]
         if isinstance(value, list) and not option.many:

@@ -77,11 +77,15 @@ class LaunchSpec:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise LaunchError(f"{name} must be a positive integer, got {value!r}")
         if self.launcher == "python" and (self.nodes, self.gpus_per_node) != (1, 1):
-            raise LaunchError("launcher 'python' runs one process: use gpus_per_node 1 and nodes 1, "
-                              "or deepspeed / torchrun / accelerate for more")
+            raise LaunchError(
+                "launcher 'python' runs one process: use gpus_per_node 1 and nodes 1, "
+                "or deepspeed / torchrun / accelerate for more"
+            )
         unknown = set(self.deepspeed) - set(STAGES)
         if unknown:
-            raise LaunchError(f"deepspeed: unknown stage(s) {', '.join(sorted(unknown))} (stages: {', '.join(STAGES)})")
+            raise LaunchError(
+                f"deepspeed: unknown stage(s) {', '.join(sorted(unknown))} (stages: {', '.join(STAGES)})"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "launch") -> LaunchSpec:
@@ -103,19 +107,45 @@ def launcher_argv(spec: LaunchSpec, module: str) -> list[str]:
         return ["python", "-m", module]
     if spec.launcher == "deepspeed":
         argv = ["deepspeed", "--num_gpus", str(spec.gpus_per_node), "--master_port", str(spec.master_port)]
-        if multi:  # each node launches its own workers (no ssh/pdsh from node 0), the hostfile says how many nodes
-            argv += ["--hostfile", HOSTFILE, "--num_nodes", str(spec.nodes), "--node_rank", NODE_RANK,
-                     "--master_addr", MASTER_ADDR, "--no_ssh"]
+        if (
+            multi
+        ):  # each node launches its own workers (no ssh/pdsh from node 0), the hostfile says how many nodes
+            argv += [
+                "--hostfile",
+                HOSTFILE,
+                "--num_nodes",
+                str(spec.nodes),
+                "--node_rank",
+                NODE_RANK,
+                "--master_addr",
+                MASTER_ADDR,
+                "--no_ssh",
+            ]
         return argv + ["--module", module]
     if spec.launcher == "torchrun":
         argv = ["torchrun", "--nnodes", str(spec.nodes), "--nproc_per_node", str(spec.gpus_per_node)]
         if multi:
-            argv += ["--master_port", str(spec.master_port), "--node_rank", NODE_RANK, "--master_addr", MASTER_ADDR]
+            argv += [
+                "--master_port",
+                str(spec.master_port),
+                "--node_rank",
+                NODE_RANK,
+                "--master_addr",
+                MASTER_ADDR,
+            ]
         else:  # a free local port of its own, so that runs side by side on one machine cannot collide
             argv.append("--standalone")
         return argv + ["-m", module]
-    argv = ["accelerate", "launch", "--num_machines", str(spec.nodes), "--num_processes", str(spec.world_size),
-            "--main_process_port", str(spec.master_port)]
+    argv = [
+        "accelerate",
+        "launch",
+        "--num_machines",
+        str(spec.nodes),
+        "--num_processes",
+        str(spec.world_size),
+        "--main_process_port",
+        str(spec.master_port),
+    ]
     if spec.world_size > 1:
         argv.append("--multi_gpu")
     if multi:
@@ -127,10 +157,14 @@ def slurm_hosts(nodelist: str | None = None) -> list[str]:
     """The hosts of the SLURM allocation (`$SLURM_JOB_NODELIST` expanded by `scontrol show hostnames`)."""
     nodelist = nodelist or os.environ.get("SLURM_JOB_NODELIST")
     if not nodelist:
-        raise LaunchError("no hosts given and SLURM_JOB_NODELIST is not set: pass the hosts (--hosts) or run "
-                          "inside a SLURM allocation")
+        raise LaunchError(
+            "no hosts given and SLURM_JOB_NODELIST is not set: pass the hosts (--hosts) or run "
+            "inside a SLURM allocation"
+        )
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError) as e:
         raise LaunchError(f"scontrol show hostnames {nodelist} failed: {e}") from None
     return out.stdout.split()
@@ -141,8 +175,10 @@ def hostfile_text(spec: LaunchSpec, hosts: Sequence[str] | None = None) -> str:
     the hosts are `hosts`, else SLURM's allocation, and must be `spec.nodes` distinct names."""
     hosts = list(hosts) if hosts else slurm_hosts()
     if len(hosts) != spec.nodes or len(set(hosts)) != len(hosts):
-        raise LaunchError(f"hostfile: {len(hosts)} hosts ({', '.join(hosts)}) for nodes={spec.nodes}; "
-                          "give one distinct host per node")
+        raise LaunchError(
+            f"hostfile: {len(hosts)} hosts ({', '.join(hosts)}) for nodes={spec.nodes}; "
+            "give one distinct host per node"
+        )
     return "".join(f"{host} slots={spec.gpus_per_node}\n" for host in hosts)
 
 
@@ -158,7 +194,9 @@ def write_hostfile(path: str | Path, spec: LaunchSpec, hosts: Sequence[str] | No
     return path
 
 
-def train_command(spec: LaunchSpec, stage: str, train_args: Sequence[str], module: str = TRAIN_MODULE) -> list[str]:
+def train_command(
+    spec: LaunchSpec, stage: str, train_args: Sequence[str], module: str = TRAIN_MODULE
+) -> list[str]:
     """argv that trains `stage` (pretrain | finetune) with `train_args` (LLaVA's flags) under `spec`."""
     if stage not in STAGES:
         raise LaunchError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
@@ -182,8 +220,13 @@ def lmms_eval_command(spec: LaunchSpec, lmms_eval_args: Sequence[str]) -> list[s
     """argv of plain lmms-eval (`accelerate launch -m lmms_eval`), data parallel over one node's GPUs."""
     if spec.launcher == "python":
         return ["python", "-m", EVAL_MODULE, *lmms_eval_args]
-    one_node = LaunchSpec(launcher="accelerate", gpus_per_node=spec.gpus_per_node, nodes=1,
-                          master_port=spec.master_port, deepspeed={})
+    one_node = LaunchSpec(
+        launcher="accelerate",
+        gpus_per_node=spec.gpus_per_node,
+        nodes=1,
+        master_port=spec.master_port,
+        deepspeed={},
+    )
     return launcher_argv(one_node, EVAL_MODULE) + list(lmms_eval_args)
 
 
@@ -191,12 +234,18 @@ def batch_args(global_batch: int, per_device: int, world_size: int) -> list[str]
     """Per-device batch and accumulation that keep LLaVA's global batch on `world_size` GPUs (its README:
     global batch = per_device x accumulation x GPUs; 256 for stage 1, 128 for stage 2)."""
     if global_batch % (per_device * world_size):
-        raise LaunchError(f"global batch {global_batch} is not a multiple of per-device batch {per_device} x "
-                          f"{world_size} GPUs; choose a per-device batch that divides {global_batch // world_size}"
-                          if global_batch % world_size == 0 else
-                          f"global batch {global_batch} cannot be split over {world_size} GPUs")
-    return ["--per_device_train_batch_size", str(per_device),
-            "--gradient_accumulation_steps", str(global_batch // (per_device * world_size))]
+        raise LaunchError(
+            f"global batch {global_batch} is not a multiple of per-device batch {per_device} x "
+            f"{world_size} GPUs; choose a per-device batch that divides {global_batch // world_size}"
+            if global_batch % world_size == 0
+            else f"global batch {global_batch} cannot be split over {world_size} GPUs"
+        )
+    return [
+        "--per_device_train_batch_size",
+        str(per_device),
+        "--gradient_accumulation_steps",
+        str(global_batch // (per_device * world_size)),
+    ]
 
 
 _ENV_REF = re.compile(r"\$(\w+|\{\w+\})")
@@ -242,31 +291,61 @@ class _Template(Template):
     delimiter = "@@"
 
 
-def sbatch_script(command: Sequence[str], spec: LaunchSpec, slurm: SlurmSpec, job_name: str,
-                  workdir: str | Path = ".", gpus: bool = True) -> str:
+def sbatch_script(
+    command: Sequence[str],
+    spec: LaunchSpec,
+    slurm: SlurmSpec,
+    job_name: str,
+    workdir: str | Path = ".",
+    gpus: bool = True,
+) -> str:
     """The sbatch script that runs `command` on `spec.nodes` nodes, one launcher task per node."""
     template = Path(slurm.template)
     if not template.is_file():
-        raise LaunchError(f"sbatch template {template} not found (run from the repository root or pass --template)")
+        raise LaunchError(
+            f"sbatch template {template} not found (run from the repository root or pass --template)"
+        )
     directives = [f"--gpus-per-node={spec.gpus_per_node}"] if gpus else []
-    directives += [f"--{key}={value}" for key, value in (
-        ("partition", slurm.partition), ("account", slurm.account), ("qos", slurm.qos),
-        ("cpus-per-task", slurm.cpus_per_task), ("mem", slurm.mem)) if value is not None]
-    directives += ["--exclusive"] * slurm.exclusive + [d.removeprefix("#SBATCH ").strip() for d in slurm.directives]
+    directives += [
+        f"--{key}={value}"
+        for key, value in (
+            ("partition", slurm.partition),
+            ("account", slurm.account),
+            ("qos", slurm.qos),
+            ("cpus-per-task", slurm.cpus_per_task),
+            ("mem", slurm.mem),
+        )
+        if value is not None
+    ]
+    directives += ["--exclusive"] * slurm.exclusive + [
+        d.removeprefix("#SBATCH ").strip() for d in slurm.directives
+    ]
     per_node = f"export NODE_RANK=$SLURM_NODEID; exec {to_shell(command)}"
     try:
         return _Template(template.read_text()).substitute(
-            job_name=job_name, nodes=spec.nodes, slots=spec.gpus_per_node, time=slurm.time, log_dir=slurm.log_dir,
+            job_name=job_name,
+            nodes=spec.nodes,
+            slots=spec.gpus_per_node,
+            time=slurm.time,
+            log_dir=slurm.log_dir,
             hostfile_dir=shlex.quote(str(Path(workdir).resolve() / slurm.log_dir)),
             directives="\n".join(f"#SBATCH {d}" for d in directives),
-            workdir=shlex.quote(str(Path(workdir).resolve())), setup="\n".join(slurm.setup),
-            command=shlex.quote(per_node))
+            workdir=shlex.quote(str(Path(workdir).resolve())),
+            setup="\n".join(slurm.setup),
+            command=shlex.quote(per_node),
+        )
     except (KeyError, ValueError) as e:
         raise LaunchError(f"sbatch template {template}: unknown or malformed placeholder {e}") from None
 
 
-def submit(script: str, job_name: str, slurm: SlurmSpec, after: Sequence[str] = (), wait: bool = False,
-           sbatch: str = "sbatch") -> str:
+def submit(
+    script: str,
+    job_name: str,
+    slurm: SlurmSpec,
+    after: Sequence[str] = (),
+    wait: bool = False,
+    sbatch: str = "sbatch",
+) -> str:
     """Write the script under `slurm.log_dir` and submit it; return the job id. `after`: job ids that must
     succeed first (`afterok`); `wait`: block until the job ends and fail if it failed (for a DVC stage)."""
     log_dir = Path(slurm.log_dir)
@@ -281,8 +360,10 @@ def submit(script: str, job_name: str, slurm: SlurmSpec, after: Sequence[str] = 
     proc = subprocess.run([*argv, str(path)], capture_output=True, text=True, check=False)
     job_id = proc.stdout.strip().splitlines()[0].split(";")[0] if proc.stdout.strip() else ""
     if proc.returncode != 0:
-        raise LaunchError(f"{job_name}: {' '.join(argv)} {path} failed (exit {proc.returncode}"
-                          f"{', job ' + job_id if job_id else ''}): {proc.stderr.strip()}; log in {log_dir}")
+        raise LaunchError(
+            f"{job_name}: {' '.join(argv)} {path} failed (exit {proc.returncode}"
+            f"{', job ' + job_id if job_id else ''}): {proc.stderr.strip()}; log in {log_dir}"
+        )
     if not job_id.isdigit():
         raise LaunchError(f"{job_name}: sbatch answered {proc.stdout!r}, expected a job id")
     return job_id
@@ -298,8 +379,9 @@ class Job:
     gpus: bool = True
 
 
-def submit_runs(runs: Mapping[str, Sequence[Job]], slurm: SlurmSpec, sbatch: str = "sbatch",
-                workdir: str | Path = ".") -> dict[str, list[str]]:
+def submit_runs(
+    runs: Mapping[str, Sequence[Job]], slurm: SlurmSpec, sbatch: str = "sbatch", workdir: str | Path = "."
+) -> dict[str, list[str]]:
     """Submit every run's stages at once: stages of a run are chained (`afterok`), runs are independent,
     so SLURM places them on different nodes side by side. Returns run -> job ids."""
     ids: dict[str, list[str]] = {}
@@ -316,27 +398,43 @@ def submit_runs(runs: Mapping[str, Sequence[Job]], slurm: SlurmSpec, sbatch: str
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="basic launch", description=__doc__.split("\n\n")[0],
-                                epilog="Everything after `--` goes to the launched module.")
-    p.add_argument("what", choices=("train", "evaluate", "lmms-eval", "hostfile"),
-                   help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval; "
-                        "hostfile: write the DeepSpeed hostfile of a multi-node run (--hosts, else the SLURM allocation)")
+    p = argparse.ArgumentParser(
+        prog="basic launch",
+        description=__doc__.split("\n\n")[0],
+        epilog="Everything after `--` goes to the launched module.",
+    )
+    p.add_argument(
+        "what",
+        choices=("train", "evaluate", "lmms-eval", "hostfile"),
+        help="train: basic.train; evaluate: basic evaluate; lmms-eval: accelerate launch -m lmms_eval; "
+        "hostfile: write the DeepSpeed hostfile of a multi-node run (--hosts, else the SLURM allocation)",
+    )
     p.add_argument("--stage", choices=STAGES, help="training stage (train only)")
-    p.add_argument("--launcher", choices=LAUNCHERS, default="deepspeed",
-                   help="train: process launcher (lmms-eval: accelerate, or python for one process)")
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="deepspeed",
+        help="train: process launcher (lmms-eval: accelerate, or python for one process)",
+    )
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--master-port", type=int, default=29500)
-    p.add_argument("--deepspeed-config", help="this stage's DeepSpeed config (default: LLaVA's zero2/zero3 "
-                   "under pipeline/); 'none' for none")
+    p.add_argument(
+        "--deepspeed-config",
+        help="this stage's DeepSpeed config (default: LLaVA's zero2/zero3 under pipeline/); 'none' for none",
+    )
     p.add_argument("--module", default=TRAIN_MODULE, help=f"training module (default {TRAIN_MODULE})")
     p.add_argument("--print", action="store_true", help="print the command (or sbatch script) and exit")
-    p.add_argument("--hosts", nargs="+", help="hostfile: the nodes in node-rank order (default: scontrol show hostnames)")
+    p.add_argument(
+        "--hosts", nargs="+", help="hostfile: the nodes in node-rank order (default: scontrol show hostnames)"
+    )
     p.add_argument("--out", help="hostfile: where to write it (default: print it)")
     g = add_slurm_arguments(p)
     g.add_argument("--slurm", action="store_true", help="submit instead of running here")
     g.add_argument("--job-name")
-    g.add_argument("--after", action="append", default=[], metavar="JOB_ID", help="start after these jobs succeed")
+    g.add_argument(
+        "--after", action="append", default=[], metavar="JOB_ID", help="start after these jobs succeed"
+    )
     g.add_argument("--no-wait", action="store_true", help="return once submitted (default: wait for the job)")
     return p
 
@@ -358,16 +456,25 @@ def add_slurm_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 
 def slurm_spec(args: argparse.Namespace) -> SlurmSpec:
-    return SlurmSpec(args.partition, args.account, args.qos, args.time, args.cpus_per_task, args.mem,
-                     log_dir=args.log_dir, directives=tuple(args.sbatch_directive), setup=tuple(args.setup),
-                     template=args.template)
+    return SlurmSpec(
+        args.partition,
+        args.account,
+        args.qos,
+        args.time,
+        args.cpus_per_task,
+        args.mem,
+        log_dir=args.log_dir,
+        directives=tuple(args.sbatch_directive),
+        setup=tuple(args.setup),
+        template=args.template,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = _parser().parse_args(argv[:split])
-    rest = argv[split + 1:]
+    rest = argv[split + 1 :]
     try:
         if args.what == "hostfile":
             spec = LaunchSpec("deepspeed", args.gpus_per_node, args.nodes, args.master_port)
@@ -385,17 +492,24 @@ def main(argv: list[str] | None = None) -> int:
             spec = LaunchSpec(args.launcher, args.gpus_per_node, args.nodes, args.master_port, deepspeed)
             command = train_command(spec, args.stage, rest, args.module)
         else:  # evaluation runs on one node
-            spec = LaunchSpec("python" if args.launcher == "python" else "accelerate", args.gpus_per_node,
-                              1, args.master_port, {})
+            spec = LaunchSpec(
+                "python" if args.launcher == "python" else "accelerate",
+                args.gpus_per_node,
+                1,
+                args.master_port,
+                {},
+            )
             command = (eval_command if args.what == "evaluate" else lmms_eval_command)(spec, rest)
         if not args.slurm:
             if args.print:
                 print(to_shell(command))
                 return 0
             if spec.nodes > 1:
-                raise LaunchError("more than one node: run this on every node with NODE_RANK and MASTER_ADDR set "
-                                  f"(and, for deepspeed, {HOSTFILE_ENV}: `basic launch hostfile`; see --print), "
-                                  "or submit with --slurm")
+                raise LaunchError(
+                    "more than one node: run this on every node with NODE_RANK and MASTER_ADDR set "
+                    f"(and, for deepspeed, {HOSTFILE_ENV}: `basic launch hostfile`; see --print), "
+                    "or submit with --slurm"
+                )
             return subprocess.call(command)
         slurm = slurm_spec(args)
         name = args.job_name or (f"basic-{args.stage}" if args.what == "train" else f"basic-{args.what}")

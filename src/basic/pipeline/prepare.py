@@ -38,10 +38,15 @@ def check_full(study: config.Study) -> None:
     if problems:
         fetch = " ".join(f"--manifest {m}" for m in study.active.data["manifests"])  # type: ignore[union-attr]
         shown = problems[:40] + ([f"... and {len(problems) - 40} more"] if len(problems) > 40 else [])
-        raise PrepareError(f"the {study.profile} profile's data is not complete in {dest}/ ({len(problems)} problem(s)):\n  "
-                           + "\n  ".join(shown) + f"\nfetch it with: basic download {fetch} --dest {dest} "
-                           "(see docs/full_study.md)")
-    print(f"basic prepare: all files of {', '.join(map(str, study.active.data['manifests']))} verified in {dest}")
+        raise PrepareError(
+            f"the {study.profile} profile's data is not complete in {dest}/ ({len(problems)} problem(s)):\n  "
+            + "\n  ".join(shown)
+            + f"\nfetch it with: basic download {fetch} --dest {dest} "
+            "(see docs/full_study.md)"
+        )
+    print(
+        f"basic prepare: all files of {', '.join(map(str, study.active.data['manifests']))} verified in {dest}"
+    )
 
 
 def prepare(study: config.Study) -> None:

@@ -40,9 +40,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from basic.eval.benchmarks import benchmark_map
 from basic.pipeline import config
 from basic.pipeline.stage import CURVE_TERMS
-from basic.eval.benchmarks import benchmark_map
 
 REFERENCE_FILE = "reference_numbers.yaml"
 FAMILIES = tuple(t for t in config.TABLES if t != config.ANALYSIS_TABLE)  # tables of benchmark scores
@@ -97,7 +97,9 @@ def load_metrics(metrics_dir: str | Path) -> dict[str, dict[str, dict]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ReportError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(data, dict) or not all(isinstance(v, dict) and "status" in v for v in data.values()):
+        if not isinstance(data, dict) or not all(
+            isinstance(v, dict) and "status" in v for v in data.values()
+        ):
             raise ReportError(f"{path}: expected {{benchmark: {{score, n, split, scored_by, status}}}}")
         out[path.stem] = data
     return out
@@ -114,11 +116,16 @@ def load(params: str | Path = config.PARAMS_FILE, metrics_dir: str | Path = conf
 def attributes(run: config.Run) -> dict[str, Any]:
     """What a run is, in the terms the paper's tables use to tell rows apart."""
     args = run.basic_args
-    return {"method": run.method, "llm": run.llm, "encoder": run.encoder,
-            "das": args.basic_das_weight > 0, "sds": args.basic_sds_weight > 0,
-            "layer_weights": args.basic_layer_weights if args.enabled else None,
-            "patch_weights": args.basic_patch_weights if args.enabled else None,
-            "layers": (args.basic_layers or "half") if args.enabled else None}
+    return {
+        "method": run.method,
+        "llm": run.llm,
+        "encoder": run.encoder,
+        "das": args.basic_das_weight > 0,
+        "sds": args.basic_sds_weight > 0,
+        "layer_weights": args.basic_layer_weights if args.enabled else None,
+        "patch_weights": args.basic_patch_weights if args.enabled else None,
+        "layers": (args.basic_layers or "half") if args.enabled else None,
+    }
 
 
 def reference_rows(refs: dict, family: str) -> tuple[list[str], list[dict]]:
@@ -129,8 +136,14 @@ def reference_rows(refs: dict, family: str) -> tuple[list[str], list[dict]]:
     for row in table["rows"]:
         if family == "cross_model":
             for method, key in ((config.BASELINE, "llava"), (config.METHOD, "basic")):
-                rows.append({"encoder": row["encoder"], "llm": row["llm"], "method": method,
-                             "paper": {columns[0]: row[key]}})
+                rows.append(
+                    {
+                        "encoder": row["encoder"],
+                        "llm": row["llm"],
+                        "method": method,
+                        "paper": {columns[0]: row[key]},
+                    }
+                )
             continue
         attrs = {k: v for k, v in row.items() if k != "scores"}
         if family == "layer_weights":
@@ -143,10 +156,15 @@ def table_columns(results: Results, family: str) -> list[str]:
     """The paper's benchmark columns of `family`, then any other benchmark all the table's evaluated runs were
     scored on (the paper's Table 3 shows MMBench-EN only; a study may evaluate more: no paper number there)."""
     columns, _ = reference_rows(results.references, family)
-    evaluated = [results.metrics[name] for name in results.study.tables.get(family, []) if name in results.metrics]
+    evaluated = [
+        results.metrics[name] for name in results.study.tables.get(family, []) if name in results.metrics
+    ]
     # Only benchmarks every evaluated run of the table was scored on: a column of "not evaluated" says nothing.
-    scored = set.intersection(*[{b for b, e in m.items() if e.get("status") == "scored"} for m in evaluated]) \
-        if evaluated else set()
+    scored = (
+        set.intersection(*[{b for b, e in m.items() if e.get("status") == "scored"} for m in evaluated])
+        if evaluated
+        else set()
+    )
     order = list(benchmark_map("full"))  # the benchmark map's order (the full map holds the mini one's)
     extra = sorted(scored - set(columns), key=lambda b: (order.index(b) if b in order else len(order), b))
     return columns + extra
@@ -189,12 +207,26 @@ def seed_scores(results: Results, family: str) -> pd.DataFrame:
         for bench in columns:
             run_metrics = results.metrics.get(name)
             entry = None if run_metrics is None else run_metrics.get(bench)
-            status = "missing" if run_metrics is None else "not evaluated" if entry is None else entry["status"]
+            status = (
+                "missing" if run_metrics is None else "not evaluated" if entry is None else entry["status"]
+            )
             score = entry.get("score") if entry is not None and status == "scored" else None
-            lines.append({"row": _label(attrs, keys), "paper_row": row_index, "run": name, "seed": run.seed,
-                          "settings": json.dumps(run.settings, sort_keys=True), "benchmark": bench,
-                          "score": score, "status": status, **{k: attrs[k] for k in keys}})
-    frame = pd.DataFrame(lines, columns=["row", "paper_row", "run", "seed", "settings", "benchmark", "score", "status", *keys])
+            lines.append(
+                {
+                    "row": _label(attrs, keys),
+                    "paper_row": row_index,
+                    "run": name,
+                    "seed": run.seed,
+                    "settings": json.dumps(run.settings, sort_keys=True),
+                    "benchmark": bench,
+                    "score": score,
+                    "status": status,
+                    **{k: attrs[k] for k in keys},
+                }
+            )
+    frame = pd.DataFrame(
+        lines, columns=["row", "paper_row", "run", "seed", "settings", "benchmark", "score", "status", *keys]
+    )
     # Runs that match one paper row but differ elsewhere (e.g. a learning rate) are separate rows.
     ambiguous = {row for row, settings in frame.groupby("row").settings if settings.nunique() > 1}
     for (row, _), group in frame.groupby(["row", "settings"], sort=False):
@@ -220,20 +252,45 @@ def family_table(results: Results, family: str) -> pd.DataFrame:
             scored = [float(s) for s in cell.score if pd.notna(s)]
             mean, sd = _mean_sd(scored)
             statuses = sorted(set(cell.status) - {"scored"})
-            rows.append({"row": row, **{k: first[k] for k in keys}, "benchmark": bench, "ours": mean, "ours_sd": sd,
-                         "seeds": len(scored), "runs": ";".join(dict.fromkeys(cell.run)),
-                         "status": "scored" if scored else "/".join(statuses),
-                         "paper": paper.get(bench), "_order": first.paper_row if pd.notna(first.paper_row) else 1e9})
+            rows.append(
+                {
+                    "row": row,
+                    **{k: first[k] for k in keys},
+                    "benchmark": bench,
+                    "ours": mean,
+                    "ours_sd": sd,
+                    "seeds": len(scored),
+                    "runs": ";".join(dict.fromkeys(cell.run)),
+                    "status": "scored" if scored else "/".join(statuses),
+                    "paper": paper.get(bench),
+                    "_order": first.paper_row if pd.notna(first.paper_row) else 1e9,
+                }
+            )
     # Paper rows nobody ran are shown too, so the table always has the paper's shape.
     present = {int(p) for p in seeds.paper_row.dropna()}
     for i, ref in enumerate(ref_rows):
         if i not in present:
             attrs = {k: ref[k] for k in keys}
-            rows += [{"row": _label(attrs, keys), **attrs, "benchmark": b, "ours": None, "ours_sd": None, "seeds": 0,
-                      "runs": "", "status": "not run", "paper": ref["paper"].get(b), "_order": i} for b in columns]
+            rows += [
+                {
+                    "row": _label(attrs, keys),
+                    **attrs,
+                    "benchmark": b,
+                    "ours": None,
+                    "ours_sd": None,
+                    "seeds": 0,
+                    "runs": "",
+                    "status": "not run",
+                    "paper": ref["paper"].get(b),
+                    "_order": i,
+                }
+                for b in columns
+            ]
     # The columns are named even when there is no row (a table with no run and no paper numbers, e.g. depth).
-    table = pd.DataFrame(rows, columns=["row", *keys, "benchmark", "ours", "ours_sd", "seeds", "runs", "status", "paper",
-                                        "_order"])
+    table = pd.DataFrame(
+        rows,
+        columns=["row", *keys, "benchmark", "ours", "ours_sd", "seeds", "runs", "status", "paper", "_order"],
+    )
     table = table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     return _with_deltas(table, family, keys)
 
@@ -244,8 +301,10 @@ def _with_deltas(table: pd.DataFrame, family: str, keys: list[str]) -> pd.DataFr
     ours_delta, paper_delta, delta_se = [], [], []
     for _, line in table.iterrows():
         target = {**{k: line[k] for k in keys}, **{k: v for k, v in override.items() if k in keys}}
-        base = table[(table.benchmark == line.benchmark)
-                     & pd.concat([table[k] == v for k, v in target.items()], axis=1).all(axis=1)]
+        base = table[
+            (table.benchmark == line.benchmark)
+            & pd.concat([table[k] == v for k, v in target.items()], axis=1).all(axis=1)
+        ]
         base = base[base.status != "not run"].head(1) if (base.status != "not run").any() else base.head(1)
         if base.empty or base.index[0] == line.name:
             ours_delta.append(None), paper_delta.append(None), delta_se.append(None)
@@ -253,8 +312,11 @@ def _with_deltas(table: pd.DataFrame, family: str, keys: list[str]) -> pd.DataFr
         b = base.iloc[0]
         ours_delta.append(line.ours - b.ours if pd.notna(line.ours) and pd.notna(b.ours) else None)
         paper_delta.append(line.paper - b.paper if pd.notna(line.paper) and pd.notna(b.paper) else None)
-        se = (math.sqrt(line.ours_sd ** 2 / line.seeds + b.ours_sd ** 2 / b.seeds)
-              if pd.notna(line.ours_sd) and pd.notna(b.ours_sd) else None)
+        se = (
+            math.sqrt(line.ours_sd**2 / line.seeds + b.ours_sd**2 / b.seeds)
+            if pd.notna(line.ours_sd) and pd.notna(b.ours_sd)
+            else None
+        )
         delta_se.append(se)
     return table.assign(ours_delta=ours_delta, delta_se=delta_se, paper_delta=paper_delta)
 
@@ -268,19 +330,34 @@ def markdown(table: pd.DataFrame, family: str | None = None) -> str:
     benches = list(dict.fromkeys(table.benchmark))
     rows = list(dict.fromkeys(table.row))
     head = ["row", "seeds", *benches]
-    lines = ([f"**{TITLES[family]}** (ours: mean ± sd over seeds, Δ vs {_baseline_text(family)}; paper in brackets)", ""]
-             if family else [])
+    lines = (
+        [
+            f"**{TITLES[family]}** (ours: mean ± sd over seeds, Δ vs {_baseline_text(family)}; paper in brackets)",
+            "",
+        ]
+        if family
+        else []
+    )
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         part = table[table.row == row]
         cells = []
         for bench in benches:
             line = part[part.benchmark == bench].iloc[0]
-            ours = line.status if pd.isna(line.ours) else _number(line.ours) + (
-                f" ± {line.ours_sd:.1f}" if pd.notna(line.ours_sd) else "") + (
-                f" ({_number(line.ours_delta, True)})" if pd.notna(line.ours_delta) else "")
-            paper = "" if pd.isna(line.paper) else f" [{_number(line.paper)}" + (
-                f" ({_number(line.paper_delta, True)})" if pd.notna(line.paper_delta) else "") + "]"
+            ours = (
+                line.status
+                if pd.isna(line.ours)
+                else _number(line.ours)
+                + (f" ± {line.ours_sd:.1f}" if pd.notna(line.ours_sd) else "")
+                + (f" ({_number(line.ours_delta, True)})" if pd.notna(line.ours_delta) else "")
+            )
+            paper = (
+                ""
+                if pd.isna(line.paper)
+                else f" [{_number(line.paper)}"
+                + (f" ({_number(line.paper_delta, True)})" if pd.notna(line.paper_delta) else "")
+                + "]"
+            )
             cells.append(ours + paper)
         lines.append(f"| {row} | {int(part.seeds.max())} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -309,8 +386,10 @@ def findings(table: pd.DataFrame, family: str) -> str:
     if len(lines) == 2:
         lines.append("- no row has both its own and its baseline's scores yet.")
     if flat:
-        lines.append(f"- no signal on {', '.join(flat)}: every run scores the same there "
-                     f"({', '.join(_number(scored[scored.benchmark == b].ours.iloc[0]) for b in flat)}).")
+        lines.append(
+            f"- no signal on {', '.join(flat)}: every run scores the same there "
+            f"({', '.join(_number(scored[scored.benchmark == b].ours.iloc[0]) for b in flat)})."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -318,7 +397,9 @@ def _baseline_text(family: str) -> str:
     return ", ".join(f"{k}={'off' if v is False else v}" for k, v in BASELINES[family].items())
 
 
-def write_table(table: pd.DataFrame, out_dir: str | Path, name: str, family: str | None = None) -> tuple[Path, Path]:
+def write_table(
+    table: pd.DataFrame, out_dir: str | Path, name: str, family: str | None = None
+) -> tuple[Path, Path]:
     """`<name>.csv` (tidy, every number) and `<name>.md` (the wide view) in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,8 +411,15 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, name: str, family: str
 
 def frame_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
     """A plain Markdown table of any frame (numbers rounded to `digits`)."""
+
     def cell(v: Any) -> str:
-        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+        return (
+            ""
+            if v is None or (isinstance(v, float) and math.isnan(v))
+            else f"{v:.{digits}g}"
+            if isinstance(v, float)
+            else str(v)
+        )
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -363,23 +451,50 @@ def plot_family(table: pd.DataFrame, seeds: pd.DataFrame | None = None, title: s
     rows = list(dict.fromkeys(table.row))
     palette = dict(zip(rows, sns.color_palette(n_colors=len(rows))))
     fig, axes = plt.subplots(1, 2, figsize=(max(5.0, 1.3 * len(benches)) * 2, 4.2), squeeze=True)
-    ours = (seeds.dropna(subset=["score"]) if seeds is not None else
-            table.dropna(subset=["ours"]).rename(columns={"ours": "score"}))
+    ours = (
+        seeds.dropna(subset=["score"])
+        if seeds is not None
+        else table.dropna(subset=["ours"]).rename(columns={"ours": "score"})
+    )
     if ours.empty:
         axes[0].text(0.5, 0.5, "no scores yet", ha="center", va="center", transform=axes[0].transAxes)
     else:
-        sns.barplot(ours, x="benchmark", y="score", hue="row", order=benches, hue_order=[r for r in rows if r in set(ours.row)],
-                    palette=palette, errorbar="sd", ax=axes[0], legend=False)
+        sns.barplot(
+            ours,
+            x="benchmark",
+            y="score",
+            hue="row",
+            order=benches,
+            hue_order=[r for r in rows if r in set(ours.row)],
+            palette=palette,
+            errorbar="sd",
+            ax=axes[0],
+            legend=False,
+        )
     axes[0].set(title="this study", ylabel="score", xlabel="")
     paper = table.dropna(subset=["paper"]).drop_duplicates(["row", "benchmark"])
     if not paper.empty:
-        sns.barplot(paper, x="benchmark", y="paper", hue="row", order=benches, palette=palette, ax=axes[1], legend=False)
+        sns.barplot(
+            paper,
+            x="benchmark",
+            y="paper",
+            hue="row",
+            order=benches,
+            palette=palette,
+            ax=axes[1],
+            legend=False,
+        )
     else:
         axes[1].text(0.5, 0.5, "no published numbers", ha="center", va="center", transform=axes[1].transAxes)
     axes[1].set(title="paper", ylabel="score", xlabel="")
     if rows:
-        fig.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=palette[r]) for r in rows], labels=rows,
-                   loc="lower center", ncol=min(len(rows), 4), frameon=False)
+        fig.legend(
+            handles=[plt.Rectangle((0, 0), 1, 1, color=palette[r]) for r in rows],
+            labels=rows,
+            loc="lower center",
+            ncol=min(len(rows), 4),
+            frameon=False,
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.08 + 0.05 * ((len(rows) - 1) // 4), 1, 1))
@@ -400,7 +515,15 @@ def load_curves(curves_dir: str | Path = config.CURVES_DIR, runs: list[str] | No
         for point in json.loads(path.read_text(encoding="utf-8")):
             for term in CURVE_TERMS:
                 if term in point:
-                    lines.append({"run": run, "stage": stage, "step": point["step"], "term": term, "value": point[term]})
+                    lines.append(
+                        {
+                            "run": run,
+                            "stage": stage,
+                            "step": point["step"],
+                            "term": term,
+                            "value": point[term],
+                        }
+                    )
     return pd.DataFrame(lines, columns=["run", "stage", "step", "term", "value"])
 
 
@@ -409,8 +532,11 @@ def curves_summary(curves: pd.DataFrame) -> pd.DataFrame:
     if curves.empty:
         return pd.DataFrame(columns=["run", "stage", "term", "points", "first", "last"])
     ordered = curves.sort_values("step", kind="stable")
-    return (ordered.groupby(["run", "stage", "term"], sort=True)["value"]
-            .agg(points="count", first="first", last="last").reset_index())
+    return (
+        ordered.groupby(["run", "stage", "term"], sort=True)["value"]
+        .agg(points="count", first="first", last="last")
+        .reset_index()
+    )
 
 
 def plot_curves(curves: pd.DataFrame):
@@ -420,8 +546,20 @@ def plot_curves(curves: pd.DataFrame):
     terms = [t for t in ("lm_loss", "das", "sds") if t in set(curves.term)]
     data = curves[curves.term.isin(terms)]
     stages = [s for s in ("pretrain", "finetune") if s in set(data.stage)]
-    grid = sns.relplot(data, x="step", y="value", hue="run", row="stage", row_order=stages, col="term", col_order=terms,
-                       kind="line", facet_kws={"sharey": False, "sharex": False}, height=2.6, aspect=1.3)
+    grid = sns.relplot(
+        data,
+        x="step",
+        y="value",
+        hue="run",
+        row="stage",
+        row_order=stages,
+        col="term",
+        col_order=terms,
+        kind="line",
+        facet_kws={"sharey": False, "sharex": False},
+        height=2.6,
+        aspect=1.3,
+    )
     return grid.figure
 
 
@@ -439,8 +577,11 @@ def load_analysis(analysis_dir: str | Path = config.ANALYSIS_DIR) -> dict[str, d
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ReportError(f"{path}: not valid JSON ({e})") from None
-        missing = [k for k in ("summary", "setup", "layers", "replacement", "examples") if not isinstance(data, dict)
-                   or k not in data]
+        missing = [
+            k
+            for k in ("summary", "setup", "layers", "replacement", "examples")
+            if not isinstance(data, dict) or k not in data
+        ]
         if missing:
             raise ReportError(f"{path}: not a `basic analyze` result (no {', '.join(missing)})")
         out[path.stem] = data
@@ -468,7 +609,9 @@ def analysis_rows(study: config.Study, runs: list[str]) -> dict[str, str]:
     return labels
 
 
-def analysis_frame(study: config.Study, analyses: dict[str, dict], runs: list[str] | None = None) -> pd.DataFrame:
+def analysis_frame(
+    study: config.Study, analyses: dict[str, dict], runs: list[str] | None = None
+) -> pd.DataFrame:
     """Long frame of the per-layer curves: run, row, seed, layer, reading (cosine | logit_lens), measure, value,
     for the analysed runs among `runs` (default: the runs `tables.analysis` names)."""
     runs = [r for r in dict.fromkeys(runs or study.tables.get(config.ANALYSIS_TABLE, [])) if r in analyses]
@@ -480,8 +623,17 @@ def analysis_frame(study: config.Study, analyses: dict[str, dict], runs: list[st
                 for measure in ANALYSIS_MEASURES:
                     value = layer[reading].get(measure)
                     if value is not None:
-                        lines.append({"run": name, "row": rows[name], "seed": study.runs[name].seed,
-                                      "layer": layer["layer"], "reading": reading, "measure": measure, "value": value})
+                        lines.append(
+                            {
+                                "run": name,
+                                "row": rows[name],
+                                "seed": study.runs[name].seed,
+                                "layer": layer["layer"],
+                                "reading": reading,
+                                "measure": measure,
+                                "value": value,
+                            }
+                        )
     return pd.DataFrame(lines, columns=["run", "row", "seed", "layer", "reading", "measure", "value"])
 
 
@@ -491,8 +643,13 @@ def _paper_count(refs: dict, run: config.Run) -> float | None:
     attrs, counts = attributes(run), refs["analysis"]["meaningful_initial_embeddings"]
     if attrs["method"] == config.BASELINE:
         return counts[config.BASELINE]
-    paper = attrs["das"] and attrs["sds"] and attrs["layers"] == "half" and attrs["layer_weights"] == "increasing" \
+    paper = (
+        attrs["das"]
+        and attrs["sds"]
+        and attrs["layers"] == "half"
+        and attrs["layer_weights"] == "increasing"
         and attrs["patch_weights"] == "attention"
+    )
     return counts[config.METHOD] if paper else None
 
 
@@ -507,8 +664,9 @@ ANALYSIS_COLUMNS = {  # summary key -> column of the analysis table
 }
 
 
-def analysis_table(study: config.Study, analyses: dict[str, dict], refs: dict,
-                   runs: list[str] | None = None) -> pd.DataFrame:
+def analysis_table(
+    study: config.Study, analyses: dict[str, dict], refs: dict, runs: list[str] | None = None
+) -> pd.DataFrame:
     """One line per row (setting) of the analysed runs: the seeds, images and patches, each summary number as mean
     and sd over the seeds (`<column>` and `<column> sd`), and the paper's meaningful initial count for its own
     settings (`paper / 576`)."""
@@ -518,12 +676,21 @@ def analysis_table(study: config.Study, analyses: dict[str, dict], refs: dict,
     for row in dict.fromkeys(rows[r] for r in runs):
         names = [r for r in runs if rows[r] == row]
         first = analyses[names[0]]["setup"]
-        line: dict[str, Any] = {"row": row, "method": study.runs[names[0]].method, "llm": study.runs[names[0]].llm,
-                                "layers": attributes(study.runs[names[0]])["layers"], "seeds": len(names),
-                                "runs": ";".join(names), "images": first["images"],
-                                "patches": first["patches_per_image"], "llm_layers": first["llm_layers"]}
+        line: dict[str, Any] = {
+            "row": row,
+            "method": study.runs[names[0]].method,
+            "llm": study.runs[names[0]].llm,
+            "layers": attributes(study.runs[names[0]])["layers"],
+            "seeds": len(names),
+            "runs": ";".join(names),
+            "images": first["images"],
+            "patches": first["patches_per_image"],
+            "llm_layers": first["llm_layers"],
+        }
         for key, column in ANALYSIS_COLUMNS.items():
-            values = [analyses[n]["summary"][key] for n in names if analyses[n]["summary"].get(key) is not None]
+            values = [
+                analyses[n]["summary"][key] for n in names if analyses[n]["summary"].get(key) is not None
+            ]
             line[column], line[f"{column} sd"] = _mean_sd([float(v) for v in values])
         line["paper / 576"] = _paper_count(refs, study.runs[names[0]])
         lines.append(line)
@@ -545,12 +712,16 @@ def analysis_markdown(table: pd.DataFrame) -> str:
         cells = [d["row"], str(d["seeds"]), str(d["images"])]
         for column in ANALYSIS_COLUMNS.values():
             cells.append(_pm(d[column], d[f"{column} sd"], 1 if "576" in column else 3))
-        cells.append("" if d["paper / 576"] is None or pd.isna(d["paper / 576"]) else f"{d['paper / 576']:.0f}")
+        cells.append(
+            "" if d["paper / 576"] is None or pd.isna(d["paper / 576"]) else f"{d['paper / 576']:.0f}"
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_analysis_table(table: pd.DataFrame, out_dir: str | Path, name: str = "analysis") -> tuple[Path, Path]:
+def write_analysis_table(
+    table: pd.DataFrame, out_dir: str | Path, name: str = "analysis"
+) -> tuple[Path, Path]:
     """`<name>.csv` (every number, sd columns included) and `<name>.md` (`analysis_markdown`) in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -564,7 +735,7 @@ def _delta(a: pd.Series, b: pd.Series, column: str) -> tuple[float, float | None
     """a - b of a column, and the standard error of that difference from the seed spreads (None: one seed)."""
     d = float(a[column]) - float(b[column])
     sa, sb = a[f"{column} sd"], b[f"{column} sd"]
-    se = math.sqrt(sa ** 2 / a.seeds + sb ** 2 / b.seeds) if pd.notna(sa) and pd.notna(sb) else None
+    se = math.sqrt(sa**2 / a.seeds + sb**2 / b.seeds) if pd.notna(sa) and pd.notna(sb) else None
     return d, se
 
 
@@ -572,7 +743,10 @@ def _judged(d: float, se: float | None, digits: int) -> str:
     text = f"{d:+.{digits}f}"
     if se is None:
         return text + " (one seed: no spread to judge it by)"
-    return text + f" ({'beyond' if abs(d) > 2 * se else 'within'} twice its seed standard error, {se:.{digits}f})"
+    return (
+        text
+        + f" ({'beyond' if abs(d) > 2 * se else 'within'} twice its seed standard error, {se:.{digits}f})"
+    )
 
 
 def analysis_findings(table: pd.DataFrame, frame: pd.DataFrame, refs: dict) -> str:
@@ -589,10 +763,12 @@ def analysis_findings(table: pd.DataFrame, frame: pd.DataFrame, refs: dict) -> s
         for _, row in ours.iterrows():
             d, se = _delta(row, base, "meaningful initial / 576")
             paper = counts[config.METHOD] - counts[config.BASELINE]
-            text = (f"- {row.row} vs {base.row}: meaningful initial embeddings "
-                    f"{_pm(row['meaningful initial / 576'], None, 1)} vs {_pm(base['meaningful initial / 576'], None, 1)} "
-                    f"of 576, Δ {_judged(d, se, 1)}; paper {counts[config.METHOD]} vs {counts[config.BASELINE]}, "
-                    f"Δ {paper:+d}.")
+            text = (
+                f"- {row.row} vs {base.row}: meaningful initial embeddings "
+                f"{_pm(row['meaningful initial / 576'], None, 1)} vs {_pm(base['meaningful initial / 576'], None, 1)} "
+                f"of 576, Δ {_judged(d, se, 1)}; paper {counts[config.METHOD]} vs {counts[config.BASELINE]}, "
+                f"Δ {paper:+d}."
+            )
             if pd.notna(row["grounded initial"]) and pd.notna(base["grounded initial"]):
                 d, se = _delta(row, base, "grounded initial")
                 text += f" Grounded initial embeddings: Δ {_judged(d, se, 3)}."
@@ -606,8 +782,10 @@ def analysis_findings(table: pd.DataFrame, frame: pd.DataFrame, refs: dict) -> s
         for measure in ("meaningful_fraction", "grounded_fraction"):
             if measure in mean.index.get_level_values(0):
                 m = mean[measure]
-                parts.append(f"{measure.split('_')[0]} {m[0]:.3f} -> {m[half]:.3f} (layer {half}) -> {m[last]:.3f} "
-                             f"(layer {last})")
+                parts.append(
+                    f"{measure.split('_')[0]} {m[0]:.3f} -> {m[half]:.3f} (layer {half}) -> {m[last]:.3f} "
+                    f"(layer {last})"
+                )
         eos = mean["eos_fraction"]
         parts.append(f"end token {eos[0]:.3f} -> {eos[last]:.3f}")
         lines.append(f"- {row}, over the layers: " + "; ".join(parts) + ".")
@@ -616,14 +794,25 @@ def analysis_findings(table: pd.DataFrame, frame: pd.DataFrame, refs: dict) -> s
         d = replaced - blank
         # Binomial standard error of the difference of two shares over the same questions (unpaired: conservative).
         se = math.sqrt((replaced * (1 - replaced) + blank * (1 - blank)) / (row.images * row.seeds))
-        verdict = ("more of the answer than a blank image does" if d > 2 * se else
-                   "less of the answer than a blank image does" if d < -2 * se else
-                   "no more of the answer than a blank image does, within twice the standard error")
-        lines.append(f"- {row.row}, replacement test: the answer with the matched tokens' embeddings equals the real "
-                     f"one for {replaced:.3f} of the questions, the answer with a blank image for {blank:.3f} "
-                     f"(Δ {d:+.3f}, standard error {se:.3f}): the matched tokens carry {verdict}.")
-    lines += ["", (f"Paper ({refs['analysis']['images']} images): {counts[config.BASELINE]} / 576 meaningful initial "
-                   f"embeddings for LLaVA-1.5, {counts[config.METHOD]} / 576 for BASIC. {refs['analysis']['layers']}")]
+        verdict = (
+            "more of the answer than a blank image does"
+            if d > 2 * se
+            else "less of the answer than a blank image does"
+            if d < -2 * se
+            else "no more of the answer than a blank image does, within twice the standard error"
+        )
+        lines.append(
+            f"- {row.row}, replacement test: the answer with the matched tokens' embeddings equals the real "
+            f"one for {replaced:.3f} of the questions, the answer with a blank image for {blank:.3f} "
+            f"(Δ {d:+.3f}, standard error {se:.3f}): the matched tokens carry {verdict}."
+        )
+    lines += [
+        "",
+        (
+            f"Paper ({refs['analysis']['images']} images): {counts[config.BASELINE]} / 576 meaningful initial "
+            f"embeddings for LLaVA-1.5, {counts[config.METHOD]} / 576 for BASIC. {refs['analysis']['layers']}"
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -634,16 +823,33 @@ def plot_analysis(frame: pd.DataFrame, reading: str = "cosine"):
 
     data = frame[frame.reading == reading]
     measures = [m for m in ANALYSIS_MEASURES if m in set(data.measure)]
-    grid = sns.relplot(data, x="layer", y="value", hue="row", col="measure", col_order=measures, kind="line",
-                       errorbar="sd", marker="o", facet_kws={"sharey": False}, height=3.2, aspect=1.1)
+    grid = sns.relplot(
+        data,
+        x="layer",
+        y="value",
+        hue="row",
+        col="measure",
+        col_order=measures,
+        kind="line",
+        errorbar="sd",
+        marker="o",
+        facet_kws={"sharey": False},
+        height=3.2,
+        aspect=1.1,
+    )
     grid.set_titles("{col_name}" + f" ({reading})")
     for ax in grid.axes.flat:
         ax.set_xlabel("layer (0: initial embeddings)")
     return grid.figure
 
 
-def plot_patches(analysis: dict, images: int = 3, layers: list[int] | None = None, reading: str = "cosine",
-                 title: str | None = None):
+def plot_patches(
+    analysis: dict,
+    images: int = 3,
+    layers: list[int] | None = None,
+    reading: str = "cosine",
+    title: str | None = None,
+):
     """Example images of one run with the matched token of every patch written on it (its first six characters;
     a token in another script as its first code point),
     one column per layer (default: initial, middle, last); with scene annotations (mini), the patches of an
@@ -656,8 +862,9 @@ def plot_patches(analysis: dict, images: int = 3, layers: list[int] | None = Non
     examples = analysis["examples"][:images]
     n_layers = analysis["setup"]["llm_layers"]
     layers = layers if layers is not None else sorted({0, max(1, n_layers // 2), n_layers})
-    fig, axes = plt.subplots(len(examples), len(layers), figsize=(3.3 * len(layers), 3.5 * len(examples)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(examples), len(layers), figsize=(3.3 * len(layers), 3.5 * len(examples)), squeeze=False
+    )
     for r, example in enumerate(examples):
         image = Image.open(io.BytesIO(base64.b64decode(example["image_png"]))).convert("RGB")
         grid = example["grid"]
@@ -666,10 +873,19 @@ def plot_patches(analysis: dict, images: int = 3, layers: list[int] | None = Non
             ax.imshow(image, extent=(0, grid, grid, 0), interpolation="nearest")
             tokens = example["matches"][reading][layer]
             for k, token in enumerate(tokens):
-                shown = token[:6] if token.isascii() else f"U+{ord(token[0]):04X}"  # the default font has no CJK
-                ax.text(k % grid + 0.5, k // grid + 0.5, shown, ha="center", va="center",
-                        fontsize=max(3.5, 40 / grid), color="black",
-                        bbox={"boxstyle": "square,pad=0.05", "fc": "white", "alpha": 0.55, "lw": 0})
+                shown = (
+                    token[:6] if token.isascii() else f"U+{ord(token[0]):04X}"
+                )  # the default font has no CJK
+                ax.text(
+                    k % grid + 0.5,
+                    k // grid + 0.5,
+                    shown,
+                    ha="center",
+                    va="center",
+                    fontsize=max(3.5, 40 / grid),
+                    color="black",
+                    bbox={"boxstyle": "square,pad=0.05", "fc": "white", "alpha": 0.55, "lw": 0},
+                )
             for x in range(grid + 1):
                 ax.axhline(x, color="white", lw=0.3)
                 ax.axvline(x, color="white", lw=0.3)
@@ -678,9 +894,12 @@ def plot_patches(analysis: dict, images: int = 3, layers: list[int] | None = Non
                     ax.add_patch(plt.Rectangle((k % grid, k // grid), 1, 1, fill=False, ec="gold", lw=0.8))
             ax.set_xticks([]), ax.set_yticks([])
             name = "initial" if layer == 0 else f"layer {layer}"
-            ax.set_title(f"{name}" + (f"\nQ: {example['question'].splitlines()[0][:40]}" if c == 0 else ""), fontsize=8)
-        axes[r][-1].set_xlabel(f"answer: {example['answer'][:30]!r}\nreplaced: {example['replaced_answer'][:30]!r}",
-                               fontsize=7)
+            ax.set_title(
+                f"{name}" + (f"\nQ: {example['question'].splitlines()[0][:40]}" if c == 0 else ""), fontsize=8
+            )
+        axes[r][-1].set_xlabel(
+            f"answer: {example['answer'][:30]!r}\nreplaced: {example['replaced_answer'][:30]!r}", fontsize=7
+        )
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -706,7 +925,9 @@ def show_markdown(text: str) -> None:
         print(text)
 
 
-def run_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict[str, Any], kernel: str = KERNEL) -> list[Path]:
+def run_notebooks(
+    notebooks: list[Path], out_dir: Path, parameters: dict[str, Any], kernel: str = KERNEL
+) -> list[Path]:
     """Execute each notebook with papermill into `out_dir` and render it to HTML beside it."""
     import nbformat
     import papermill as pm
@@ -718,11 +939,20 @@ def run_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict[str, An
         target = out_dir / notebook.name
         print(f"basic report: [{i}/{len(notebooks)}] {notebook} -> {target}", flush=True)
         try:
-            pm.execute_notebook(str(notebook), str(target), parameters=parameters, kernel_name=kernel,
-                                language="python", progress_bar=True, cwd=str(Path.cwd()))
+            pm.execute_notebook(
+                str(notebook),
+                str(target),
+                parameters=parameters,
+                kernel_name=kernel,
+                language="python",
+                progress_bar=True,
+                cwd=str(Path.cwd()),
+            )
         except pm.PapermillExecutionError as e:
-            raise ReportError(f"{notebook} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
-                              f"the executed notebook with the error is {target}") from None
+            raise ReportError(
+                f"{notebook} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
+                f"the executed notebook with the error is {target}"
+            ) from None
         html, _ = HTMLExporter().from_notebook_node(nbformat.read(str(target), as_version=4))
         target.with_suffix(".html").write_text(html, encoding="utf-8")
         written += [target, target.with_suffix(".html")]
@@ -730,8 +960,11 @@ def run_notebooks(notebooks: list[Path], out_dir: Path, parameters: dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="basic report", description="Execute the result notebooks (papermill) and "
-                                "render them to HTML; they write the tables to results/tables/.")
+    p = argparse.ArgumentParser(
+        prog="basic report",
+        description="Execute the result notebooks (papermill) and "
+        "render them to HTML; they write the tables to results/tables/.",
+    )
     p.add_argument("--params", type=Path, default=config.PARAMS_FILE)
     p.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of the notebook templates")
     p.add_argument("--out", type=Path, default=NOTEBOOKS_OUT, help="executed notebooks and their HTML")
@@ -739,7 +972,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--curves", type=Path, default=config.CURVES_DIR)
     p.add_argument("--analysis", type=Path, default=config.ANALYSIS_DIR, help="`basic analyze` results")
     p.add_argument("--tables", type=Path, default=TABLES_DIR)
-    p.add_argument("--kernel", default=KERNEL, help="Jupyter kernel (default %(default)s, installed with ipykernel)")
+    p.add_argument(
+        "--kernel", default=KERNEL, help="Jupyter kernel (default %(default)s, installed with ipykernel)"
+    )
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these notebooks (names without .ipynb)")
     args = p.parse_args(argv)
     notebooks = sorted(args.notebooks.glob("*.ipynb"))
@@ -753,16 +988,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"basic report: no notebooks in {args.notebooks}", file=sys.stderr)
         return 2
     try:
-        results = load(args.params, args.metrics)  # fail early, in this process, on a bad params.yaml or metrics file
+        results = load(
+            args.params, args.metrics
+        )  # fail early, in this process, on a bad params.yaml or metrics file
         load_analysis(args.analysis)
         missing = missing_runs(results)
         if missing:
-            print(f"basic report: {len(missing)} of {len(results.study.runs)} runs have no metrics yet "
-                  f"(shown as missing): {', '.join(missing)}", file=sys.stderr)
-        run_notebooks(notebooks, args.out, {"params_file": str(args.params), "metrics_dir": str(args.metrics),
-                                            "curves_dir": str(args.curves), "tables_dir": str(args.tables),
-                                            "analysis_dir": str(args.analysis)},
-                      args.kernel)
+            print(
+                f"basic report: {len(missing)} of {len(results.study.runs)} runs have no metrics yet "
+                f"(shown as missing): {', '.join(missing)}",
+                file=sys.stderr,
+            )
+        run_notebooks(
+            notebooks,
+            args.out,
+            {
+                "params_file": str(args.params),
+                "metrics_dir": str(args.metrics),
+                "curves_dir": str(args.curves),
+                "tables_dir": str(args.tables),
+                "analysis_dir": str(args.analysis),
+            },
+            args.kernel,
+        )
     except (config.ConfigError, ReportError) as e:
         print(f"basic report: {e}", file=sys.stderr)
         return 1

@@ -26,7 +26,6 @@ from pathlib import Path
 from basic.pipeline import config
 from basic.pipeline.launch import to_shell
 
-
 CURVE_TERMS = ("loss", "lm_loss", "das", "sds")
 LOG_DIR = Path("logs")
 TAIL_BYTES = 4000  # of a failing stage's output, repeated after its error
@@ -66,8 +65,10 @@ def clean_backbones(study: config.Study) -> None:
     if study.active.world != "mini" or not out.exists():
         return
     if (out / "checkpoints.json").exists():
-        raise SystemExit(f"basic stage: {out} holds the full study's checkpoints (checkpoints.json); the {study.profile} "
-                         f"profile rebuilds mini backbones there: move them away first")
+        raise SystemExit(
+            f"basic stage: {out} holds the full study's checkpoints (checkpoints.json); the {study.profile} "
+            f"profile rebuilds mini backbones there: move them away first"
+        )
     shutil.rmtree(out)
 
 
@@ -98,15 +99,23 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
     started = time.perf_counter()
     if stage == "backbones":
         clean_backbones(study)
-    env = {**os.environ, **study.active.env, "PYTHONUNBUFFERED": "1",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        **study.active.env,
+        "PYTHONUNBUFFERED": "1",
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     log = log_file(stage, run)
     log.parent.mkdir(parents=True, exist_ok=True)
     tail = b""
     # Through the shell, so that a multi-node launch's $NODE_RANK and $MASTER_ADDR expand (basic.pipeline.launch).
     # The output goes to the terminal as it comes (progress bars redraw in place) and to the stage's log.
-    with open(log, "wb") as out, subprocess.Popen(to_shell(executable(argv)), shell=True, env=env,
-                                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
+    with (
+        open(log, "wb") as out,
+        subprocess.Popen(
+            to_shell(executable(argv)), shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as process,
+    ):
         while chunk := process.stdout.read1(65536):  # type: ignore[union-attr]
             sys.stdout.buffer.write(chunk)
             sys.stdout.flush()
@@ -115,8 +124,11 @@ def run_stage(study: config.Study, stage: str, run: str | None) -> int:
     code = process.returncode
     elapsed = time.perf_counter() - started
     if code:
-        print(f"basic stage: {name} failed (exit {code}) after {elapsed:.0f} s: {to_shell(argv)}\n"
-              f"end of {log}:\n{tail.decode(errors='replace')}", file=sys.stderr)
+        print(
+            f"basic stage: {name} failed (exit {code}) after {elapsed:.0f} s: {to_shell(argv)}\n"
+            f"end of {log}:\n{tail.decode(errors='replace')}",
+            file=sys.stderr,
+        )
         return code
     if stage in ("pretrain", "finetune") and os.environ.get("NODE_RANK", "0") == "0":  # one node writes them
         state = config.run_dir(run) / stage / "trainer_state.json"

@@ -32,9 +32,15 @@ def study_jobs(params: str | Path = "params.yaml", runs: Sequence[str] | None = 
     jobs = {}
     for run in runs or list(study.runs):
         study.run(run)  # unknown names fail here, naming the runs there are
-        jobs[run] = [Job(stage, ("basic", "stage", stage, run, "--params", str(params)),
-                         spec if stage != "evaluate" else replace(spec, nodes=1), gpus=spec.launcher != "python")
-                     for stage in RUN_STAGES]
+        jobs[run] = [
+            Job(
+                stage,
+                ("basic", "stage", stage, run, "--params", str(params)),
+                spec if stage != "evaluate" else replace(spec, nodes=1),
+                gpus=spec.launcher != "python",
+            )
+            for stage in RUN_STAGES
+        ]
     return jobs
 
 
@@ -45,7 +51,9 @@ def submit_study(args: argparse.Namespace) -> int:
             study = config.load(args.params)
             for run, stages in jobs.items():
                 for job in stages:
-                    print(f"# {run}.{job.name} ({study.profile}): {job.spec.nodes} node(s) x {job.spec.gpus_per_node} GPUs")
+                    print(
+                        f"# {run}.{job.name} ({study.profile}): {job.spec.nodes} node(s) x {job.spec.gpus_per_node} GPUs"
+                    )
                     print(f"{to_shell(job.command)}\n#   -> {to_shell(config.command(study, job.name, run))}")
             return 0
     except config.ConfigError as e:
@@ -55,15 +63,20 @@ def submit_study(args: argparse.Namespace) -> int:
     for run, stages in jobs.items():
         print(f"{run}: " + ", ".join(f"{job.name} {job_id}" for job, job_id in zip(stages, ids[run])))
     names = " ".join(f"{stage}@{run}" for run in jobs for stage in RUN_STAGES)
-    print("When the jobs have finished (squeue -u $USER), record their outputs in DVC and make the tables:\n"
-          f"  dvc commit -f {names}\n  dvc repro report")
+    print(
+        "When the jobs have finished (squeue -u $USER), record their outputs in DVC and make the tables:\n"
+        f"  dvc commit -f {names}\n  dvc repro report"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="basic submit", description=__doc__.split("\n\n")[0])
-    p.add_argument("--params", default=str(config.PARAMS_FILE), help="the study's params, in their active profile "
-                   "(default %(default)s)")
+    p.add_argument(
+        "--params",
+        default=str(config.PARAMS_FILE),
+        help="the study's params, in their active profile (default %(default)s)",
+    )
     p.add_argument("--runs", nargs="+", help="only these runs")
     p.add_argument("--print", action="store_true", help="print the plan and exit")
     add_slurm_arguments(p)

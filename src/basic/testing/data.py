@@ -38,27 +38,52 @@ def write_tiny_llava_data(root: str | Path, n_images: int = 12, seed: int = 0) -
         name = f"train/{i:04d}.png"
         image.save(root / "images" / name)
         caption = f"a {colour} {shape} in the middle"
-        pretrain.append({"id": f"cap-{i}", "image": name, "conversations": [
-            {"from": "human", "value": rng.choice(["<image>\ndescribe the image .", "describe the image .\n<image>"])},
-            {"from": "gpt", "value": caption},
-        ]})
+        pretrain.append(
+            {
+                "id": f"cap-{i}",
+                "image": name,
+                "conversations": [
+                    {
+                        "from": "human",
+                        "value": rng.choice(
+                            ["<image>\ndescribe the image .", "describe the image .\n<image>"]
+                        ),
+                    },
+                    {"from": "gpt", "value": caption},
+                ],
+            }
+        )
         if i % 3 == 0:
             conversations = [
-                {"from": "human", "value": "<image>\nwhat colour is the shape ?"}, {"from": "gpt", "value": colour},
-                {"from": "human", "value": "what is the shape ?"}, {"from": "gpt", "value": f"a {shape}"},
+                {"from": "human", "value": "<image>\nwhat colour is the shape ?"},
+                {"from": "gpt", "value": colour},
+                {"from": "human", "value": "what is the shape ?"},
+                {"from": "gpt", "value": f"a {shape}"},
             ]
         else:
             conversations = [
-                {"from": "human", "value": "what colour is the shape ?\nanswer the question using a single word or phrase .\n<image>"},
+                {
+                    "from": "human",
+                    "value": "what colour is the shape ?\nanswer the question using a single word or phrase .\n<image>",
+                },
                 {"from": "gpt", "value": colour},
             ]
         finetune.append({"id": f"vqa-{i}", "image": name, "conversations": conversations})
         if i % 4 == 0:
-            finetune.append({"id": f"text-{i}", "conversations": [
-                {"from": "human", "value": f"how many objects are there ? {i % 5}"},
-                {"from": "gpt", "value": "two three four five"},
-            ]})
-    paths = {"images": root / "images", "pretrain": root / "pretrain.json", "finetune": root / "finetune.json"}
+            finetune.append(
+                {
+                    "id": f"text-{i}",
+                    "conversations": [
+                        {"from": "human", "value": f"how many objects are there ? {i % 5}"},
+                        {"from": "gpt", "value": "two three four five"},
+                    ],
+                }
+            )
+    paths = {
+        "images": root / "images",
+        "pretrain": root / "pretrain.json",
+        "finetune": root / "finetune.json",
+    }
     paths["pretrain"].write_text(json.dumps(pretrain, indent=1))
     paths["finetune"].write_text(json.dumps(finetune, indent=1))
     return paths

@@ -28,9 +28,17 @@ from basic.families import FAMILIES
 from basic.testing.backbones import save_tiny_vision, tiny_llm_config, tiny_tokenizer
 
 
-def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_ratio: str = "pad",
-                    seed: int = 0, hidden: int = 32, layers: int = 4, image_size: int = 16,
-                    tokenizer: PreTrainedTokenizerFast | None = None, vocab_size: int = 320) -> Path:
+def save_tiny_llava(
+    out_dir: str | Path,
+    family: str = "llama",
+    image_aspect_ratio: str = "pad",
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 4,
+    image_size: int = 16,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    vocab_size: int = 320,
+) -> Path:
     """Write a random tiny LLaVA checkpoint (CLIP encoder + `family` LLM) to `out_dir`; returns it.
 
     `image_size` / 4 squared is the number of image tokens (CLIP patch size 4). `tokenizer`: another
@@ -44,9 +52,11 @@ def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_rat
         tokenizer.pad_token = tokenizer.unk_token
     vision_config = AutoConfig.from_pretrained(vision_dir).vision_config
     config = LlavaConfig(
-        vision_config=vision_config, text_config=tiny_llm_config(family, tokenizer, layers=layers, hidden=hidden),
+        vision_config=vision_config,
+        text_config=tiny_llm_config(family, tokenizer, layers=layers, hidden=hidden),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        vision_feature_select_strategy="default", vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
     )
     config.image_aspect_ratio = image_aspect_ratio
     torch.manual_seed(seed)
@@ -54,14 +64,18 @@ def save_tiny_llava(out_dir: str | Path, family: str = "llama", image_aspect_rat
     template = TEMPLATES[FAMILIES[family][2]]
     end_of_turn = tokenizer.convert_tokens_to_ids(template.end_of_turn_for(tokenizer))
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted({tokenizer.eos_token_id, end_of_turn}),
     )
     model.save_pretrained(out)
     LlavaProcessor(
-        image_processor=AutoImageProcessor.from_pretrained(vision_dir), tokenizer=tokenizer,
-        chat_template=template.jinja, patch_size=vision_config.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,  # CLIP's CLS token
+        image_processor=AutoImageProcessor.from_pretrained(vision_dir),
+        tokenizer=tokenizer,
+        chat_template=template.jinja,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token
     ).save_pretrained(out)
     return out
 
@@ -80,5 +94,7 @@ def write_benchmark_fixtures(data_root: str | Path, n: int = 4, seed: int = 0, i
         for bench, rows in benchmarks.build(name, sampler, rng, n, image_size).items():
             benchmarks.write(Path(data_root) / "benchmarks" / bench, bench, rows)
     scenes = Path(data_root) / "benchmarks" / "scenes.jsonl"
-    scenes.write_text("".join(json.dumps(r) + "\n" for r in annotations(sampler.drawn, image_size)), encoding="utf-8")
+    scenes.write_text(
+        "".join(json.dumps(r) + "\n" for r in annotations(sampler.drawn, image_size)), encoding="utf-8"
+    )
     return Path(data_root)

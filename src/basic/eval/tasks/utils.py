@@ -43,6 +43,7 @@ def _submission_path(file_name: str, args) -> str:
 
 # ---- VQAv2, VizWiz, TextVQA ---------------------------------------------------------------------------
 
+
 def vqa_process_results(doc: dict, results: list[str]) -> dict:
     """VQA accuracy over the ten answers (VQAv2 stores them as dicts, VizWiz and TextVQA as strings)."""
     answers = [a["answer"] if isinstance(a, dict) else a for a in doc["answers"]]
@@ -70,6 +71,7 @@ def vizwiz_aggregate_submission(results: list[dict], args) -> None:
 
 # ---- GQA ------------------------------------------------------------------------------------------------
 
+
 def gqa_process_results(doc: dict, results: list[str]) -> dict:
     """LLaVA-1.5: trailing periods stripped and lower case, then GQA's exact match."""
     return {"exact_match": float(metrics.gqa_match(results[0], doc["answer"]))}
@@ -82,13 +84,18 @@ def gqa_process_results_lmms_eval(doc: dict, results: list[str]) -> dict:
 
 # ---- ScienceQA-IMG ----------------------------------------------------------------------------------
 
+
 def sqa_doc_to_target(doc: dict) -> str:
     return chr(ord("A") + int(doc["answer"]))
 
 
 def sqa_process_results(doc: dict, results: list[str]) -> dict:
     """LLaVA-1.5's eval_science_qa.py parse."""
-    return {"letter_accuracy": float(metrics.sqa_letter(results[0], len(doc["choices"])) == sqa_doc_to_target(doc))}
+    return {
+        "letter_accuracy": float(
+            metrics.sqa_letter(results[0], len(doc["choices"])) == sqa_doc_to_target(doc)
+        )
+    }
 
 
 def sqa_process_results_lmms_eval(doc: dict, results: list[str]) -> dict:
@@ -99,18 +106,29 @@ def sqa_process_results_lmms_eval(doc: dict, results: list[str]) -> dict:
 
 # ---- MMBench (EN and CN) ----------------------------------------------------------------------------
 
+
 def _options(doc: dict) -> dict[str, str]:
     return {c: doc[c] for c in "ABCDE" if _present(doc.get(c))}
 
 
 def _present(value) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value not in ("", "nan")
+    return (
+        value is not None
+        and not (isinstance(value, float) and math.isnan(value))
+        and value not in ("", "nan")
+    )
 
 
 def mmbench_process_results(doc: dict, results: list[str]) -> dict:
     pred = metrics.mmbench_letter(results[0], _options(doc))
-    return {"circular_accuracy": {"index": int(doc["index"]), "answer": doc["answer"], "pred": pred,
-                                  "category": doc.get("category")}}
+    return {
+        "circular_accuracy": {
+            "index": int(doc["index"]),
+            "answer": doc["answer"],
+            "pred": pred,
+            "category": doc.get("category"),
+        }
+    }
 
 
 def mmbench_aggregate(records: list[dict]) -> float:
@@ -137,6 +155,7 @@ def mmbench_cn_aggregate_submission(results: list[dict], args) -> None:
 
 # ---- MM-Vet ----------------------------------------------------------------------------------------
 
+
 @cache
 def _judge(name: str) -> Judge:
     return get_judge(name)
@@ -147,8 +166,15 @@ def _mmvet_result(doc: dict, prediction: str, judge: Judge) -> dict:
         score, error = judge.score(doc["question"], doc["answer"], prediction), None
     except JudgeError as reason:  # NaN, not None: lmms-eval computes a standard error over the "score" fields
         score, error = float("nan"), str(reason)
-    return {"judge_score": {"question_id": doc["question_id"], "capability": doc["capability"], "score": score,
-                            "judge": judge.name, "error": error}}
+    return {
+        "judge_score": {
+            "question_id": doc["question_id"],
+            "capability": doc["capability"],
+            "score": score,
+            "judge": judge.name,
+            "error": error,
+        }
+    }
 
 
 def mmvet_process_results_rule(doc: dict, results: list[str]) -> dict:
