@@ -265,6 +265,92 @@ def test_findings_state_deltas_spread_and_null_results(results):
     assert "- +DAS -SDS: mean Δ +2.0 over 1 benchmarks (1 up, 0 down); one seed, so no spread" in ablation
 
 
+def blind_entry(score: float, blind: float, same: float) -> dict:
+    return {**entry(score), "blind_score": blind, "same_answer_blind": same, "distinct_answers": 5}
+
+
+def test_vision_table_and_findings(tmp_path):
+    """Score minus blind score per seed, mean ± sd over seeds; which benchmarks measure vision by the stated rule."""
+    flat = {b: entry(40.0) for b in BENCHES}  # no blind keys: `no blind score`
+    metrics = {
+        "llava-vicuna-7b": {
+            **flat,
+            "vqav2": blind_entry(50.0, 30.0, 0.2),  # gap 20
+            "gqa": blind_entry(40.0, 39.0, 0.9),  # gap 1
+            "sqa_img": blind_entry(40.0, 35.0, 0.5),  # gap 5
+        },
+        "llava-vicuna-7b-seed1": {
+            **flat,
+            "vqav2": blind_entry(52.0, 28.0, 0.4),  # gap 24
+            "gqa": blind_entry(40.0, 41.0, 0.7),  # gap -1
+            "sqa_img": blind_entry(40.0, 25.0, 0.3),  # gap 15
+        },
+        "basic-vicuna-7b": {**flat, "vqav2": blind_entry(54.0, 30.0, 0.1)},  # gap 24
+        "basic-vicuna-7b-seed1": {**flat, "vqav2": blind_entry(58.0, 30.0, 0.3)},  # gap 28
+        "llava-vicuna-13b": {
+            **flat,
+            "vqav2": blind_entry(60.0, 30.0, 0.0),
+            "mmb_en": blind_entry(45.0, 40.0, 0.6),
+        },
+    }
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for run, data in metrics.items():
+        (folder / f"{run}.json").write_text(json.dumps(data))
+    res = report.Results(config.load(PARAMS), report.load_metrics(folder), report.references())
+    table = report.vision_table(res)
+    assert list(dict.fromkeys(table.row)) == [
+        "llava-1.5 vicuna-7b clip-l-336",
+        "basic vicuna-7b clip-l-336",
+        "llava-1.5 vicuna-13b clip-l-336",
+        "basic vicuna-13b clip-l-336",
+    ]
+    base = cell(table, "llava-1.5 vicuna-7b clip-l-336", "vqav2")
+    assert (base.ours, base.seeds, base.score, base.blind_score) == (22.0, 2, 51.0, 29.0)
+    assert base.ours_sd == pytest.approx(8**0.5) and base.same_answer_blind == pytest.approx(0.3)
+    ours = cell(table, "basic vicuna-7b clip-l-336", "vqav2")
+    assert (ours.ours, ours.ours_delta) == (26.0, 4.0) and ours.ours_sd == pytest.approx(8**0.5)
+    assert ours.delta_se == pytest.approx((8 / 2 + 8 / 2) ** 0.5) and pd.isna(ours.paper)
+    gqa = cell(table, "llava-1.5 vicuna-7b clip-l-336", "gqa")
+    assert gqa.ours == 0.0 and gqa.ours_sd == pytest.approx(2**0.5)
+    thirteen = cell(table, "llava-1.5 vicuna-13b clip-l-336", "vqav2")
+    assert (thirteen.ours, thirteen.seeds, thirteen.runs) == (30.0, 1, "llava-vicuna-13b") and pd.isna(
+        thirteen.ours_sd
+    )
+    assert cell(table, "llava-1.5 vicuna-7b clip-l-336", "mmb_cn").status == "no blind score"
+    assert cell(table, "basic vicuna-13b clip-l-336", "vqav2").status == "missing"
+    md = report.markdown(table, report.VISION)
+    assert md.startswith("**Table 1, with the image minus blind** (score minus blind score")
+    assert "| basic vicuna-7b clip-l-336 | 2 | 26.0 ± 2.8 (+4.0) | no blind score |" in md
+    csv, written = report.write_table(table, tmp_path / "t", "vision", report.VISION)
+    assert written.read_text() == md and len(pd.read_csv(csv)) == len(table)
+    text = report.vision_findings(table)
+    assert (
+        "above 2 points and above 2 sd, on every llava-1.5 row evaluated blind on two seeds or more" in text
+    )
+    # vqav2: 22 ± 2.8 on the judged (two-seed) row; gqa 0 ± 1.4; sqa_img 10 ± 7.1 (10 < 2 x 7.1).
+    assert (
+        "- measure vision: vqav2 (+22.0 ± 2.8 / +30.0); do not: gqa (+0.0 ± 1.4 / n/a), "
+        "sqa_img (+10.0 ± 7.1 / n/a) (gaps of llava-1.5 vicuna-7b clip-l-336 / llava-1.5 vicuna-13b clip-l-336)."
+    ) in text
+    assert "- one blind seed only, undecided: mmb_en (n/a / +5.0)." in text
+    assert "- no blind score: mmb_cn, mmvet, vizwiz, textvqa." in text
+
+
+def test_vision_table_without_blind_scores(results, tmp_path):
+    """Metrics written without --blind (the committed ones): every cell says so, the findings too, nothing breaks."""
+    table = report.vision_table(results)
+    assert len(table) == 4 * len(BENCHES) and table.ours.isna().all() and (table.seeds == 0).all()
+    assert cell(table, "basic vicuna-7b clip-l-336", "vqav2").status == "no blind score"
+    assert cell(table, "basic vicuna-7b clip-l-336", "mmvet").status == "unscored"
+    # seed 0 scored without --blind, seed 1 missing: the scored seed decides
+    assert cell(table, "basic vicuna-13b clip-l-336", "gqa").status == "no blind score"
+    assert "| llava-1.5 vicuna-7b clip-l-336 | 0 | no blind score |" in report.markdown(table, report.VISION)
+    assert "- no blind scores yet" in report.vision_findings(table)
+    _, md = report.write_table(table, tmp_path, "vision", report.VISION)
+    assert md.read_text().count("\n") == 4 + 4
+
+
 def test_depth_table_rows_by_k(results, tmp_path):
     scores = {
         "llava-vicuna-7b": {"vqav2": 50.0},

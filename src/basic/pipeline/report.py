@@ -12,6 +12,9 @@ Pure functions the notebooks call (notebooks/*.ipynb only load, call and show):
   matched to the paper's rows by what they are (method, LLM, encoder, which losses, schedules, k), never by
   name; a run that matches no row of the paper gets its own row; a run without metrics is reported
   `missing` (a benchmark missing from its metrics: `not evaluated`), never dropped.
+- `vision_table(results)`, `vision_findings(table)`: Table 1's rows, per benchmark the score with the image minus
+  the blind score (`basic evaluate --blind`), mean ± sd over seeds, and which benchmarks measure vision at this
+  scale (the LLaVA-1.5 rows' gap beyond 2 points and twice its seed sd).
 - `markdown(table)`, `write_table(table, dir, name)`: Markdown and CSV; `plot_family(table)`: a seaborn figure.
 - `curves_from_state`, `write_curves`, `load_curves`, `curves_summary`, `plot_curves`: training curves
   (LM, DAS and SDS terms) from the trainer's log history.
@@ -46,6 +49,10 @@ from basic.pipeline.stage import CURVE_TERMS
 
 REFERENCE_FILE = "reference_numbers.yaml"
 FAMILIES = tuple(t for t in config.TABLES if t != config.ANALYSIS_TABLE)  # tables of benchmark scores
+VISION = "vision"  # Table 1's runs, score with the image minus blind score (`vision_table`)
+# The rule of `vision_findings`: a benchmark measures vision where the LLaVA-1.5 rows' gap exceeds both.
+VISION_MIN_GAP = 2.0  # points
+VISION_MIN_SDS = 2.0  # sds over seeds
 TITLES = {
     "main": "Table 1: main results",
     "loss_ablation": "Table 2: loss ablation (Vicuna-7B)",
@@ -53,6 +60,7 @@ TITLES = {
     "layer_weights": "Table 4a: layer-weight schedule",
     "supervision_strength": "Table 4b: supervision strength (patch weights)",
     "depth": "Depth ablation: k supervising layers of the Vicuna-7B stand-in (the paper: in words only)",
+    VISION: "Table 1, with the image minus blind",
 }
 # The row each table's deltas are taken against (what the paper compares with): attributes it overrides.
 BASELINES: dict[str, dict[str, Any]] = {
@@ -62,6 +70,7 @@ BASELINES: dict[str, dict[str, Any]] = {
     "layer_weights": {"layer_weights": "increasing"},
     "supervision_strength": {"patch_weights": "attention"},
     "depth": {"layers": "half"},
+    VISION: {"method": config.BASELINE},
 }
 NOTEBOOKS = Path("notebooks")
 NOTEBOOKS_OUT = Path("results/notebooks")
@@ -194,7 +203,8 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def seed_scores(results: Results, family: str) -> pd.DataFrame:
-    """One line per (run, benchmark) of the table: the row it belongs to, its seed, score and status."""
+    """One line per (run, benchmark) of the table: the row it belongs to, its seed, score and status, and, where
+    it was evaluated blind (`basic evaluate --blind`), its `blind_score` and `same_answer_blind` (else None)."""
     _, ref_rows = reference_rows(results.references, family)
     columns = table_columns(results, family)
     keys = [k for k in ref_rows[0] if k != "paper"]
@@ -210,7 +220,12 @@ def seed_scores(results: Results, family: str) -> pd.DataFrame:
             status = (
                 "missing" if run_metrics is None else "not evaluated" if entry is None else entry["status"]
             )
-            score = entry.get("score") if entry is not None and status == "scored" else None
+            scored = entry is not None and status == "scored"
+            score, blind, same = (
+                (entry.get("score"), entry.get("blind_score"), entry.get("same_answer_blind"))
+                if scored
+                else (None, None, None)
+            )
             lines.append(
                 {
                     "row": _label(attrs, keys),
@@ -220,12 +235,27 @@ def seed_scores(results: Results, family: str) -> pd.DataFrame:
                     "settings": json.dumps(run.settings, sort_keys=True),
                     "benchmark": bench,
                     "score": score,
+                    "blind_score": blind,
+                    "same_answer_blind": same,
                     "status": status,
                     **{k: attrs[k] for k in keys},
                 }
             )
     frame = pd.DataFrame(
-        lines, columns=["row", "paper_row", "run", "seed", "settings", "benchmark", "score", "status", *keys]
+        lines,
+        columns=[
+            "row",
+            "paper_row",
+            "run",
+            "seed",
+            "settings",
+            "benchmark",
+            "score",
+            "blind_score",
+            "same_answer_blind",
+            "status",
+            *keys,
+        ],
     )
     # Runs that match one paper row but differ elsewhere (e.g. a learning rate) are separate rows.
     ambiguous = {row for row, settings in frame.groupby("row").settings if settings.nunique() > 1}
@@ -295,6 +325,105 @@ def family_table(results: Results, family: str) -> pd.DataFrame:
     return _with_deltas(table, family, keys)
 
 
+def vision_table(results: Results) -> pd.DataFrame:
+    """Table 1's rows (the runs of `tables.main`), per benchmark: the score with the image minus the blind score
+    (`basic evaluate --blind`: every image blank), computed per seed, as mean (`ours`) ± sd (`ours_sd`) over the
+    seeds that have both (`seeds`), beside the means of `score`, `blind_score` and `same_answer_blind` over those
+    seeds; `ours_delta`: this row's gap minus the LLaVA-1.5 row's (same LLM and encoder). A cell without a blind
+    score has status `no blind score` (metrics written without --blind), or the main table's status (missing,
+    not evaluated, unscored). No paper numbers: the paper has no blind baseline."""
+    _, ref_rows = reference_rows(results.references, "main")
+    keys = [k for k in ref_rows[0] if k != "paper"]
+    seeds = seed_scores(results, "main")
+    rows: list[dict] = []
+    for row, group in seeds.groupby("row", sort=False):
+        first = group.iloc[0]
+        for bench, cell in group.groupby("benchmark", sort=False):
+            both = cell[cell.score.notna() & cell.blind_score.notna()]
+            gaps = [float(s) - float(b) for s, b in zip(both.score, both.blind_score)]
+            mean, sd = _mean_sd(gaps)
+            same = [float(v) for v in both.same_answer_blind if pd.notna(v)]
+            statuses = sorted(set(cell.status) - {"scored"})
+            rows.append(
+                {
+                    "row": row,
+                    **{k: first[k] for k in keys},
+                    "benchmark": bench,
+                    "ours": mean,
+                    "ours_sd": sd,
+                    "seeds": len(gaps),
+                    "runs": ";".join(dict.fromkeys(both.run)),
+                    "status": "scored"
+                    if gaps
+                    else "no blind score"
+                    if (cell.status == "scored").any()
+                    else "/".join(statuses),
+                    "score": _mean_sd([float(v) for v in both.score])[0],
+                    "blind_score": _mean_sd([float(v) for v in both.blind_score])[0],
+                    "same_answer_blind": _mean_sd(same)[0],
+                    "paper": None,
+                    "_order": first.paper_row if pd.notna(first.paper_row) else 1e9,
+                }
+            )
+    table = pd.DataFrame(
+        rows,
+        columns=["row", *keys, "benchmark", "ours", "ours_sd", "seeds", "runs", "status"]
+        + ["score", "blind_score", "same_answer_blind", "paper", "_order"],
+    )
+    table = table.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    return _with_deltas(table, VISION, keys)
+
+
+def vision_findings(table: pd.DataFrame) -> str:
+    """Which benchmarks measure vision at this scale, from `vision_table` (Markdown). The rule: a benchmark
+    measures vision where, on every LLaVA-1.5 row evaluated blind on at least two seeds, the mean gap (score with
+    the image minus blind score) exceeds both `VISION_MIN_GAP` points and `VISION_MIN_SDS` times its sd over
+    seeds; it does not where one such row's gap does not; with one blind seed only it is undecided."""
+    rule = (
+        f"mean gap over seeds above {VISION_MIN_GAP:g} points and above {VISION_MIN_SDS:g} sd, "
+        f"on every {config.BASELINE} row evaluated blind on two seeds or more"
+    )
+    llava = table[table.method == config.BASELINE]
+    head = f"**Which benchmarks measure vision at this scale** ({config.BASELINE} rows, score minus blind score; {rule}):"
+    lines = [head, ""]
+    if not llava.ours.notna().any():
+        lines.append(
+            "- no blind scores yet (metrics written without `basic evaluate --blind`): "
+            "which benchmarks measure vision cannot be told."
+        )
+        return "\n".join(lines) + "\n"
+    rows = list(dict.fromkeys(llava[llava.ours.notna()].row))
+    verdicts: dict[str, list[str]] = {"measure": [], "not": [], "one seed": [], "none": []}
+    for bench, g in llava.groupby("benchmark", sort=False):
+        g = g[g.ours.notna()]
+        judged = g[g.seeds >= 2]
+        gaps = {line.row: _number(line.ours, True) for line in g.itertuples()}
+        for line in g[g.ours_sd.notna()].itertuples():
+            gaps[line.row] += f" ± {line.ours_sd:.1f}"
+        text = f"{bench} ({' / '.join(gaps.get(r, 'n/a') for r in rows)})"
+        if g.empty:
+            verdicts["none"].append(bench)
+        elif judged.empty:
+            verdicts["one seed"].append(text)
+        elif all(
+            line.ours > VISION_MIN_GAP and line.ours > VISION_MIN_SDS * line.ours_sd
+            for line in judged.itertuples()
+        ):
+            verdicts["measure"].append(text)
+        else:
+            verdicts["not"].append(text)
+    order = " / ".join(rows)
+    lines.append(
+        f"- measure vision: {', '.join(verdicts['measure']) or 'none'}; do not: "
+        f"{', '.join(verdicts['not']) or 'none'} (gaps of {order})."
+    )
+    if verdicts["one seed"]:
+        lines.append(f"- one blind seed only, undecided: {', '.join(verdicts['one seed'])}.")
+    if verdicts["none"]:
+        lines.append(f"- no blind score: {', '.join(verdicts['none'])}.")
+    return "\n".join(lines) + "\n"
+
+
 def _with_deltas(table: pd.DataFrame, family: str, keys: list[str]) -> pd.DataFrame:
     """ours_delta / paper_delta: this row minus the table's baseline row (same other attributes)."""
     override = BASELINES[family]
@@ -330,9 +459,16 @@ def markdown(table: pd.DataFrame, family: str | None = None) -> str:
     benches = list(dict.fromkeys(table.benchmark))
     rows = list(dict.fromkeys(table.row))
     head = ["row", "seeds", *benches]
+    what = (
+        "score minus blind score, per seed: mean ± sd over seeds"
+        if family == VISION
+        else "ours: mean ± sd over seeds"
+    )
     lines = (
         [
-            f"**{TITLES[family]}** (ours: mean ± sd over seeds, Δ vs {_baseline_text(family)}; paper in brackets)",
+            f"**{TITLES[family]}** ({what}, Δ vs {_baseline_text(family)}"
+            + ("" if family == VISION else "; paper in brackets")
+            + ")",
             "",
         ]
         if family
@@ -911,8 +1047,10 @@ def plot_patches(
 
 
 def show(table: pd.DataFrame, family: str | None = None) -> None:
-    """Display the Markdown view and, for a table of the paper, its findings in a notebook (print elsewhere)."""
-    show_markdown(markdown(table, family) + ("\n" + findings(table, family) if family else ""))
+    """Display the Markdown view and, for a table of the paper (or `vision`), its findings in a notebook (print
+    elsewhere)."""
+    said = vision_findings(table) if family == VISION else findings(table, family) if family else ""
+    show_markdown(markdown(table, family) + ("\n" + said if said else ""))
 
 
 def show_markdown(text: str) -> None:
