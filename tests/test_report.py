@@ -249,6 +249,12 @@ def test_report_executes_a_notebook(results, tmp_path):
     )
     html = (tmp_path / "nb" / "main.html").read_text()
     assert "Table 1" in html and "data:image/png;base64" in html
+    # Metrics without blind scores: the vision table is written all the same, and its findings say why it is empty.
+    assert (
+        "| basic vicuna-7b clip-l-336 | 0 | no blind score |"
+        in (tmp_path / "tables" / "vision.md").read_text()
+    )
+    assert "no blind scores yet" in html
     assert report.main(["--params", str(PARAMS), "--notebooks", str(ROOT / "notebooks"), "--only", "x"]) == 2
 
 
