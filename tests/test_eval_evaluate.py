@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import yaml
 from PIL import Image
 
 from basic.eval.benchmarks import PAPER_BENCHMARKS, select
@@ -27,6 +28,7 @@ from basic.eval.evaluate import (
     add_distinct,
     collect,
     lmms_eval_command,
+    lmms_eval_passes,
     main,
     parse_args,
 )
@@ -319,7 +321,7 @@ def test_blind_run_records_blind_scores_beside_the_scores(world, tmp_path):
         )
         assert 0 <= entry["same_answer_blind"] <= 1
     logs = tmp_path / "blind_logs"
-    assert (logs / "lmms_eval_blind.log").is_file()
+    assert len(yaml.safe_load((logs / "lmms_eval_passes.yaml").read_text())) == 2
     [samples] = (logs / "lmms_eval_blind").rglob("*_samples_mini_vqav2.jsonl")
     assert len(samples.read_text().splitlines()) == metrics["vqav2"]["n"]
 
@@ -345,10 +347,14 @@ def test_blind_scores_distinct_and_unchanged_answers_come_from_the_sample_logs(t
     }
     args = parse_args(["--checkpoint", "ckpt", "--out", "m.json", "--blind"])
     assert args.blind
-    model_args = lmms_eval_command(args, ["mini_vqav2"], tmp_path, tmp_path, blind=True)
-    assert ",blind=True," in model_args[model_args.index("--model_args") + 1]
-    sighted = lmms_eval_command(args, ["mini_vqav2"], tmp_path, tmp_path)
-    assert "blind" not in sighted[sighted.index("--model_args") + 1]
+    sighted, blind = lmms_eval_passes(args, {tmp_path / "seen": False, tmp_path / "blind": True})
+    assert ",blind=True," in blind["model_args"] and blind["output_path"] == str(tmp_path / "blind")
+    assert "blind" not in sighted["model_args"] and sighted["output_path"] == str(tmp_path / "seen")
+    # one lmms-eval run for both passes: model and output come from the --config list, not the command line
+    command = lmms_eval_command(args, ["mini_vqav2"], tmp_path, tmp_path / "passes.yaml", local_tasks=True)
+    assert command[1:3] == ["-m", "basic.eval.lmms_cli"] and command[-1] == "--local_tasks"
+    assert command[command.index("--config") + 1] == str(tmp_path / "passes.yaml")
+    assert "--model_args" not in command and "--output_path" not in command
 
 
 def test_collect_reports_pending_unscored_and_missing(tmp_path):

@@ -7,14 +7,15 @@
 Steps: (1) judged benchmarks whose LLM judge cannot be reached are recorded `unscored` with the reason and
 not run; (2) the package's task YAMLs are copied to `<log_dir>/tasks` with the mini data paths pointing at
 `--data` and the prompt variant's prompt, generation settings and scoring written in (basic.eval.prompts);
-(3) lmms-eval runs once, as its own command line (`python -m lmms_eval`, or under
-`accelerate launch` for N processes) with `--model basic_llava` and per-sample logs in
-`<log_dir>/lmms_eval`; (4) every requested result is checked, because lmms-eval exits 0 when evaluation
+(3) lmms-eval runs once, as its own command line (`python -m basic.eval.lmms_cli`, lmms-eval's CLI
+indexing only the study's tasks when they are all it needs; under `accelerate launch` for N processes) with
+`--model basic_llava` and per-sample logs in `<log_dir>/lmms_eval`; (4) every requested result is checked, because lmms-eval exits 0 when evaluation
 fails, and a missing one fails this command naming the task; (5) `--out` gets
 `{benchmark: {score, n, split, scored_by, status, task, prompt_variant, [reason | submission]}}` with status
 `scored`, `pending` (server-scored: submission file written, in the server's format, basic.eval.submissions)
 or `unscored` (judge unreachable: reason), and `distinct_answers` (how many different answers the model gave).
-`--blind` runs lmms-eval a second time with every image replaced by a blank one in the image processor's mean
+`--blind` adds a second pass to that lmms-eval run (its `--config` list, `<log_dir>/lmms_eval_passes.yaml`;
+logs in `<log_dir>/lmms_eval_blind`) with every image replaced by a blank one in the image processor's mean
 colour (same size, same image tokens; `basic_llava`'s `blind` model arg) and adds `blind_score`,
 `blind_distinct_answers` and `same_answer_blind` (the share of questions answered identically without the
 image): a benchmark measures vision only where `score` is well above `blind_score`.
@@ -98,28 +99,47 @@ def render_tasks(data_root: Path, out_dir: Path, variant: str = prompts.DEFAULT_
     return out_dir
 
 
+def _task_configs(tasks_dir: Path) -> dict[str, dict]:
+    """The rendered task YAMLs under `tasks_dir`, by task name."""
+    configs = (
+        yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader) for p in sorted(tasks_dir.glob("*.yaml"))
+    )
+    return {c["task"]: c for c in configs if isinstance(c, dict) and "task" in c}
+
+
 def task_data_files(tasks_dir: Path, task: str) -> list[Path]:
     """The local data files the rendered YAML of `task` reads (none for hub datasets)."""
-    for path in tasks_dir.glob("*.yaml"):
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-        if config.get("task") == task:
-            return [Path(p) for p in ((config.get("dataset_kwargs") or {}).get("data_files") or {}).values()]
-    return []
+    config = _task_configs(tasks_dir).get(task, {})
+    return [Path(p) for p in ((config.get("dataset_kwargs") or {}).get("data_files") or {}).values()]
 
 
 # ---- running lmms-eval --------------------------------------------------------------------------------
 
 
-def lmms_eval_command(
-    args: argparse.Namespace, tasks: list[str], tasks_dir: Path, output: Path, blind: bool = False
-) -> list[str]:
-    model_args = f"pretrained={Path(args.checkpoint).resolve()}"
+def model_args(args: argparse.Namespace, blind: bool = False) -> str:
+    """`basic_llava`'s --model_args for the checkpoint; `blind`: every image replaced by a blank one."""
+    text = f"pretrained={Path(args.checkpoint).resolve()}"
     if blind:
-        model_args += ",blind=True"
+        text += ",blind=True"
     if args.device:
-        model_args += f",device={args.device}"
+        text += f",device={args.device}"
     dtype = args.dtype or ("float32" if args.profile == "mini" else "auto")
-    model_args += f",dtype={dtype}"
+    return text + f",dtype={dtype}"
+
+
+def lmms_eval_passes(args: argparse.Namespace, outputs: dict[Path, bool]) -> list[dict[str, str]]:
+    """lmms-eval's `--config` list: one pass per output directory, with blank images where its value is
+    true. The passes run one after the other in the same lmms-eval processes (one start-up for all)."""
+    return [
+        {"model_args": model_args(args, blind), "output_path": str(out)} for out, blind in outputs.items()
+    ]
+
+
+def lmms_eval_command(
+    args: argparse.Namespace, tasks: list[str], tasks_dir: Path, passes_file: Path, local_tasks: bool = False
+) -> list[str]:
+    """lmms-eval (through `basic.eval.lmms_cli`) for `tasks` and the passes in `passes_file`
+    (`lmms_eval_passes`); `local_tasks`: every task is defined under `tasks_dir`."""
     if args.num_processes > 1:
         # Explicit flags, so a stale `accelerate config` file cannot change the process layout.
         # --multi_gpu is accelerate's torchrun launcher, gloo on CPU (its --cpu needs MPI for several
@@ -141,23 +161,21 @@ def lmms_eval_command(
             "--dynamo_backend",
             "no",
             "-m",
-            "lmms_eval",
+            "basic.eval.lmms_cli",
         ]
     else:
-        command = [sys.executable, "-m", "lmms_eval"]
+        command = [sys.executable, "-m", "basic.eval.lmms_cli"]
     command += [
+        "--config",
+        str(passes_file),
         "--model",
         "basic_llava",
-        "--model_args",
-        model_args,
         "--tasks",
         ",".join(tasks),
         "--include_path",
         str(tasks_dir),
         "--batch_size",
         str(args.batch_size),
-        "--output_path",
-        str(output),
         "--log_samples",
         "--verbosity",
         "INFO",
@@ -166,7 +184,7 @@ def lmms_eval_command(
         command += ["--limit", str(args.limit)]
     if args.gen_kwargs:
         command += ["--gen_kwargs", args.gen_kwargs]
-    return command
+    return command + (["--local_tasks"] if local_tasks else [])
 
 
 def run_lmms_eval(
@@ -366,8 +384,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
         to_run.append(b)
 
     if to_run:
-        output.mkdir(parents=True, exist_ok=True)
-        command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, output)
+        outputs = {output: False, **({blind_output: True} if args.blind else {})}
+        for path in outputs:
+            path.mkdir(parents=True, exist_ok=True)
+        passes_file = log_dir / "lmms_eval_passes.yaml"
+        passes_file.write_text(
+            yaml.safe_dump(lmms_eval_passes(args, outputs), sort_keys=False), encoding="utf-8"
+        )
+        tasks = [b.task for b in to_run]
+        local = set(tasks) <= set(_task_configs(tasks_dir))
+        command = lmms_eval_command(args, tasks, tasks_dir, passes_file, local_tasks=local)
         started = time.perf_counter()
         threads = args.threads or (1 if args.profile == "mini" else None)
         tail = run_lmms_eval(command, log_dir / "lmms_eval.log", threads, extra_env)
@@ -375,9 +401,6 @@ def evaluate(args: argparse.Namespace) -> dict[str, dict]:
         entries.update(collect(to_run, output, judges, tail))
         add_distinct(entries, to_run, output)
         if args.blind:
-            blind_output.mkdir(parents=True, exist_ok=True)
-            command = lmms_eval_command(args, [b.task for b in to_run], tasks_dir, blind_output, blind=True)
-            tail = run_lmms_eval(command, log_dir / "lmms_eval_blind.log", threads, extra_env)
             add_blind(entries, collect(to_run, blind_output, judges, tail), to_run, output, blind_output)
 
     ordered = {b.name: {**entries[b.name], "prompt_variant": args.prompt_variant} for b in benchmarks}
