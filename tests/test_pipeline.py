@@ -137,9 +137,10 @@ def test_quick_copy_keeps_the_main_tables_seed0_runs_on_the_quick_profile(tmp_pa
         and list(study.runs) == runs
         and study.tables == {"main": runs, "analysis": runs}
     )
-    assert set(study.active.backbones["names"]) == {study.runs[r].llm for r in runs} | {
-        study.runs[r].encoder for r in runs
-    }
+    # the mini world and its shipped backbones: the stage unpacks them instead of pretraining
+    assert study.active.data == study.profiles["mini"].data
+    assert study.active.backbones == {**study.profiles["mini"].backbones}
+    assert (work / study.active.backbones["prebuilt"]).is_file()
     assert (work / ".git").is_dir() and (work / "dvc.yaml").is_file() and not (work / "results").exists()
     assert not subprocess.run(
         ["git", "status", "--porcelain"], cwd=work, capture_output=True, text=True, check=True
