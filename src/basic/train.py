@@ -526,4 +526,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # After a finished run, skip the interpreter's teardown: a torchrun worker can still abort there in
+    # Gloo's threads (the SIGABRT above) after the group is destroyed and the model written.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
