@@ -12,10 +12,11 @@ logs/<stage>[@<run>].log and repeats the end of it when the stage fails; each mi
 (data-parallel training and evaluation, params.yaml's `launch`).
 
 `--quick` leaves this checkout alone: it copies it (what git tracks or would track, without results/ and
-dvc.lock) to a fresh build/quick/, sets `profile: quick` (a smaller world, the three backbones the main
-table needs, fewer steps: params.yaml), keeps only the main table's seed-0 runs there and runs the study
-in that copy: the whole path (world, backbones, both stages, lmms-eval, analysis, notebooks) in minutes,
-with numbers that are a smoke reading, not the committed mini study's. Exit code: `dvc repro`'s.
+dvc.lock) to a fresh build/quick/, sets `profile: quick` (the mini world and its shipped backbones, fewer
+steps, the first 60 questions of each benchmark: params.yaml), keeps only the main table's seed-0 runs there
+and runs the study in that copy: the whole path (world, backbones, both stages, lmms-eval, analysis,
+notebooks) in minutes, with numbers that are a smoke reading, not the committed mini study's.
+Exit code: `dvc repro`'s.
 """
 
 from __future__ import annotations
