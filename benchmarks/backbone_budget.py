@@ -12,7 +12,7 @@ behind the LLM default: text QA vicuna-7b 0.39 / 0.43 / 0.44 / 0.44 and mistral-
 at 300 / 500 / 800 / 2,000 steps (67 / 108 / 180 / 426 s and 36 / 56 / 85 / 206 s on one core each): beyond
 500 steps more steps buy ~nothing, even four times as many. A longer one (`--names mistral-7b --budgets
 8000:2000 --workers 1 --out benchmarks/results/backbone_budget_long.json`, two threads, 631 s): 16 times the
-default steps reach 0.50, far from the 0.70 goal (issue 4's notes: the curve creeps up after ~5,000 steps).
+default steps reach 0.50, far from the 0.70 goal (the curve creeps up after ~5,000 steps).
 Needs the world (`basic mini data --out data/mini`, or the pipeline's prepare stage).
 """
 

@@ -1,4 +1,4 @@
-"""Can a mini LLM learn to bind attributes to objects? The fastest test bed for issue 4's text-QA goal.
+"""Can a mini LLM learn to bind attributes to objects? The fastest test bed for the mini LLMs' text QA.
 
 Trains one mini LLM spec (`basic.mini.llms`, as `basic mini backbones` does) on documents of ONE question
 kind in ONE style (default: short-answer colour questions, "What color is the circle?") about scenes in
@@ -23,8 +23,8 @@ it (the object's colour); `query`, the second layer's output at the answer posit
 shape word; `match`, head 0 of the third layer attends from the answer position to the description's
 shape words equal to the asked one (-log of their attention mass). With all three, binding forms within
 a few hundred steps (committed run, 600 steps, 72 s of training: all 0.70 / 0.92 / 0.90 at steps 200 / 400
-/ 600; 2 / 3 / 4 objects 0.95 / 0.88 / 0.84 at the end); with any two of them it does not (issue 4's
-notes). Result: benchmarks/results/llm_binding_circuit.json. The text-QA pretraining of `basic mini
+/ 600; 2 / 3 / 4 objects 0.95 / 0.88 / 0.84 at the end); with any two of them it does not.
+Result: benchmarks/results/llm_binding_circuit.json. The text-QA pretraining of `basic mini
 backbones` has no such terms: they are specific to one question kind and one description format.
 
 Asking four kinds instead of one (`--kinds colour,shape,size,position --steps 600 --out
