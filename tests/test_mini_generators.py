@@ -59,6 +59,28 @@ def test_exclusion_redraws_training_contents():
             tiny.sample(n_objects=1, text=False, quality="clear", shape="circle", colour="red")
 
 
+def test_held_out_scenes_keep_the_quality_shares():
+    """Redraws reject clear one-object scenes (their contents are in training) far more often than dark or
+    blurry ones; the quality is drawn once per held-out scene, so its shares stay those asked for."""
+    train = SceneSampler(stream_rng(0, "train_images"), "t", max_objects=1, dark_prob=0.03, blurry_prob=0.03)
+    keys = {train.sample().key for _ in range(4000)}
+    held_out = SceneSampler(
+        stream_rng(0, "vqav2"), "h", exclude=keys, max_objects=1, dark_prob=0.03, blurry_prob=0.03
+    )
+    scenes = [held_out.sample() for _ in range(1000)]
+    assert 0.02 < sum(s.quality != "clear" for s in scenes) / len(scenes) < 0.11  # 6% asked; 18% without
+
+
+def test_vizwiz_stand_in_has_the_real_unanswerable_share():
+    from basic.mini.benchmarks import VIZWIZ_UNANSWERABLE, vizwiz
+
+    sampler = SceneSampler(stream_rng(0, "vizwiz"), "v", exclude=set(), max_objects=1, text_prob=0.3)
+    rows = vizwiz(sampler, np.random.default_rng(0), 400, 32)
+    share = sum(r["category"] == "unanswerable" for r in rows) / len(rows)
+    assert abs(share - VIZWIZ_UNANSWERABLE) < 0.06
+    assert {r["category"] for r in rows} >= {"unanswerable", "other", "yes/no", "number"}
+
+
 @pytest.mark.parametrize("lang", LANGS)
 def test_every_question_kind_answers_from_the_scene(lang):
     rng = np.random.default_rng(0)

@@ -49,7 +49,7 @@ ORDER = ("siglip", "vicuna-13b", "vicuna-7b", "clip-l-336", "gemma-2b", "phi3-3.
 
 @dataclass(frozen=True)
 class BackboneSettings:
-    # vicuna-7b, seed 0 (issue 4's notes): 500 steps of question turns alone score text QA 0.42 in the time
+    # vicuna-7b, seed 0: 500 steps of question turns alone score text QA 0.42 in the time
     # 300 steps took with a describe-the-scene turn before the questions (0.36). 450 rather than 500 keeps
     # the world and backbones inside their 8 minutes with a margin, at the same mean text QA of the five
     # LLMs (0.41 at 450 and at 500 steps, seed 0).

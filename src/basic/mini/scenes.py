@@ -160,6 +160,11 @@ class SceneSampler:
     def sample(
         self, n_objects: int | None = None, text: bool | None = None, quality: str | None = None, **kwargs
     ) -> Scene:
+        if quality is None and self.exclude:
+            # Held-out scenes draw their photo quality once, not per redraw: redraws reject clear scenes far
+            # more often than dark or blurry ones (nearly every clear one-object content is in training),
+            # which would otherwise inflate the share of dark and blurry photos several-fold.
+            quality = self._quality(self.rng.random())
         for _ in range(self.max_redraws):
             scene = self._draw(n_objects, text, quality, **kwargs)
             if scene.key not in self.exclude:
@@ -168,6 +173,11 @@ class SceneSampler:
         raise RuntimeError(
             f"{self.prefix}: no scene outside the excluded set after {self.max_redraws} draws; "
             "the world is too small for this many held-out scenes"
+        )
+
+    def _quality(self, u: float) -> str:
+        return (
+            "dark" if u < self.dark_prob else "blurry" if u < self.dark_prob + self.blurry_prob else "clear"
         )
 
     def _draw(
@@ -211,10 +221,8 @@ class SceneSampler:
                     rgb=rgb,
                 )
             )
-        u = rng.random()
-        q = quality or (
-            "dark" if u < self.dark_prob else "blurry" if u < self.dark_prob + self.blurry_prob else "clear"
-        )
+        u = rng.random()  # drawn even when the quality is given: same stream either way
+        q = quality or self._quality(u)
         grey = int(rng.integers(205, 250))
         tint = rng.integers(-8, 9, size=3)
         background = tuple(int(np.clip(grey + t, 0, 255)) for t in tint)

@@ -35,7 +35,6 @@ from basic.mini.tokenizer import family_tokenizer, train_tokenizer
 
 # Shares of scene types in training images (VizWiz-like photos are rare there, as in LLaVA's data).
 TRAIN_SCENES = {"text_prob": 0.3, "dark_prob": 0.03, "blurry_prob": 0.03}
-VIZWIZ_SCENES = {"text_prob": 0.3, "dark_prob": 0.2, "blurry_prob": 0.15}
 
 
 @dataclass(frozen=True)
@@ -134,7 +133,7 @@ def build_world(out: Path, seed: int, sizes: WorldSizes = WorldSizes()) -> dict:
             f"{name}-",
             exclude=train_keys,
             max_objects=mo,
-            **(VIZWIZ_SCENES if name == "vizwiz" else TRAIN_SCENES),
+            **TRAIN_SCENES,  # the VizWiz stand-in picks each photo's quality itself
         )
         for name in ("vqav2", "gqa", "sqa_img", "mmb", "mmvet", "vizwiz", "textvqa")
     }
