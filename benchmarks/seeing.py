@@ -54,10 +54,13 @@ PROBE_TRAIN, PROBE_TEST = 9001, 9002
 # ---- data ------------------------------------------------------------------------------------------------
 
 
-def probe_scenes(seed: int, stream: int, n: int, objects: int) -> list[Scene]:
-    """`n` clear scenes with exactly `objects` objects and no sign."""
-    sampler = SceneSampler(np.random.default_rng([seed, stream]), f"probe{stream}-", text_prob=0.0)
-    return [sampler.sample(n_objects=objects, text=False, quality="clear") for _ in range(n)]
+def probe_scenes(seed: int, stream: int, n: int, objects: int, signs: bool = False) -> list[Scene]:
+    """`n` clear scenes with exactly `objects` objects; with a sign on every other one if `signs` (to ask
+    the sign's word), else without."""
+    sampler = SceneSampler(np.random.default_rng([seed, stream]), f"probe{stream}-", text_prob=0.5)
+    return [
+        sampler.sample(n_objects=objects, text=None if signs else False, quality="clear") for _ in range(n)
+    ]
 
 
 def probe_records(scenes: list[Scene], kinds: tuple[str, ...], seed: int) -> list[dict]:
@@ -361,7 +364,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     tests = {
         n: probe_records(
-            probe_scenes(args.seed, PROBE_TEST + 100 * n, args.probe_test, n), kinds, args.seed + 1
+            probe_scenes(args.seed, PROBE_TEST + 100 * n, args.probe_test, n, "text" in kinds),
+            kinds,
+            args.seed + 1,
         )
         for n in objects
     }
@@ -406,7 +411,9 @@ def main(argv: list[str] | None = None) -> dict:
             r
             for n in objects
             for r in probe_records(
-                probe_scenes(args.seed, PROBE_TRAIN + 100 * n, args.probe_train, n), kinds, args.seed + 3
+                probe_scenes(args.seed, PROBE_TRAIN + 100 * n, args.probe_train, n, "text" in kinds),
+                kinds,
+                args.seed + 3,
             )
         ]
     else:
