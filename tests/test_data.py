@@ -211,3 +211,10 @@ def test_modality_sampler_gives_one_modality_per_step_on_every_rank():
     sampler.set_epoch(1)
     assert list(sampler) != order
     assert Counter(lengths[i] > 0 for i in order) == Counter(length > 0 for length in lengths)
+
+
+def test_saved_tokenizer_does_not_record_the_offline_mode(backbones, tmp_path):
+    """`local_files_only` (set from HF_HUB_OFFLINE when the process starts) stays out of checkpoints."""
+    load_tokenizer(backbones["llama"], 2048).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in saved and saved["model_max_length"] == 2048

@@ -77,6 +77,9 @@ def load_tokenizer(name: str, model_max_length: int, cache_dir: str | None = Non
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
         logger.info("tokenizer has no pad token; padding with %r (only ever masked out)", tokenizer.pad_token)
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    # How it was fetched (HF_HUB_OFFLINE), not what it is: kept out of the saved tokenizer_config.json so that
+    # a checkpoint's bytes do not depend on the environment it was trained in.
+    tokenizer.init_kwargs.pop("local_files_only", None)
     return tokenizer
 
 
