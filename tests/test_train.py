@@ -17,8 +17,11 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 import basic.train as train_module
 from basic.data.images import expand2square
-from basic.train import parse_args, train
+from basic.testing.backbones import tiny_llava
+from basic.train import labelled_logits_only, parse_args, train
 from conftest import PAIRS, TEMPLATE_OF
+from test_method_objective import grads, training_batch
+from test_method_patch_weights import FAMILIES
 
 
 @pytest.fixture
@@ -190,3 +193,24 @@ def test_late_skips_over_the_limit_stop_training_naming_the_records(llava_argv, 
     run(argv + ["--max_steps", "1", "--max_skip_fraction", "0.1"])
     history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
     assert history[0]["skipped_samples"] == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labelled_logits_only_gives_the_same_loss_and_gradients(family):
+    """The LM head on the labelled positions alone: the loss and every gradient equal the full head's (to
+    float32's precision: transformers computes the cross-entropy in float32)."""
+    model, processor = tiny_llava(family, dtype=torch.float64)
+    model.train()
+    inputs = training_batch(processor)
+    inputs["labels"][:, :6] = -100  # a prompt without labels, as in every LLaVA conversation
+    for extra in ({}, {"num_items_in_batch": torch.tensor(23)}):
+        full = model(**inputs, **extra).loss
+        full_grads = grads(model, full)
+        trimmed_inputs = labelled_logits_only(inputs)
+        trimmed = model(**trimmed_inputs, **extra)
+        assert trimmed.logits.shape[0] == int((inputs["labels"][:, 1:] != -100).sum())
+        torch.testing.assert_close(trimmed.loss, full, rtol=1e-6, atol=0.0)
+        trimmed_grads = grads(model, trimmed.loss)
+        assert trimmed_grads.keys() == full_grads.keys()
+        for name, grad in full_grads.items():
+            torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-5, atol=1e-8, msg=name)

@@ -251,6 +251,18 @@ class IdleProjector:
         return output + self.projector(zeros).sum().to(output.dtype) * 0.0
 
 
+def labelled_logits_only(inputs: dict) -> dict:
+    """`inputs` with the LM head applied only where a label follows (the positions that enter the loss).
+
+    The system prompt, the image tokens and the questions carry no label, and the vocabulary projection of
+    their hidden states is most of the LM head's work; transformers' `logits_to_keep` (a boolean mask) and
+    `shift_labels` give the same loss and gradients without it. The outputs' logits are then those of the
+    labelled positions only, flattened."""
+    shifted = torch.nn.functional.pad(inputs["labels"], (0, 1), value=IGNORE_INDEX)[..., 1:]
+    keep = shifted != IGNORE_INDEX
+    return {**inputs, "logits_to_keep": keep, "shift_labels": shifted[keep]}
+
+
 class LlavaTrainer(Trainer):
     """Trainer with LLaVA's sampler and optimizer groups, the BASIC objective, window logs and skip counts."""
 
@@ -330,6 +342,8 @@ class LlavaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._late_skips.update(inputs.pop("skipped", ()))
+        if model.training and "labels" in inputs:
+            inputs = labelled_logits_only(inputs)
         self._idle_projector.active = model.training and "pixel_values" not in inputs
         try:
             if self.objective is None:
