@@ -214,3 +214,11 @@ def test_labelled_logits_only_gives_the_same_loss_and_gradients(family):
         assert trimmed_grads.keys() == full_grads.keys()
         for name, grad in full_grads.items():
             torch.testing.assert_close(trimmed_grads[name], grad, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_label_smoothing_keeps_every_position_logits(llava_argv, tmp_path):
+    """Trainer's label smoother shifts the logits itself, so training with it leaves the LM head whole."""
+    argv = llava_argv(2, "llama", "clip", tmp_path / "out", label_smoothing_factor=0.1)
+    run(argv + ["--max_steps", "2"])
+    history = json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+    assert history[0]["loss"] > 0

@@ -342,7 +342,8 @@ class LlavaTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._late_skips.update(inputs.pop("skipped", ()))
-        if model.training and "labels" in inputs:
+        # Trainer's label smoother (--label_smoothing_factor) wants every position's logits.
+        if model.training and "labels" in inputs and self.label_smoother is None:
             inputs = labelled_logits_only(inputs)
         self._idle_projector.active = model.training and "pixel_values" not in inputs
         try:
