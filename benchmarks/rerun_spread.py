@@ -2,7 +2,7 @@
 
 A rerun after a change that should not alter the science (e.g. a numerically equivalent loss computation)
 moves each run's scores by the amplification of float-level differences over training; this script puts
-that movement beside the seed-to-seed differences of the Table 1 rows, per benchmark.
+that movement beside the seed-to-seed differences (each run `<name>` beside `<name>-seed1`, the Table 1 rows), per benchmark.
 
     python benchmarks/rerun_spread.py --before <commit> [--after <commit>] --out benchmarks/results/rerun_spread.json
 
@@ -18,12 +18,6 @@ import subprocess
 from pathlib import Path
 
 METRICS = Path("results/metrics")
-SEED_PAIRS = [
-    ("llava-vicuna-7b", "llava-vicuna-7b-seed1"),
-    ("llava-vicuna-13b", "llava-vicuna-13b-seed1"),
-    ("basic-vicuna-7b", "basic-vicuna-7b-seed1"),
-    ("basic-vicuna-13b", "basic-vicuna-13b-seed1"),
-]
 
 
 def metrics_at(revision: str | None) -> dict[str, dict]:
@@ -38,6 +32,11 @@ def metrics_at(revision: str | None) -> dict[str, dict]:
         for n in names
         if n.endswith(".json")
     }
+
+
+def gap(metrics: dict, run: str, bench: str) -> float:
+    """Score with the image minus the blind score."""
+    return metrics[run][bench]["score"] - metrics[run][bench]["blind_score"]
 
 
 def summary(values: list[float]) -> dict:
@@ -69,32 +68,27 @@ def main() -> None:
         "benchmarks": {},
     }
     for bench in benchmarks:
-        keys = ("score", "blind_score")
-        moved = {
-            k: [abs(after[r][bench][k] - before[r][bench][k]) for r in runs if k in after[r].get(bench, {})]
-            for k in keys
-        }
-        gap = [
-            abs(
-                (after[r][bench]["score"] - after[r][bench]["blind_score"])
-                - (before[r][bench]["score"] - before[r][bench]["blind_score"])
-            )
-            for r in runs
-            if "blind_score" in after[r].get(bench, {})
-        ]
+        scored = [r for r in runs if bench in after[r]]
         seeds = [
-            abs(m[a][bench]["score"] - m[b][bench]["score"])
+            abs(m[r][bench]["score"] - m[f"{r}-seed1"][bench]["score"])
             for m in (before, after)
-            for a, b in SEED_PAIRS
-            if a in m and b in m
+            for r in m
+            if f"{r}-seed1" in m and bench in m[r]
         ]
-        result["benchmarks"][bench] = {
-            "rerun_change_score": summary(moved["score"]),
-            **({"rerun_change_score_minus_blind": summary(gap)} if gap else {}),
-            "seed_difference_score_table1": summary(seeds),
+        entry = result["benchmarks"][bench] = {
+            "rerun_change_score": summary(
+                [abs(after[r][bench]["score"] - before[r][bench]["score"]) for r in scored]
+            ),
+            "seed_difference_score": summary(seeds),
         }
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+        blind = [r for r in scored if "blind_score" in after[r][bench]]
+        if blind:
+            entry["rerun_change_score_minus_blind"] = summary(
+                [abs(gap(after, r, bench) - gap(before, r, bench)) for r in blind]
+            )
+    text = json.dumps(result, indent=1)
+    args.out.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
