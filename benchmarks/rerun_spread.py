@@ -6,7 +6,8 @@ that movement beside the seed-to-seed differences (each run `<name>` beside `<na
 
     python benchmarks/rerun_spread.py --before <commit> [--after <commit>] --out benchmarks/results/rerun_spread.json
 
-`--after` defaults to the working tree's results/metrics/.
+`--after` defaults to the working tree's results/metrics/; a directory instead of a commit holds metrics files
+of some runs (e.g. the same commit rerun on another machine), and only those runs are compared.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ METRICS = Path("results/metrics")
 
 
 def metrics_at(revision: str | None) -> dict[str, dict]:
-    """Every run's metrics file at `revision` (None: the working tree)."""
-    if revision is None:
-        return {p.stem: json.loads(p.read_text()) for p in sorted(METRICS.glob("*.json"))}
+    """Every run's metrics file at `revision` (None: the working tree; a directory: the files in it)."""
+    if revision is None or Path(revision).is_dir():
+        folder = METRICS if revision is None else Path(revision)
+        return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
     names = subprocess.check_output(
         ["git", "ls-tree", "--name-only", f"{revision}:{METRICS}"], text=True
     ).split()
