@@ -175,6 +175,10 @@ def test_corpora_are_in_llava_format():
     texts = " ".join(t["value"] for r in fine for t in r["conversations"])
     assert "Answer the question using a single word or phrase." in texts
     assert "Answer with the option's letter from the given choices directly." in texts
+    gqa = [r for r in fine if r["id"].endswith("-gqa")]  # GQA's share of LLaVA-665K
+    assert gqa and all(
+        r["conversations"][1]["value"] in {"yes", "no", "left", "right", *COLOURS, *SHAPES} for r in gqa
+    )
 
 
 def test_text_docs_for_the_llms():

@@ -27,6 +27,7 @@ from basic.mini.language import (
     ask,
     colour_word,
     distinct_questions,
+    gqa_questions,
     position_phrase,
     ref,
     shape_word,
@@ -192,104 +193,19 @@ VQAV2_FEATURES = datasets.Features(
 # ---------------------------------------------------------------- GQA: compositional and relational
 
 
-def _gqa_questions(scene: Scene, rng: np.random.Generator) -> list[dict]:
-    """GQA-style questions with their structural/semantic types and a full-sentence answer."""
-    out = []
-    named = [o for o in scene.objects if ref(o, scene, "en")]
-    # query over a relation: "What color is the object to the left of the square?"
-    for b in rng.permutation(len(named)):
-        b = named[int(b)]
-        rel = list(RELATIONS)[int(rng.integers(4))]
-        words, _, holds = RELATIONS[rel]
-        hits = [o for o in scene.objects if o is not b and holds(o, b)]
-        if len(hits) == 1:
-            o, y = hits[0], ref(b, scene, "en")
-            if rng.random() < 0.5:
-                out.append(
-                    {
-                        "q": f"What color is the object {words} the {y}?",
-                        "a": o.colour,
-                        "full": f"The object {words} the {y} is {o.colour}.",
-                        "st": "query",
-                        "se": "rel",
-                    }
-                )
-            else:
-                out.append(
-                    {
-                        "q": f"What shape is the object {words} the {y}?",
-                        "a": o.shape,
-                        "full": f"The object {words} the {y} is a {o.shape}.",
-                        "st": "query",
-                        "se": "rel",
-                    }
-                )
-            break
-    if len(named) >= 2:
-        i, j = rng.choice(len(named), size=2, replace=False)
-        a, b = named[int(i)], named[int(j)]
-        x, y = ref(a, scene, "en"), ref(b, scene, "en")
-        same = a.colour == b.colour
-        out.append(
-            {
-                "q": f"Do the {x} and the {y} have the same color?",
-                "a": "yes" if same else "no",
-                "full": f"{'Yes' if same else 'No'}, the {x} and the {y} have {'the same' if same else 'different'}"
-                f" colors.",
-                "st": "compare",
-                "se": "attr",
-            }
-        )
-        if a.col != b.col:
-            side = "left" if a.col < b.col else "right"
-            out.append(
-                {
-                    "q": f"Is the {x} to the left or to the right of the {y}?",
-                    "a": side,
-                    "full": f"The {x} is to the {side} of the {y}.",
-                    "st": "choose",
-                    "se": "rel",
-                }
-            )
-        qa = ask(scene, rng, "en", ("relation",))
-        if qa is not None:
-            out.append({"q": qa.question, "a": qa.answer, "full": qa.full, "st": "verify", "se": "rel"})
-    combos = [(c, s) for c in COLOURS for s in SHAPES]
-    (c1, s1), (c2, s2) = (combos[int(k)] for k in rng.choice(len(combos), size=2, replace=False))
-    if rng.random() < 0.5 and scene.objects:
-        o = scene.objects[int(rng.integers(len(scene.objects)))]
-        c1, s1 = o.colour, o.shape
-    has = {(o.colour, o.shape) for o in scene.objects}
-    either = (c1, s1) in has or (c2, s2) in has
-    out.append(
-        {
-            "q": f"Is there a {c1} {s1} or a {c2} {s2}?",
-            "a": "yes" if either else "no",
-            "full": f"{'Yes' if either else 'No'}, there is {'a' if either else 'no'} "
-            f"{(c1 + ' ' + s1) if (c1, s1) in has or not either else (c2 + ' ' + s2)}.",
-            "st": "logical",
-            "se": "obj",
-        }
-    )
-    qa = ask(scene, rng, "en", ("colour", "shape"))
-    if qa is not None:
-        out.append({"q": qa.question, "a": qa.answer, "full": qa.full, "st": "query", "se": "attr"})
-    return [out[int(i)] for i in rng.permutation(len(out))]
-
-
 def gqa(sampler: SceneSampler, rng: np.random.Generator, n: int, size: int) -> list[Row]:
     rows = []
-    for i, (scene, q) in enumerate(_per_scene(sampler, rng, n, 3, _gqa_questions)):
+    for i, (scene, qa) in enumerate(_per_scene(sampler, rng, n, 3, gqa_questions)):
         rows.append(
             {
                 "id": f"{20000000 + i}",
                 "imageId": scene.id,
                 "image": _image(scene, size),
-                "question": q["q"],
-                "answer": q["a"],
-                "fullAnswer": q["full"],
-                "structural": q["st"],
-                "semantic": q["se"],
+                "question": qa.question,
+                "answer": qa.answer,
+                "fullAnswer": qa.full,
+                "structural": qa.meta["structural"],
+                "semantic": qa.meta["semantic"],
             }
         )
     return rows

@@ -21,6 +21,7 @@ from basic.mini.language import (
     caption,
     describe,
     distinct_questions,
+    gqa_questions,
     prompt,
     unanswerable,
 )
@@ -46,7 +47,9 @@ DETAIL_PROMPTS = (
 # No conversations and no detailed descriptions (dark or blurry photos still get a description): in the
 # token-averaged loss their long answers outweigh the one-word answers, and with them stage 2 leaves the
 # mini models blind (benchmarks/seeing.py, benchmarks/results/seeing.json).
-FINETUNE_MIX = {"conversation": 0.0, "vqa": 0.80, "mc": 0.10, "detail": 0.0, "vizwiz": 0.10}
+# VQA in two question styles, as LLaVA-665K holds VQAv2 (83K) and GQA (72K): the VQAv2 stand-in's kinds
+# (`ask`) and GQA's (`gqa_questions`: logical "Is there a A or a B?", attribute queries).
+FINETUNE_MIX = {"conversation": 0.0, "vqa": 0.50, "gqa": 0.30, "mc": 0.10, "detail": 0.0, "vizwiz": 0.10}
 # Questions per record (min, max): one. LLaVA-665K groups several questions about an image in one record;
 # here that leaves the mini models blind: later turns are answered from the earlier ones ("Is there a blue
 # circle?" ... "What color is the circle?") instead of from the image.
@@ -83,6 +86,8 @@ def _image_conversation(scene: Scene, kind: str, rng: np.random.Generator) -> li
         return [prompt(qa, "open", rng) for qa in distinct_questions(scene, rng, n, OPEN_KINDS)]
     if kind == "vqa":
         return [prompt(qa, "short", rng) for qa in distinct_questions(scene, rng, n, OPEN_KINDS)]
+    if kind == "gqa":
+        return [prompt(qa, "short", rng) for qa in gqa_questions(scene, rng)[:1]]
     if kind == "mc":
         kinds = ("colour", "shape", "count", "position", "size", "text")
         return [prompt(qa, "mc", rng) for qa in distinct_questions(scene, rng, 1, kinds)]

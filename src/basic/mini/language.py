@@ -368,6 +368,87 @@ def distinct_questions(
     return out
 
 
+def _gqa(question: str, answer: str, full: str, structural: str, semantic: str) -> QA:
+    return QA(
+        f"gqa_{structural}",
+        "en",
+        question,
+        answer,
+        full,
+        meta={"structural": structural, "semantic": semantic},
+    )
+
+
+def gqa_questions(scene: Scene, rng: np.random.Generator) -> list[QA]:
+    """GQA-style questions in a random order, each with its structural and semantic type in `meta` and a
+    full-sentence answer: the mini GQA benchmark's questions, and the GQA share of the instruction mix
+    (LLaVA-665K trains on GQA's balanced train split)."""
+    out = []
+    named = [o for o in scene.objects if ref(o, scene, "en")]
+    # query over a relation: "What color is the object to the left of the square?"
+    for b in rng.permutation(len(named)):
+        b = named[int(b)]
+        rel = list(RELATIONS)[int(rng.integers(4))]
+        words, _, holds = RELATIONS[rel]
+        hits = [o for o in scene.objects if o is not b and holds(o, b)]
+        if len(hits) == 1:
+            o, y = hits[0], ref(b, scene, "en")
+            if rng.random() < 0.5:
+                q, a, full = (
+                    f"What color is the object {words} the {y}?",
+                    o.colour,
+                    f"The object {words} the {y} is {o.colour}.",
+                )
+            else:
+                q, a, full = (
+                    f"What shape is the object {words} the {y}?",
+                    o.shape,
+                    f"The object {words} the {y} is a {o.shape}.",
+                )
+            out.append(_gqa(q, a, full, "query", "rel"))
+            break
+    if len(named) >= 2:
+        i, j = rng.choice(len(named), size=2, replace=False)
+        a, b = named[int(i)], named[int(j)]
+        x, y = ref(a, scene, "en"), ref(b, scene, "en")
+        same = a.colour == b.colour
+        full = f"{'Yes' if same else 'No'}, the {x} and the {y} have {'the same' if same else 'different'} colors."
+        out.append(
+            _gqa(
+                f"Do the {x} and the {y} have the same color?",
+                YES["en"] if same else NO["en"],
+                full,
+                "compare",
+                "attr",
+            )
+        )
+        if a.col != b.col:
+            side = "left" if a.col < b.col else "right"
+            q = f"Is the {x} to the left or to the right of the {y}?"
+            out.append(_gqa(q, side, f"The {x} is to the {side} of the {y}.", "choose", "rel"))
+        qa = ask(scene, rng, "en", ("relation",))
+        if qa is not None:
+            out.append(_gqa(qa.question, qa.answer, qa.full, "verify", "rel"))
+    combos = [(c, s) for c in COLOURS for s in SHAPES]
+    (c1, s1), (c2, s2) = (combos[int(k)] for k in rng.choice(len(combos), size=2, replace=False))
+    if rng.random() < 0.5 and scene.objects:
+        o = scene.objects[int(rng.integers(len(scene.objects)))]
+        c1, s1 = o.colour, o.shape
+    has = {(o.colour, o.shape) for o in scene.objects}
+    either = (c1, s1) in has or (c2, s2) in has
+    named_in_answer = (c1 + " " + s1) if (c1, s1) in has or not either else (c2 + " " + s2)
+    full = f"{'Yes' if either else 'No'}, there is {'a' if either else 'no'} {named_in_answer}."
+    out.append(
+        _gqa(
+            f"Is there a {c1} {s1} or a {c2} {s2}?", YES["en"] if either else NO["en"], full, "logical", "obj"
+        )
+    )
+    qa = ask(scene, rng, "en", ("colour", "shape"))
+    if qa is not None:
+        out.append(_gqa(qa.question, qa.answer, qa.full, "query", "attr"))
+    return [out[int(i)] for i in rng.permutation(len(out))]
+
+
 def unanswerable(scene: Scene, rng: np.random.Generator) -> QA | None:
     """A VizWiz-style unanswerable question: the picture is too dark/blurry, or asks about an absent shape."""
     if scene.quality != "clear":
