@@ -14,18 +14,15 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from basic.eval.evaluate import sample_log
+
 LOGGED = {"doc_id", "doc_hash", "target", "filtered_resps", "token_counts", "input"}  # the rest is the metric
 
 
 def samples(log_dir: Path) -> dict[str, list[dict]]:
     """task -> its newest per-sample log's records under `log_dir`."""
-    newest: dict[str, Path] = {}
-    for path in sorted(log_dir.rglob("*_samples_*.jsonl")):
-        newest[path.stem.split("_samples_", 1)[1]] = path  # timestamps sort: the last is the newest
-    return {
-        task: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        for task, p in newest.items()
-    }
+    tasks = {path.stem.split("_samples_", 1)[1] for path in log_dir.rglob("*_samples_*.jsonl")}
+    return {task: sample_log(log_dir, task)[1] for task in sorted(tasks)}
 
 
 def score(record: dict) -> float:

@@ -222,15 +222,22 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
+def sample_log(output: Path, task: str) -> tuple[Path | None, list[dict]]:
+    """lmms-eval's newest per-sample log of `task` under `output` and its records ((None, []) if none)."""
+    path = _newest(list(output.rglob(f"*_samples_{task}.jsonl")))
+    if path is None:
+        return None, []
+    return path, [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def _unjudged_reason(output: Path, task: str) -> str:
     """Why a judged task has no score, from its per-sample log."""
-    samples = _newest(list(output.rglob(f"*_samples_{task}.jsonl")))
-    if samples is None:
+    path, records = sample_log(output, task)
+    if path is None:
         return "judge could not score, and no per-sample log was written"
-    records = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines() if line.strip()]
     errors = [r["judge_score"]["error"] for r in records if (r.get("judge_score") or {}).get("error")]
     first = errors[0] if errors else "unknown"
-    return f"{len(errors)}/{len(records)} samples unjudged ({first}); per-sample log: {samples}"
+    return f"{len(errors)}/{len(records)} samples unjudged ({first}); per-sample log: {path}"
 
 
 def collect(benchmarks: list[Benchmark], output: Path, judges: dict[str, str], tail: str) -> dict[str, dict]:
@@ -281,17 +288,10 @@ def collect(benchmarks: list[Benchmark], output: Path, judges: dict[str, str], t
 
 def sample_answers(output: Path, task: str) -> dict[int, str]:
     """doc id -> the model's filtered answer, from lmms-eval's per-sample log of `task` (empty if none)."""
-    samples = _newest(list(output.rglob(f"*_samples_{task}.jsonl")))
-    if samples is None:
-        return {}
     answers = {}
-    for line in samples.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            response = record.get("filtered_resps")
-            answers[record["doc_id"]] = str(
-                response[0] if isinstance(response, list) and response else response
-            )
+    for record in sample_log(output, task)[1]:
+        response = record.get("filtered_resps")
+        answers[record["doc_id"]] = str(response[0] if isinstance(response, list) and response else response)
     return answers
 
 
