@@ -5,9 +5,11 @@ colour, how many corners its shape has, which row of the picture it is in), know
 its pretraining and the mini LLMs never read: every LLaVA-1.5 mini run answers it with a constant letter.
 This copies the world, adds ScienceQA-style documents (a scene in words, one question of the mini
 ScienceQA-IMG's kinds in LLaVA-1.5's prompt, its hint as context) to the LLM's pretraining and held-out
-text, pretrains one mini LLM on it (`basic mini backbones`), runs both LLaVA-1.5 stages with the study's
-flags (`basic stage --dry`) and evaluates with and without the image (`basic evaluate --blind`).
-`--docs 0` is the same path on the unchanged world: the baseline, built on the same machine.
+text, pretrains one mini LLM on it (`basic mini backbones`), and runs a study run's pretrain, finetune and
+evaluate stages (`basic stage`, the study's own commands: both LLaVA-1.5 stages, evaluation with and without
+the image) in a scratch copy of the study (`--work`: this checkout's params.yaml, the copied world as
+data/mini, the new LLM and this checkout's encoder as models/backbones). `--docs 0` is the same path with no
+document added (the LLM's text reshuffled alike): the baseline, built on the same machine.
 
     python benchmarks/llm_knowledge.py --docs 2000 0 --out benchmarks/results/llm_knowledge.json
 
@@ -26,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import shutil
 import subprocess
 import time
@@ -40,17 +41,15 @@ from basic.mini.benchmarks import _sqa_question
 from basic.mini.language import LETTERS, describe
 from basic.mini.scenes import SceneSampler
 from basic.mini.world import TRAIN_SCENES
+from basic.pipeline import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def knowledge_docs(n: int, seed: int, stream: str) -> list[dict]:
     """`n` LLM text documents: a one-object scene in words and a mini ScienceQA-IMG question about it."""
-    key = [
-        seed,
-        9000,
-        zlib.crc32(stream.encode()),
-    ]  # streams apart from the world's (basic.mini.scenes.STREAMS)
+    # Streams apart from the world's (basic.mini.scenes.STREAMS).
+    key = [seed, 9000, zlib.crc32(stream.encode())]
     rng = np.random.default_rng(key + [1])
     sampler = SceneSampler(np.random.default_rng(key + [0]), f"{stream}-", max_objects=1, **TRAIN_SCENES)
     docs = []
@@ -77,76 +76,44 @@ def knowledge_docs(n: int, seed: int, stream: str) -> list[dict]:
     return docs
 
 
-def world_copy(data: Path, work: Path, docs: int, seed: int) -> Path:
-    """`data` with `docs` knowledge documents shuffled into text/llm_train.jsonl (and 300 into llm_eval)."""
-    out = work / "data"
+def world_copy(data: Path, out: Path, docs: int, seed: int) -> None:
+    """`data` at `out` with `docs` knowledge documents shuffled into text/llm_train.jsonl (300 into llm_eval);
+    the rest linked."""
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    (out / "text").mkdir(parents=True)
     for entry in data.iterdir():
         if entry.name != "text":
             (out / entry.name).symlink_to(entry.resolve())
-    (out / "text").mkdir()
     for name, extra in (("llm_train", docs), ("llm_eval", 300)):
         lines = (data / "text" / f"{name}.jsonl").read_text().splitlines()
         lines += [json.dumps(d, ensure_ascii=False) for d in knowledge_docs(extra, seed, f"know-{name}")]
         order = np.random.default_rng(seed).permutation(len(lines))
         (out / "text" / f"{name}.jsonl").write_text("\n".join(lines[int(i)] for i in order) + "\n")
-    return out
-
-
-def stage_command(stage: str, run: str, replace: dict[str, str]) -> list[str]:
-    """The study's command for `stage` of `run` (params.yaml), with paths swapped for the work directory's."""
-    dry = subprocess.run(
-        ["basic", "stage", "--dry", stage, run], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
-    command = next(line for line in dry.splitlines() if line and not line.startswith("#"))
-    for old, new in replace.items():
-        command = command.replace(old, new)
-    return shlex.split(command)
 
 
 def run_one(args: argparse.Namespace, docs: int) -> dict:
+    """The scratch study for `docs` documents: world, LLM, the run's three stages; its numbers."""
     work = args.work / f"docs{docs}"
-    data = world_copy(args.data, work, docs, args.seed)
-    models = work / "backbones"
-    shutil.rmtree(models, ignore_errors=True)
-    models.mkdir(parents=True)
-    (models / args.encoder).symlink_to((args.backbones / args.encoder).resolve())
-    times = {}
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            "basic",
-            "mini",
-            "backbones",
-            "--data",
-            str(data),
-            "--out",
-            str(models),
-            "--seed",
-            "0",
-            "--names",
-            args.llm,
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    times["backbone_s"] = round(time.perf_counter() - start, 1)
-    built = json.loads((models / "metrics.json").read_text())["backbones"][args.llm]["text_qa"]
-    replace = {
-        "data/mini": str(data),
-        "models/backbones": str(models),
-        f"models/{args.run}": str(work / "run"),
-        f"results/metrics/{args.run}.json": str(work / "metrics.json"),
+    shutil.rmtree(work, ignore_errors=True)
+    world = work / "data" / "mini"
+    world_copy(args.data, world, docs, args.seed)
+    (work / "params.yaml").symlink_to(ROOT / config.PARAMS_FILE)
+    backbones = work / config.BACKBONES_DIR
+    backbones.mkdir(parents=True)
+    (backbones / args.encoder).symlink_to((ROOT / config.BACKBONES_DIR / args.encoder).resolve())
+    env = {**os.environ, **config.load(ROOT / config.PARAMS_FILE).active.env}  # as `basic stage` runs
+    steps = {
+        "backbone": ["basic", "mini", "backbones", "--data", str(world), "--out", str(backbones)]
+        + ["--seed", "0", "--names", args.llm],
+        **{stage: ["basic", "stage", stage, args.run] for stage in ("pretrain", "finetune", "evaluate")},
     }
-    for stage in ("pretrain", "finetune", "evaluate"):
+    times = {}
+    for step, argv in steps.items():
         start = time.perf_counter()
-        with open(work / f"{stage}.log", "w") as log:
-            subprocess.run(
-                stage_command(stage, args.run, replace), check=True, stdout=log, stderr=subprocess.STDOUT
-            )
-        times[f"{stage}_s"] = round(time.perf_counter() - start, 1)
-    metrics = json.loads((work / "metrics.json").read_text())
+        subprocess.run(argv, cwd=work, check=True, stdout=subprocess.DEVNULL, env=env)
+        times[f"{step}_s"] = round(time.perf_counter() - start, 1)
+    built = json.loads((backbones / "metrics.json").read_text())["backbones"][args.llm]["text_qa"]
+    metrics = json.loads((work / config.metrics_file(args.run)).read_text())
     return {
         "knowledge_docs": docs,
         "llm_text_qa": {k: v for k, v in built.items() if k == "all" or k.startswith("kind/sqa")},
@@ -165,16 +132,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--docs", type=int, nargs="+", default=[0, 2000], help="knowledge documents added")
-    parser.add_argument("--run", default="llava-vicuna-7b", help="the study run whose flags are used")
-    parser.add_argument("--llm", default="vicuna-7b")
-    parser.add_argument("--encoder", default="clip-l-336")
-    parser.add_argument("--data", type=Path, default=ROOT / "data" / "mini")
-    parser.add_argument("--backbones", type=Path, default=ROOT / "models" / "backbones")
+    parser.add_argument("--run", default="llava-vicuna-7b", help="the study run whose stages run")
+    parser.add_argument("--llm", default="vicuna-7b", help="the run's LLM (rebuilt)")
+    parser.add_argument("--encoder", default="clip-l-336", help="the run's encoder (this checkout's)")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "mini", help="the world to copy")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "llm_knowledge")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     result = {
         "benchmark": "llm_knowledge",
         "args": {k: str(v) for k, v in vars(args).items()},

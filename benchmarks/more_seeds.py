@@ -97,7 +97,7 @@ def summary(params: Path, metrics_dir: Path) -> dict:
     return {
         "vision_table": table[columns].round(2).to_dict("records"),
         "findings": report.vision_findings(table),
-        "llava_mean_gap": {  # the goals: mean over the LLaVA-1.5 runs of score minus blind score
+        "llava_mean_gap": {  # mean over the LLaVA-1.5 runs of score minus blind score
             b: round(
                 sum(results.metrics[r][b]["score"] - results.metrics[r][b]["blind_score"] for r in llava)
                 / len(llava),

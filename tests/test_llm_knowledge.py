@@ -37,7 +37,8 @@ def test_world_copy_adds_the_documents_and_keeps_the_rest(tmp_path):
     (data / "images").mkdir()
     for name in ("llm_train", "llm_eval"):
         (data / "text" / f"{name}.jsonl").write_text(json.dumps({"id": f"{name}-0"}) + "\n")
-    out = llm_knowledge.world_copy(data, tmp_path / "work", docs=5, seed=0)
+    out = tmp_path / "work" / "data" / "mini"
+    llm_knowledge.world_copy(data, out, docs=5, seed=0)
     assert (out / "images").resolve() == (data / "images").resolve()
     train = [json.loads(line) for line in (out / "text" / "llm_train.jsonl").read_text().splitlines()]
     evaluation = (out / "text" / "llm_eval.jsonl").read_text().splitlines()
