@@ -14,7 +14,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from basic.eval.evaluate import sample_log
+from basic.eval.evaluate import sample_answer, sample_log
 
 LOGGED = {"doc_id", "doc_hash", "target", "filtered_resps", "token_counts", "input"}  # the rest is the metric
 
@@ -54,7 +54,7 @@ def by_kind(seen: list[dict], blind: list[dict]) -> dict:
             "n": len(rows),
             "score": round(100 * sum(map(score, rows)) / len(rows), 1),
             "blind_score": round(100 * sum(map(score, b)) / len(b), 1) if b else None,
-            "top_answers": Counter(str(r["filtered_resps"]) for r in rows).most_common(5),
+            "top_answers": Counter(map(sample_answer, rows)).most_common(5),
         }
     return out
 

@@ -286,13 +286,15 @@ def collect(benchmarks: list[Benchmark], output: Path, judges: dict[str, str], t
     return entries
 
 
+def sample_answer(record: dict) -> str:
+    """The model's filtered answer in one record of lmms-eval's per-sample log."""
+    response = record.get("filtered_resps")
+    return str(response[0] if isinstance(response, list) and response else response)
+
+
 def sample_answers(output: Path, task: str) -> dict[int, str]:
     """doc id -> the model's filtered answer, from lmms-eval's per-sample log of `task` (empty if none)."""
-    answers = {}
-    for record in sample_log(output, task)[1]:
-        response = record.get("filtered_resps")
-        answers[record["doc_id"]] = str(response[0] if isinstance(response, list) and response else response)
-    return answers
+    return {record["doc_id"]: sample_answer(record) for record in sample_log(output, task)[1]}
 
 
 def add_blind(
